@@ -1,0 +1,1 @@
+"""The repopilot agent: the daemon that owns state and schedules the pipelines (grows in later work)."""

@@ -1,0 +1,29 @@
+"""The ``repopilot`` command: one entry point for every action."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipelines.cli_util import run_main
+from pipelines.dataset import cli as dataset_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="repopilot", description="Fine-tune a code model on your internal repositories and serve it."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dataset_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "dataset":
+        return run_main(lambda: dataset_cli.run(args))
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from pipelines.dataset.cli import main
+
+sys.exit(main())

@@ -1,0 +1,609 @@
+"""Build and update a dataset: plan -> analyse blobs -> decide each file's fate -> write shards -> export.
+
+``build`` is an update from nothing, so a fresh build and a chain of updates run the same code and give
+byte-for-byte the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.dataset import dedup
+from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
+from pipelines.dataset.filters import KEPT, Reason, analyze, path_reason, redact_spans
+from pipelines.dataset.gitsource import GitSource
+from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
+from pipelines.dataset.state import CachedBlob, FileRow, Key, Store
+from pipelines.errors import DatasetError
+from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, write_bytes_atomic
+from pipelines.progress import Progress
+
+FORMAT = "repopilot-dataset/1"
+MANIFEST = "manifest.json"
+STATS = "stats.json"
+STATE = "state.sqlite"
+SPLITS = ("train", "validation")
+CANDIDATE = "candidate"
+_TEXT_MEMORY_BUDGET = 256 * 1024 * 1024
+_CACHE_FLUSH_ROWS = 500
+_LSH_BULK = 500  # above this many touched files, the near-duplicate index is read into memory
+
+
+@dataclass
+class SyncResult:
+    """What an update did, for the CLI and the agent."""
+
+    dataset_version: str
+    repos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records_changed: int = 0
+    shards_written: int = 0
+    seconds: float = 0.0
+
+
+def build(
+    out_dir: Path,
+    repos: list[RepoSpec],
+    config: DatasetConfig,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> SyncResult:
+    """Index ``repos`` from scratch into ``out_dir`` (resuming an interrupted build there)."""
+    config.validate()
+    validate_repos(repos)
+    out_dir = Path(out_dir)
+    if (out_dir / MANIFEST).exists() and not force:
+        raise DatasetError(
+            f"{out_dir} already holds a dataset. Run `repopilot dataset update {out_dir}` to bring it up to "
+            "date, or pass --force to rebuild it with these settings."
+        )
+    if out_dir.exists() and not (out_dir / STATE).exists() and any(out_dir.iterdir()):
+        raise DatasetError(f"{out_dir} is not empty and is not a dataset. Choose an empty or new folder.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(out_dir):
+        store = Store(out_dir / STATE)
+        try:
+            return _sync(out_dir, store, repos, config, full=True, progress=progress or Progress("none"))
+        finally:
+            store.close()
+
+
+def update(
+    out_dir: Path,
+    refs: dict[str, str] | None = None,
+    *,
+    progress: Progress | None = None,
+) -> SyncResult:
+    """Bring every repo of the dataset at ``out_dir`` to its ref (or the ref given in ``refs``)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / STATE).exists():
+        raise DatasetError(
+            f"{out_dir} holds no dataset. Create one with `repopilot dataset build {out_dir} REPO...`."
+        )
+    with _locked(out_dir):
+        store = Store(out_dir / STATE)
+        try:
+            raw = store.get_meta("config")
+            if raw is None:
+                raise DatasetError(f"The build of {out_dir} never finished. Run the same `build` again.")
+            config = DatasetConfig.from_json(json.loads(raw))
+            specs = []
+            refs = dict(refs or {})
+            indexed = store.repos()
+            unknown = sorted(set(refs) - set(indexed))
+            if unknown:
+                raise DatasetError(
+                    f"{out_dir} has no repo named {', '.join(unknown)}; it has {', '.join(indexed)}."
+                )
+            for name, info in indexed.items():
+                spec = info["spec"]
+                specs.append(
+                    RepoSpec(
+                        name=name,
+                        path=spec["path"],
+                        ref=refs.get(name, spec["ref"]),
+                        include=tuple(spec["include"]),
+                        exclude=tuple(spec["exclude"]),
+                    )
+                )
+            return _sync(out_dir, store, specs, config, full=False, progress=progress or Progress("none"))
+        finally:
+            store.close()
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    with open(out_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatasetError(
+                f"Another repopilot run is writing {out_dir}. Wait for it to finish, then try again."
+            ) from None
+        yield
+
+
+# -- the one code path --------------------------------------------------------------------------------
+def _sync(
+    out_dir: Path, store: Store, specs: list[RepoSpec], config: DatasetConfig, *, full: bool, progress: Progress
+) -> SyncResult:
+    started = time.monotonic()
+    recover(out_dir, store)
+    if full and store.get_meta("config") not in (None, json.dumps(config.to_json(), sort_keys=True)):
+        progress.event("settings changed: every file is looked at again")
+    indexed = store.repos()
+    plans = []
+    for spec in specs:
+        source = GitSource(spec.path)
+        spec = RepoSpec(spec.name, str(source.path), spec.ref, spec.include, spec.exclude)
+        plans.append(plan_repo(spec, source, indexed.get(spec.name), store, full))
+        progress.event("plan", repo=spec.name, mode=plans[-1].mode.value, **plans[-1].counts)
+    removed = sorted(set(indexed) - {p.spec.name for p in plans})
+    sources = {p.spec.name: p.source for p in plans}
+    work = _Work(out_dir, store, config, sources, progress)
+    new_rows = work.compute_rows(plans)
+    _failpoint("analysed")
+
+    store.begin()
+    try:
+        for name in removed:
+            for path in store.files_of(name):
+                work.remove((name, path))
+            store.delete_repo(name)
+        for plan in plans:
+            for path in plan.deleted:
+                work.remove((plan.spec.name, path))
+        for row in new_rows:
+            work.replace(row)
+        work.deduplicate()
+        written = work.write_shards()
+        _failpoint("shards-written")
+        for plan in plans:
+            store.put_repo(plan.spec.name, plan.spec.to_json(), plan.ref, plan.commit)
+        store.set_meta("config", json.dumps(config.to_json(), sort_keys=True))
+        version = dataset_version(store, config)
+        store.set_meta("dataset_version", version)
+        store.commit()
+    except BaseException:
+        store.rollback()
+        raise
+    _failpoint("committed")
+    export(out_dir, store)
+    collect_garbage(out_dir, store)
+    return SyncResult(
+        dataset_version=version,
+        repos={p.spec.name: {"mode": p.mode.value, "commit": p.commit, **p.counts} for p in plans},
+        records_changed=len(work.dirty),
+        shards_written=written,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def _failpoint(name: str) -> None:
+    """Die here, as a kill would, when the tests ask for it (REPOPILOT_FAILPOINT=name)."""
+    if os.environ.get("REPOPILOT_FAILPOINT") == name:
+        os._exit(86)
+
+
+def _key_hash(key: Key) -> int:
+    digest = hashlib.blake2b(f"{key[0]}\0{key[1]}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def split_of(key: Key, config: DatasetConfig) -> str:
+    return "validation" if _key_hash(key) % 10_000 < round(config.val_fraction * 10_000) else "train"
+
+
+def is_boundary(key: Key, config: DatasetConfig) -> int:
+    return int((_key_hash(key) >> 24) % config.shard_records == 0)
+
+
+class _Work:
+    """The state of one update in progress."""
+
+    def __init__(
+        self, out_dir: Path, store: Store, config: DatasetConfig, sources: dict[str, GitSource], progress: Progress
+    ) -> None:
+        self.out_dir = out_dir
+        self.store = store
+        self.config = config
+        self.akey = config.analysis_key()
+        self.sources = sources
+        self.progress = progress
+        self.before: dict[Key, FileRow | None] = {}
+        self.texts: dict[str, str] = {}
+        self.text_bytes = 0
+        self.blobs: dict[str, CachedBlob] = {}
+        self.dirty: set[Key] = set()
+
+    # -- rows -------------------------------------------------------------------------------------------
+    def compute_rows(self, plans: list[RepoPlan]) -> list[FileRow]:
+        """New rows for every target path; analyses blobs not seen before (cached as it goes)."""
+        rows: list[FileRow] = []
+        to_read: dict[str, list[str]] = {}
+        for plan in plans:
+            if plan.mode is PlanMode.UNCHANGED:
+                continue
+            name = plan.spec.name
+            for path, entry in sorted(plan.targets.items()):
+                key = (name, path)
+                reason, lang = path_reason(path, entry.mode, plan.spec, self.config)
+                if reason is None and entry.size > self.config.max_file_bytes:
+                    reason = Reason.TOO_LARGE.value
+                rows.append(
+                    FileRow(
+                        repo=name,
+                        path=path,
+                        mode=entry.mode,
+                        sha=entry.sha,
+                        size=entry.size,
+                        commit_sha=plan.commits[path],
+                        lang=lang,
+                        split=split_of(key, self.config),
+                        boundary=is_boundary(key, self.config),
+                        filter_reason=reason,
+                        status=reason or CANDIDATE,
+                    )
+                )
+                if reason is None:
+                    to_read.setdefault(name, []).append(entry.sha)
+        self._analyse(to_read)
+        for row in rows:
+            if row.filter_reason is None:
+                blob = self.blobs[row.sha]
+                row.filter_reason = blob.reason
+                row.status = blob.reason or CANDIDATE
+        return rows
+
+    def _analyse(self, to_read: dict[str, list[str]]) -> None:
+        wanted = {sha for shas in to_read.values() for sha in shas}
+        self.blobs.update(self.store.cached_blobs(self.akey, wanted))
+        missing = {name: sorted(set(shas) - set(self.blobs)) for name, shas in to_read.items()}
+        total = sum(len(v) for v in missing.values())
+        if not total:
+            return
+        self.progress.start("analysing", total)
+        pending: list[tuple[str, str | None, int, str, bytes | None]] = []
+        last_flush = time.monotonic()
+        for name, shas in missing.items():
+            for sha, data in self.sources[name].read_blobs(shas):
+                if sha in self.blobs:
+                    continue
+                result = analyze(data, self.config)
+                cached = CachedBlob(
+                    result.reason, result.text_bytes, [list(r) for r in result.redactions],
+                    dedup.to_bytes(result.signature),
+                )  # fmt: skip
+                self.blobs[sha] = cached
+                pending.append((sha, result.reason, result.text_bytes, result.redactions_json(), cached.signature))
+                if result.reason is None and data is not None:
+                    self._remember_text(sha, redact_spans(data.decode("utf-8"), result.redactions))
+                self.progress.advance(1, len(data or b""))
+                if len(pending) >= _CACHE_FLUSH_ROWS or time.monotonic() - last_flush > 5:
+                    self.store.cache_blobs(self.akey, pending)
+                    pending, last_flush = [], time.monotonic()
+        self.store.cache_blobs(self.akey, pending)
+        self.progress.finish()
+
+    def _remember_text(self, sha: str, text: str) -> None:
+        if self.text_bytes + len(text) <= _TEXT_MEMORY_BUDGET:
+            self.texts[sha] = text
+            self.text_bytes += len(text)
+
+    def _touch(self, key: Key) -> None:
+        if key not in self.before:
+            self.before[key] = self.store.get(key)
+
+    def remove(self, key: Key) -> None:
+        self._touch(key)
+        self.store.delete(key)
+
+    def replace(self, row: FileRow) -> None:
+        self._touch(row.key)
+        old = self.before[row.key]
+        if old is not None:
+            row.shard, row.line = old.shard, old.line
+        self.store.put(row)
+
+    # -- deduplication ------------------------------------------------------------------------------
+    def deduplicate(self) -> None:
+        touched = list(self.before)
+        shas: set[str] = set()
+        for key in touched:
+            for row in (self.before[key], self.store.get(key)):
+                if row is not None and row.filter_reason is None:
+                    shas.add(row.sha)
+        # Exact: among files with equal content, the smallest key is kept.
+        for sha in sorted(shas):
+            group = self.store.candidates_with_sha(sha)
+            if not group:
+                continue
+            for key in group:
+                self._touch(key)
+            first, rest = group[0], group[1:]
+            for key in rest:
+                self.store.set_status(key, Reason.DUPLICATE.value, _ref(first))
+            row = self.store.get(first)
+            if row is not None and row.status == Reason.DUPLICATE.value:
+                self.store.set_status(first, CANDIDATE, None)
+        if self.config.near_dup:
+            self._near_duplicates()
+        for key in list(self.before):
+            row = self.store.get(key)
+            if row is not None and row.status == CANDIDATE:
+                self.store.set_status(key, KEPT, None)
+        for key, old in self.before.items():
+            new = self.store.get(key)
+            was_kept = old is not None and old.status == KEPT
+            is_kept = new is not None and new.status == KEPT
+            if new is not None and not is_kept and new.shard is not None:
+                self.store.set_location(key, None, None)
+            if was_kept != is_kept or (
+                is_kept and (old.sha, old.commit_sha, old.lang) != (new.sha, new.commit_sha, new.lang)
+            ):
+                self.dirty.add(key)
+
+    def _signature(self, key: Key) -> np.ndarray | None:
+        row = self.store.get(key)
+        if row is None or row.filter_reason is not None or row.status == Reason.DUPLICATE.value:
+            return None
+        if row.sha not in self.blobs:
+            self.blobs.update(self.store.cached_blobs(self.akey, [row.sha]))
+        blob = self.blobs.get(row.sha)
+        return None if blob is None else dedup.from_bytes(blob.signature)
+
+    def _near_duplicates(self) -> None:
+        affected = list(self.before)
+        lsh = _LshIndex(self.store, bulk=len(affected) > _LSH_BULK)
+        old_neighbours: set[Key] = set()
+        for key in affected:
+            old_neighbours |= lsh.neighbours(key)
+        signatures: dict[Key, np.ndarray | None] = {}
+
+        def sig(key: Key) -> np.ndarray | None:
+            if key not in signatures:
+                signatures[key] = self._signature(key)
+            return signatures[key]
+
+        for key in affected:
+            s = sig(key)
+            lsh.put(key, None if s is None else dedup.band_buckets(s))
+        seeds = [k for k in set(affected) | old_neighbours if sig(k) is not None]
+        memo: dict[Key, list[Key]] = {}
+
+        def neighbours(key: Key) -> list[Key]:
+            if key not in memo:
+                others = [k for k in sorted(lsh.neighbours(key)) if sig(k) is not None]
+                scores = dedup.similarities(sig(key), [sig(k) for k in others])
+                memo[key] = [k for k, score in zip(others, scores) if score >= self.config.near_dup_threshold]
+            return memo[key]
+
+        nodes = dedup.component(seeds, neighbours)
+        for key, twin in dedup.resolve(nodes, neighbours).items():
+            self._touch(key)
+            if twin is None:
+                self.store.set_status(key, KEPT, None)
+            else:
+                self.store.set_status(key, Reason.NEAR_DUPLICATE.value, _ref(twin))
+
+    # -- shards -----------------------------------------------------------------------------------------
+    def write_shards(self) -> int:
+        starts: set[tuple[str, Key]] = set()
+        for key in sorted(self.dirty):
+            old, new = self.before.get(key), self.store.get(key)
+            split = (new or old).split
+            for probe in (key, self.store.kept_before(split, key)):
+                if probe is None:
+                    continue
+                start = self.store.shard_start(split, probe)
+                if start is not None:
+                    starts.add((split, start))
+        if not starts:
+            return 0
+        self.progress.start("writing shards", len(starts))
+        written = 0
+        for split, start in sorted(starts):
+            rows = self.store.shard_rows(split, start)
+            if not rows:
+                continue
+            texts = self._texts_for(rows)
+            lines = [_record_line(row, texts[row.sha]) for row in rows]
+            content = "".join(lines).encode("utf-8")
+            name = f"{split}/{hashlib.sha256(content).hexdigest()[:24]}.jsonl"
+            target = self.out_dir / name
+            if not target.exists():
+                write_bytes_atomic(target, content)
+                written += 1
+            for number, row in enumerate(rows):
+                if (row.shard, row.line) != (name, number):
+                    self.store.set_location(row.key, name, number)
+            self.progress.advance(1, len(content))
+        for split in SPLITS:
+            fsync_dir(self.out_dir / split)
+        self.progress.finish()
+        return written
+
+    def _texts_for(self, rows: list[FileRow]) -> dict[str, str]:
+        texts = {row.sha: self.texts[row.sha] for row in rows if row.sha in self.texts}
+        by_repo: dict[str, list[str]] = {}
+        for row in rows:
+            if row.sha not in texts:
+                by_repo.setdefault(row.repo, []).append(row.sha)
+        for repo, shas in by_repo.items():
+            source = self.sources.get(repo)
+            if source is None:
+                raise DatasetError(f"The dataset holds files of repo {repo!r}, which is no longer configured.")
+            blobs = self.store.cached_blobs(self.akey, shas)
+            for sha, data in source.read_blobs(sorted(set(shas))):
+                if data is None or sha not in blobs:
+                    raise DatasetError(
+                        f"Blob {sha} of repo {repo!r} can no longer be read. "
+                        "Rebuild the dataset with `repopilot dataset build --force`."
+                    )
+                texts[sha] = redact_spans(data.decode("utf-8"), blobs[sha].redactions)
+        return texts
+
+
+class _LshIndex:
+    """The band buckets of the state, queried per key in SQL, or all in memory for big updates."""
+
+    def __init__(self, store: Store, bulk: bool) -> None:
+        self.store = store
+        self.by_bucket: dict[tuple[int, int], set[Key]] | None = None
+        self.by_key: dict[Key, list[tuple[int, int]]] = {}
+        if bulk:
+            self.by_bucket = {}
+            for band, bucket, repo, path in store.db.execute("SELECT band, bucket, repo, path FROM lsh"):
+                self.by_bucket.setdefault((band, bucket), set()).add((repo, path))
+                self.by_key.setdefault((repo, path), []).append((band, bucket))
+
+    def neighbours(self, key: Key) -> set[Key]:
+        if self.by_bucket is None:
+            return self.store.lsh_neighbours(key)
+        found: set[Key] = set()
+        for cell in self.by_key.get(key, ()):
+            found |= self.by_bucket[cell]
+        found.discard(key)
+        return found
+
+    def put(self, key: Key, buckets: list[int] | None) -> None:
+        if buckets is None:
+            self.store.lsh_delete(key)
+        else:
+            self.store.lsh_put(key, buckets)
+        if self.by_bucket is None:
+            return
+        for cell in self.by_key.pop(key, ()):
+            self.by_bucket[cell].discard(key)
+        if buckets is not None:
+            cells = list(enumerate(buckets))
+            self.by_key[key] = cells
+            for cell in cells:
+                self.by_bucket.setdefault(cell, set()).add(key)
+
+
+def _ref(key: Key) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+def _record_line(row: FileRow, text: str) -> str:
+    record = {
+        "text": text,
+        "url": row.path,
+        "repo": row.repo,
+        "path": row.path,
+        "commit": row.commit_sha,
+        "lang": row.lang,
+        "sha": row.sha,
+    }
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+# -- export, recovery, garbage ------------------------------------------------------------------------
+def dataset_version(store: Store, config: DatasetConfig) -> str:
+    ident = {
+        "config": config.to_json(),
+        "repos": {name: info["commit"] for name, info in store.repos().items()},
+        "shards": [shard for _, shard, _ in store.shard_list()],
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def export(out_dir: Path, store: Store) -> None:
+    """Write stats.json, then manifest.json (the commit point readers go by), from the state."""
+    version = store.get_meta("dataset_version")
+    config = json.loads(store.get_meta("config") or "{}")
+    akey = DatasetConfig.from_json(config).analysis_key()
+    files: dict[str, dict[str, Any]] = {}
+    for row in store.all_rows():
+        entry: dict[str, Any] = {"sha": row.sha, "status": row.status, "commit": row.commit_sha}
+        if row.status == KEPT:
+            entry.update(shard=row.shard, line=row.line, split=row.split, lang=row.lang)
+        elif row.dup_of:
+            entry["dup_of"] = row.dup_of
+        files.setdefault(row.repo, {})[row.path] = entry
+    shards: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    for split, shard, records in store.shard_list():
+        shards[split].append({"file": shard, "records": records, "bytes": (out_dir / shard).stat().st_size})
+    repos = {
+        name: {**info["spec"], "ref": info["spec"]["ref"], "resolved_ref": info["ref"], "commit": info["commit"]}
+        for name, info in store.repos().items()
+    }
+    agg = store.aggregate(akey)
+    kept = sum(s["files"] for s in agg["splits"].values())
+    for name, counts in agg["repos"].items():
+        counts["commit"] = repos.get(name, {}).get("commit")
+    stats = {
+        "dataset_version": version,
+        "files_seen": sum(r["files_seen"] for r in agg["repos"].values()),
+        "files_kept": kept,
+        "files_dropped": sum(agg["dropped"].values()),
+        "dropped": agg["dropped"],
+        "bytes_seen": agg["bytes_seen"],
+        "bytes_kept": sum(s["bytes"] for s in agg["splits"].values()),
+        "languages": agg["languages"],
+        "splits": agg["splits"],
+        "redactions": agg["redactions"],
+        "repos": agg["repos"],
+    }
+    manifest = {
+        "format": FORMAT,
+        "dataset_version": version,
+        "config": config,
+        "repos": repos,
+        "shards": shards,
+        "files": files,
+    }
+    write_bytes_atomic(out_dir / STATS, dump_json(stats))
+    _failpoint("stats-written")
+    write_bytes_atomic(out_dir / MANIFEST, dump_json(manifest, compact=True))
+    fsync_dir(out_dir)
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{out_dir} holds no dataset (no {MANIFEST}). Build one first.") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is damaged ({exc}). Run `repopilot dataset update` to rewrite it.") from None
+
+
+def recover(out_dir: Path, store: Store) -> None:
+    """Finish what a killed run committed but did not export, and sweep what it left half-written."""
+    version = store.get_meta("dataset_version")
+    if version is not None:
+        try:
+            on_disk = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8")).get("dataset_version")
+        except (FileNotFoundError, json.JSONDecodeError):
+            on_disk = None
+        if on_disk != version:
+            export(out_dir, store)
+    collect_garbage(out_dir, store)
+
+
+def collect_garbage(out_dir: Path, store: Store) -> None:
+    keep = store.shard_names()
+    for split in SPLITS:
+        folder = out_dir / split
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if f"{split}/{path.name}" not in keep or path.name.startswith(TMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+    for path in out_dir.glob(TMP_PREFIX + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

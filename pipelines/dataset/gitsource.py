@@ -1,0 +1,283 @@
+"""Read committed content from git: refs and repos through GitPython, trees and blobs in bulk.
+
+Only what is committed at a ref is ever read; the working tree (uncommitted junk) is never looked at.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from pipelines.errors import RepoError
+
+MODE_SYMLINK = "120000"
+MODE_SUBMODULE = "160000"
+NULL_SHA = "0" * 40
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One path at a commit: its git mode, object id and (for blobs) byte size."""
+
+    mode: str
+    sha: str
+    size: int  # -1 for submodules
+
+
+@dataclass(frozen=True)
+class Change:
+    """One path changed between two commits (renames are reported as status R with ``old_path``)."""
+
+    status: str  # A, M, D, T or R
+    path: str
+    mode: str  # the new mode ("000000" when deleted)
+    sha: str  # the new object id (NULL_SHA when deleted)
+    old_path: str | None = None
+
+
+def decode_path(raw: bytes) -> str:
+    """Git paths are bytes; non-UTF-8 bytes become visible escapes so they stay storable and readable."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+class GitSource:
+    """A git repository (working copy or bare) opened for reading committed content."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser().resolve()
+        if not self.path.exists():
+            raise RepoError(f"{self.path} does not exist. Give the path of a local git repository.")
+        try:
+            self.repo = git.Repo(self.path)
+        except git.InvalidGitRepositoryError:
+            raise RepoError(
+                f"{self.path} is not a git repository. Give the folder of a git working copy or a bare repo."
+            ) from None
+        except git.NoSuchPathError:
+            raise RepoError(f"{self.path} does not exist. Give the path of a local git repository.") from None
+        # Every git command names the git dir, so working copies, bare repos and bare mirrors without a
+        # config file all work, from whatever subfolder was given.
+        self.git_dir = Path(self.repo.git_dir)
+        if self.git_dir == self.path or self.repo.bare or not self.repo.working_tree_dir:
+            self.path = self.git_dir
+        else:
+            self.path = Path(self.repo.working_tree_dir)
+
+    # -- refs ---------------------------------------------------------------------------------------
+    def default_ref(self) -> str:
+        """The checked-out branch (or HEAD when detached)."""
+        try:
+            return self.repo.active_branch.name
+        except TypeError:  # detached HEAD
+            return "HEAD"
+
+    def resolve(self, ref: str | None) -> tuple[str, str]:
+        """Return (ref name, commit sha) for ``ref`` (default: the checked-out branch)."""
+        name = ref or self.default_ref()
+        if not self._has_commits():
+            raise RepoError(f"{self.path} has no commits yet. Commit something, then index it.")
+        try:
+            commit = self._run(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"])
+        except RepoError:
+            branches = ", ".join(sorted(h.name for h in self.repo.heads)[:10]) or "none"
+            raise RepoError(
+                f"{self.path} has no ref {name!r}. Branches there: {branches}. Pass one of them (or a tag/sha)."
+            ) from None
+        return name, commit.decode().strip()
+
+    def _has_commits(self) -> bool:
+        return bool(self._run(["rev-list", "-n", "1", "--all"]).strip())
+
+    def has_commit(self, sha: str) -> bool:
+        probe = subprocess.run(self._git("cat-file", "-e", f"{sha}^{{commit}}"), capture_output=True)
+        return probe.returncode == 0
+
+    def first_parent_range(self, old: str, new: str) -> list[str] | None:
+        """Commits of ``new``'s first-parent chain after ``old``, newest first.
+
+        None when ``old`` is not on that chain (a force push, or a merge that left it on a side branch).
+        """
+        if old == new:
+            return []
+        if not self.has_commit(old):
+            return None
+        out = self._run(["rev-list", "--first-parent", "--parents", f"{old}..{new}"])
+        rows = [line.split() for line in out.decode().splitlines() if line.strip()]
+        if not rows:
+            return None  # new is an ancestor of old: history went backwards
+        oldest = rows[-1]
+        if len(oldest) < 2 or oldest[1] != old:
+            return None
+        return [row[0] for row in rows]
+
+    # -- trees and diffs ----------------------------------------------------------------------------
+    def tree(self, commit: str) -> dict[str, TreeEntry]:
+        """Every path at ``commit`` (recursively), with mode, sha and size."""
+        out = self._run(["ls-tree", "-r", "-l", "-z", "--full-tree", commit])
+        entries: dict[str, TreeEntry] = {}
+        for record in out.split(b"\0"):
+            if not record:
+                continue
+            meta, _, raw_path = record.partition(b"\t")
+            mode, _kind, sha, size = meta.decode().split()
+            # "-" for submodules; "BAD" when the object is missing (reading it then reports it unreadable).
+            entries[decode_path(raw_path)] = TreeEntry(mode, sha, int(size) if size.isdigit() else -1)
+        return entries
+
+    def diff(self, old: str, new: str) -> list[Change]:
+        """Paths that differ between two commits, renames detected (as git's diff reports them)."""
+        out = self._run(["diff-tree", "-r", "-z", "-M", "--no-commit-id", old, new])
+        tokens = out.split(b"\0")
+        changes: list[Change] = []
+        i = 0
+        while i < len(tokens):
+            head = tokens[i]
+            if not head.startswith(b":"):
+                i += 1
+                continue
+            _old_mode, mode, _old_sha, sha, status = head[1:].decode().split()
+            status = status[0]
+            if status in "RC":
+                old_path, new_path = decode_path(tokens[i + 1]), decode_path(tokens[i + 2])
+                changes.append(Change(status, new_path, mode, sha, old_path))
+                i += 3
+            else:
+                changes.append(Change(status, decode_path(tokens[i + 1]), mode, sha))
+                i += 2
+        return changes
+
+    def last_commits(self, rev_range: str, paths: set[str] | None = None) -> dict[str, str]:
+        """For each path touched in ``rev_range``'s first-parent history, the newest commit touching it.
+
+        With ``paths`` given, stop walking as soon as all of them are found.
+        """
+        cmd = self._git(
+            "log",
+            "--first-parent",
+            "--root",
+            "--raw",
+            "--no-renames",
+            "--no-abbrev",
+            "-z",
+            "--format=%x01%H",
+            rev_range,
+        )
+        found: dict[str, str] = {}
+        remaining = set(paths) if paths is not None else None
+        if remaining is not None and not remaining:
+            return found
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        current = ""
+        expect_path = False
+        buffer = b""
+        try:
+            while True:
+                chunk = proc.stdout.read(1 << 16)
+                if not chunk:
+                    break
+                buffer += chunk
+                *tokens, buffer = buffer.split(b"\0")
+                for token in tokens:
+                    token = token.lstrip(b"\n")
+                    if expect_path:
+                        expect_path = False
+                        path = decode_path(token)
+                        if path not in found:
+                            found[path] = current
+                            if remaining is not None:
+                                remaining.discard(path)
+                    elif token.startswith(b"\x01"):
+                        current = token[1:].decode()
+                    elif token.startswith(b":"):
+                        expect_path = True
+                if remaining is not None and not remaining:
+                    break
+        finally:
+            proc.stdout.close()
+            proc.kill()
+            proc.wait()
+        return found
+
+    def blob_sizes(self, shas: Iterable[str]) -> dict[str, int]:
+        """Byte sizes of objects, without reading them (``git cat-file --batch-check``)."""
+        wanted = sorted(set(shas))
+        if not wanted:
+            return {}
+        out = subprocess.run(
+            self._git("cat-file", "--batch-check"),
+            input=("\n".join(wanted) + "\n").encode(),
+            capture_output=True,
+            check=True,
+        ).stdout
+        sizes: dict[str, int] = {}
+        for line in out.decode().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2].isdigit():
+                sizes[parts[0]] = int(parts[2])
+        return sizes
+
+    # -- blobs --------------------------------------------------------------------------------------
+    def read_blobs(self, shas: Iterable[str]) -> Iterator[tuple[str, bytes | None]]:
+        """Stream (sha, content) for each sha, in order, through one ``git cat-file --batch``.
+
+        Content is None for an object git cannot find.
+        """
+        shas = list(shas)
+        if not shas:
+            return
+        proc = subprocess.Popen(
+            self._git("cat-file", "--batch", "--buffer"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        stdin, stdout = proc.stdin, proc.stdout
+
+        def feed() -> None:
+            try:
+                for sha in shas:
+                    stdin.write(sha.encode() + b"\n")
+                stdin.close()
+            except (BrokenPipeError, ValueError):
+                pass
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        try:
+            for sha in shas:
+                header = stdout.readline().split()
+                if len(header) == 2 and header[1] == b"missing":
+                    yield sha, None  # e.g. a partial clone or a damaged object store
+                    continue
+                if len(header) != 3:
+                    raise RepoError(f"git could not read object {sha} in {self.path}: the repository may be corrupt.")
+                size = int(header[2])
+                data = stdout.read(size)
+                stdout.read(1)  # the newline after each object
+                yield sha, data
+        finally:
+            stdout.close()
+            proc.kill()
+            proc.wait()
+            writer.join(timeout=5)
+
+    def _git(self, *args: str) -> list[str]:
+        return ["git", f"--git-dir={self.git_dir}", *args]
+
+    def _run(self, args: list[str]) -> bytes:
+        try:
+            return subprocess.run(self._git(*args), check=True, capture_output=True).stdout
+        except subprocess.CalledProcessError as exc:
+            detail = exc.stderr.decode(errors="replace").strip().splitlines()
+            raise RepoError(
+                f"git {args[0]} failed in {self.path}: {detail[-1] if detail else exc}. "
+                "Check the repository and the ref."
+            ) from None
+

@@ -1,0 +1,351 @@
+"""Find credentials in a file's text and redact them so that they never reach the dataset.
+
+Vendor token formats come from detect-secrets' regex plugins; private-key blocks, credential
+assignments, URL passwords, JWTs and high-entropy literals are detected here. Every regex runs
+once over the whole text; slow plugin regexes sit behind a cheap gate searched first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import pairwise
+
+from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+from detect_secrets.plugins.base import RegexBasedDetector
+
+
+@dataclass(frozen=True, order=True)
+class Redaction:
+    """A span of text to hide: [start, end) character offsets and what it is."""
+
+    start: int
+    end: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: str
+    pattern: re.Pattern[str]
+    group: int = 0  # the group holding the secret; 0 is the whole match, trimmed
+    gates: tuple[re.Pattern[str], ...] = ()  # searched on the lowered text; one must hit for the rule to run
+    on_lower: bool = False  # the pattern is written for the lowered text
+    prio: int = 0  # lower wins when two rules report the same span
+
+
+# Plugins replaced by detectors below (or not secrets at all), and those without a regex list.
+_SKIP_PLUGINS = {"PrivateKeyDetector", "JwtTokenDetector", "BasicAuthDetector", "IPPublicDetector"}
+_PLUGIN_KINDS: dict[str, tuple[str, ...]] = {
+    "ArtifactoryDetector": ("artifactory-token",),
+    "AWSKeyDetector": ("aws-access-key", "aws-secret-key"),
+    "AzureStorageKeyDetector": ("azure-storage-key",),
+    "CloudantDetector": ("cloudant-credentials",),
+    "DiscordBotTokenDetector": ("discord-token",),
+    "GitHubTokenDetector": ("github-token",),
+    "GitLabTokenDetector": ("gitlab-token",),
+    "IbmCloudIamDetector": ("ibm-cloud-iam-key",),
+    "IbmCosHmacDetector": ("ibm-cos-hmac-key",),
+    "MailchimpDetector": ("mailchimp-key",),
+    "NpmDetector": ("npm-token",),
+    "OpenAIDetector": ("openai-key",),
+    "PypiTokenDetector": ("pypi-token",),
+    "SendGridDetector": ("sendgrid-key",),
+    "SlackDetector": ("slack-token", "slack-webhook"),
+    "SoftlayerDetector": ("softlayer-key",),
+    "SquareOAuthDetector": ("square-oauth-secret",),
+    "StripeDetector": ("stripe-key",),
+    "TelegramBotTokenDetector": ("telegram-token",),
+    "TwilioKeyDetector": ("twilio-key",),
+}
+# Plugins whose first group is the secret (the rest of the match is the key name or URL).
+_GROUP_PLUGINS = {"AWSKeyDetector", "CloudantDetector", "IbmCloudIamDetector", "IbmCosHmacDetector"}
+_GROUP_PLUGINS |= {"SoftlayerDetector", "NpmDetector"}
+_IBM_TAIL = r"[\"'\]]{0,2} *(?:=|:| )[=>: ]* *[\"']?[a-z0-9_-]{44}"
+_CREDENTIAL_WORDS = r"[_-]?(?:api)?[_-]?(?:key|pwd|pw|pass|token)"
+# Gates: necessary conditions, searched on the lowered text, for the slow plugin regexes to
+# match at all. Each alternative starts with a literal so that the search is fast.
+_GATES: dict[str, tuple[str, ...]] = {
+    "ArtifactoryDetector": ("akc", "ap"),
+    "AWSKeyDetector": ("a3t", "abia", "acca", "akia", "asia", "aws"),
+    "CloudantDetector": ("cl" + _CREDENTIAL_WORDS, "clou" + _CREDENTIAL_WORDS, "cloudant"),
+    "DiscordBotTokenDetector": (r"\.[a-z0-9_-]{6}\.[a-z0-9_-]{27}",),
+    "IbmCloudIamDetector": tuple(w + _IBM_TAIL for w in ("key", "pw", "pass", "token")),
+    "IbmCosHmacDetector": ("secret",),
+    "MailchimpDetector": ("-us",),
+    "SlackDetector": ("xox", "hooks.slack.com"),
+    "SoftlayerDetector": ("sl" + _CREDENTIAL_WORDS, "softlayer"),
+    "StripeDetector": ("k_live_",),
+    "TelegramBotTokenDetector": (":[0-9a-z_-]{35}",),
+}
+
+
+def _kebab(name: str) -> str:
+    name = re.sub(r"Detector$", "", name)
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1-\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1-\2", name).lower()
+
+
+def _plugin_rules() -> list[_Rule]:
+    rules = []
+    classes = sorted(set(get_mapping_from_secret_type_to_class().values()), key=lambda c: c.__name__)
+    for cls in classes:
+        name = cls.__name__
+        if name in _SKIP_PLUGINS or not issubclass(cls, RegexBasedDetector):
+            continue
+        kinds = _PLUGIN_KINDS.get(name, (_kebab(name),))
+        gates = tuple(re.compile(g) for g in _GATES.get(name, ()))
+        for i, pattern in enumerate(cls().denylist):
+            group = 1 if name in _GROUP_PLUGINS and pattern.groups else 0
+            rules.append(_Rule(kinds[min(i, len(kinds) - 1)], pattern, group, gates))
+    return rules
+
+
+# Formats detect-secrets lacks or matches too narrowly.
+_OWN_RULES = [
+    _Rule("github-token", re.compile(r"github_pat_[A-Za-z0-9_]{60,}")),
+    _Rule("gitlab-token", re.compile(r"glpat-[A-Za-z0-9_-]{20,}")),
+    _Rule("openai-key", re.compile(r"sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}")),
+    _Rule("google-api-key", re.compile(r"AIza[0-9A-Za-z_-]{35}")),
+    _Rule("npm-token", re.compile(r"npm_[A-Za-z0-9]{36}")),
+    _Rule(
+        "aws-secret-key",
+        re.compile(
+            r"aws_?secret_?(?:access_?)?key[\"']?[ \t]*[:=][ \t]*[\"']?([a-z0-9/+]{40})(?![a-z0-9/+])"
+        ),
+        group=1,
+        gates=(re.compile("aws_?secret"),),
+        on_lower=True,
+    ),
+    _Rule(
+        "auth-header",
+        re.compile(
+            r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:bearer|basic|token)[ \t]+([a-z0-9+/=._~-]{16,})"
+        ),
+        group=1,
+        on_lower=True,
+        prio=2,
+    ),
+    _Rule("jwt", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
+]
+_TOKEN_RULES = _OWN_RULES + _plugin_rules()
+
+_TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
+_ALNUM = frozenset(string.ascii_letters + string.digits)
+_LEAD_TRIM = frozenset(" \t\r\n\"'=:")
+_TAIL_TRIM = frozenset(" \t\r\n\"'")
+_KEY_PREFIX = re.compile(r"[A-Za-z]+=")
+_MASKED = re.compile(r"([xX*])\1{5}")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+_PEM_BEGIN = re.compile(r"-{4,5} ?BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?) ?-{4,5}")
+_PEM_BODY = re.compile(r"(?:\s|\\[rn]|[\"'+,]|[A-Za-z][A-Za-z-]*:[^\n\\]*)*[A-Za-z0-9+/]{16}")
+_PEM_TAIL = re.compile(r" ?-{0,5}")
+_PUTTY = re.compile(r"PuTTY-User-Key-File-\d+:")
+_PUTTY_END = re.compile(r"Private-MAC: *[0-9a-fA-F]*")
+
+_URL_CREDS = re.compile(r"://([^\s:/?#@\"'<>`]{1,256}):([^\s/?#@\"'<>`]{1,256})@(?=[\w\[])(?!example\.)")
+
+# A key ending in a credential word, its separator, and a quoted or bare value; one regex per
+# word so that each search starts from a literal (lowered text).
+_ASSIGN_TAIL = (
+    r"[\"'\]]{0,2}"
+    r"(?P<sep>[ \t]*(?::=|=>|=(?![=~>])|:[ \t]*[a-z_][\w.\[\], |]{0,40}?[ \t]+=(?!=)|:(?![:/]))[ \t]*)"
+    r"(?:[rbfu]{0,2}(?P<q>\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|`[^`\n]*`)"
+    r"|(?P<bare>[^\s\"'`,;()\[\]{}<>&]+)(?=[;&\"'`]|[ \t]*(?:\r?$|#|//)))"
+)
+_ASSIGN = tuple(
+    re.compile(word + _ASSIGN_TAIL, re.M)
+    for word in ("pass(?:word|wd|phrase)?", "pwd", "secret", "token", "key")
+)
+_KEY_QUALIFIER = re.compile(
+    r"(?:api|access|secret|private|auth|signing|encryption|master|account|app|client|consumer|session"
+    r"|shared)[_-]?$"
+)
+_ENV_LINE = re.compile(r"[ \t]*(?:export[ \t]+)?[A-Za-z0-9_.-]*")
+_PLACEHOLDER = re.compile(
+    r"password|passwd|secret|token|changeme|example|placeholder|dummy|redacted|your[_-]|xxxx|\*\*\*|\.\.\."
+    r"|^[\d.,:_-]+$|[{}<>\s\\]|\$[{(A-Za-z_]|%[(s]|^(.)\1*$|^(?:none|null|nil|true|false|undefined)$",
+    re.I,
+)
+_PATH_OR_URL = re.compile(
+    r"^(?:/|\.\.?/|~/|[A-Za-z]:\\)|://|\.(?:pem|key|crt|cer|json|ya?ml|txt|p12|pfx|env|pub)$"
+)
+_WORDY = re.compile(r"^[a-z]+(?:[._-][a-z]+)*$|^[A-Z]+(?:_[A-Z0-9]+)+$|^#[0-9a-fA-F]{3,8}$")
+_IDENT_CHAIN = re.compile(r"^[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*$")
+
+_HE_QUOTED = re.compile(r"([\"'`])([A-Za-z0-9+/=_-]{20,})\1")
+_HE_BARE = re.compile(r"[=:][ \t]*([A-Za-z0-9+/_-]{20,}={0,2})[ \t]*\r?$", re.M)
+_HEX = re.compile(r"^(?=.*[0-9])(?=.*[a-fA-F])[0-9a-fA-F]+$")
+_B64 = re.compile(r"^(?=.*[0-9])(?=.*[a-z])(?=.*[A-Z])")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_WORD_PARTS = re.compile(r"[A-Z]?[a-z]{3,}|[A-Z]{3,}(?![a-z])")
+_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*_\w*$")
+_CHAR_CLASS = str.maketrans(
+    dict.fromkeys(string.ascii_uppercase, "A")
+    | dict.fromkeys(string.ascii_lowercase, "a")
+    | dict.fromkeys(string.digits, "0")
+)
+
+# Order decides the kind kept when spans start and end together: specific beats generic.
+_PRIO_PEM, _PRIO_URL, _PRIO_ASSIGN, _PRIO_ENTROPY = 0, 2, 3, 4
+
+_Span = tuple[int, int, str, int]
+
+
+def _lowered(text: str) -> str:
+    low = text.lower()
+    return low if len(low) == len(text) else text.translate(_ASCII_LOWER)
+
+
+def _token_spans(text: str, low: str) -> Iterator[_Span]:
+    n = len(text)
+    for rule in _TOKEN_RULES:
+        if rule.gates and not any(g.search(low) for g in rule.gates):
+            continue
+        for m in rule.pattern.finditer(low if rule.on_lower else text):
+            if m.start(rule.group) < 0:
+                continue
+            s, e = m.span(rule.group)
+            if rule.group == 0:
+                while s < e and text[s] in _LEAD_TRIM:
+                    s += 1
+                while e > s and text[e - 1] in _TAIL_TRIM:
+                    e -= 1
+                prefix = _KEY_PREFIX.match(text, s, e)
+                if prefix:
+                    s = prefix.end()
+            while e < n and text[e] in _TOKEN_CHARS:
+                e += 1
+            if s < e and (s == 0 or text[s - 1] not in _ALNUM) and not _MASKED.search(text, s, e):
+                yield s, e, rule.kind, rule.prio
+
+
+def _private_key_spans(text: str) -> Iterator[_Span]:
+    pos = 0 if "PRIVATE KEY" in text else len(text)
+    while (m := _PEM_BEGIN.search(text, pos)) is not None:
+        pos = m.end()
+        if not _PEM_BODY.match(text, pos):
+            continue  # a marker string in a parser, not a key
+        end = text.find("END " + m.group(1), pos)
+        pos = len(text) if end < 0 else _PEM_TAIL.match(text, end + 4 + len(m.group(1))).end()
+        yield m.start(), pos, "private-key", _PRIO_PEM
+    for m in _PUTTY.finditer(text) if "PuTTY-User" in text else ():
+        end = _PUTTY_END.search(text, m.end())
+        yield m.start(), len(text) if end is None else end.end(), "private-key", _PRIO_PEM
+
+
+def _url_spans(text: str) -> Iterator[_Span]:
+    for m in _URL_CREDS.finditer(text):
+        password = m.group(2)
+        if not _PLACEHOLDER.search(password) and password.lower() not in {"pass", "pwd", "pw"}:
+            yield m.start(2), m.end(2), "url-credentials", _PRIO_URL
+
+
+def _plausible(value: str) -> bool:
+    """A literal that could be a credential: not short, a placeholder, a path or an identifier."""
+    return 6 <= len(value) <= 1000 and not (
+        _PLACEHOLDER.search(value) or _PATH_OR_URL.search(value) or _WORDY.match(value)
+    )
+
+
+def _is_code_ref(value: str, colon: bool) -> bool:
+    """A variable, attribute or type name rather than a literal (snake_case is literal after ':')."""
+    if not _IDENT_CHAIN.match(value):
+        return False
+    return "." in value or not any(c.isdigit() for c in value) or ("_" in value and not colon)
+
+
+def _assignment_spans(text: str, low: str) -> Iterator[_Span]:
+    for pattern in _ASSIGN:
+        for m in pattern.finditer(low):
+            k = m.start()
+            kind = "password" if low[k] == "p" else "secret"
+            if low.startswith("key", k):
+                qualifier = _KEY_QUALIFIER.search(low, max(0, k - 12), k)
+                if qualifier is None:
+                    continue  # a bare "key" is too common to mean a credential
+                k = qualifier.start()
+            if k and text[k - 1].isalpha() and not (text[k].isupper() and text[k - 1].islower()):
+                continue  # "bypass", "compass": the credential word is not a key component
+            if m.group("q") is not None:
+                s, e = m.start("q") + 1, m.end("q") - 1
+                if _plausible(text[s:e]):
+                    yield s, e, kind, _PRIO_ASSIGN
+                continue
+            s, e = m.span("bare")
+            value = text[s:e]
+            if not _plausible(value):
+                continue
+            line_start = text.rfind("\n", 0, k) + 1
+            sep = m.group("sep")
+            if sep == "=" and _ENV_LINE.fullmatch(text, line_start, k):
+                yield s, e, kind, _PRIO_ASSIGN  # KEY=value in .env and shell files is always literal
+            elif not _is_code_ref(value, colon=sep.strip() == ":"):
+                yield s, e, kind, _PRIO_ASSIGN
+
+
+def _entropy(value: str) -> float:
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+def _high_entropy(value: str) -> bool:
+    n = len(value)
+    if _HEX.match(value):
+        return n >= 32 and _entropy(value) > 3.0
+    if not _B64.match(value) or _UUID.match(value) or value.startswith("/") or "//" in value:
+        return False
+    classes = value.translate(_CHAR_CLASS)
+    runs = 1 + sum(a != b for a, b in pairwise(classes))
+    words = sum(len(w) for w in _WORD_PARTS.findall(value))
+    if runs < 0.45 * n or words > (0.5 if _IDENTIFIER.match(value) else 0.7) * n:
+        return False  # CamelCase or snake_case names, paths made of words
+    return _entropy(value) > min(4.5, 0.85 * math.log2(n))
+
+
+def _entropy_spans(text: str) -> Iterator[_Span]:
+    for pattern, group in ((_HE_QUOTED, 2), (_HE_BARE, 1)):
+        for m in pattern.finditer(text):
+            if _high_entropy(m.group(group)):
+                yield m.start(group), m.end(group), "high-entropy-string", _PRIO_ENTROPY
+
+
+def _merge(spans: list[_Span]) -> list[Redaction]:
+    out: list[Redaction] = []
+    for s, e, kind, _ in sorted(spans, key=lambda sp: (sp[0], -sp[1], sp[3], sp[2])):
+        if s >= e:
+            continue
+        if out and s < out[-1].end:
+            if e > out[-1].end:
+                out[-1] = Redaction(out[-1].start, e, out[-1].kind)
+        else:
+            out.append(Redaction(s, e, kind))
+    return out
+
+
+def find_secrets(text: str) -> list[Redaction]:
+    """Return the sorted, non-overlapping spans of ``text`` that hold credentials."""
+    low = _lowered(text)
+    spans: list[_Span] = [
+        *_token_spans(text, low),
+        *_private_key_spans(text),
+        *_url_spans(text),
+        *_assignment_spans(text, low),
+        *_entropy_spans(text),
+    ]
+    return _merge(spans)
+
+
+def redact(text: str, spans: list[Redaction]) -> str:
+    """Replace each span with ``<redacted-KIND>``; overlapping spans are merged first."""
+    parts, pos = [], 0
+    for r in _merge([(r.start, r.end, r.kind, 0) for r in spans]):
+        parts += [text[pos : r.start], "<redacted-" + r.kind + ">"]
+        pos = r.end
+    parts.append(text[pos:])
+    return "".join(parts)

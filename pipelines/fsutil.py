@@ -1,0 +1,65 @@
+"""Atomic file writes: a file is written beside its target and renamed into place."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Yield a file object whose content replaces ``path`` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
+def dump_json(obj: Any, compact: bool = False) -> bytes:
+    """Canonical JSON with sorted keys (byte-stable across runs); ``compact`` for big documents."""
+    if compact:  # one line per top-level key: C-encoder speed, still diffable
+        body = ",\n".join(
+            f" {json.dumps(k, ensure_ascii=False)}: {json.dumps(obj[k], sort_keys=True, ensure_ascii=False)}"
+            for k in sorted(obj)
+        )
+        return ("{\n" + body + "\n}\n").encode("utf-8")
+    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_bytes_atomic(path, dump_json(obj))
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames inside ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
