@@ -6,10 +6,13 @@ byte-for-byte the same files.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -21,22 +24,29 @@ import numpy as np
 
 from pipelines.dataset import dedup
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
-from pipelines.dataset.filters import KEPT, Reason, analyze, path_reason, redact_spans
+from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, analyze, path_reason, redact_spans
 from pipelines.dataset.gitsource import GitSource
+from pipelines.dataset.output import (
+    MANIFEST,
+    OutputWriter,
+    _failpoint,
+    collect_garbage,
+    contributions,
+    dataset_version,
+    export,
+    recover,
+)
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
 from pipelines.dataset.state import CachedBlob, FileRow, Key, Store
 from pipelines.errors import DatasetError
-from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, write_bytes_atomic
 from pipelines.progress import Progress
 
-FORMAT = "repopilot-dataset/1"
-MANIFEST = "manifest.json"
-STATS = "stats.json"
 STATE = "state.sqlite"
-SPLITS = ("train", "validation")
 CANDIDATE = "candidate"
 _TEXT_MEMORY_BUDGET = 256 * 1024 * 1024
 _CACHE_FLUSH_ROWS = 500
+_PARALLEL_FROM = 400  # blobs to analyse before a process pool pays for its start-up
+INDEX_CHUNK_FILES = 256  # mean number of files per index chunk
 _LSH_BULK = 500  # above this many touched files, the near-duplicate index is read into memory
 
 
@@ -48,6 +58,7 @@ class SyncResult:
     repos: dict[str, dict[str, Any]] = field(default_factory=dict)
     records_changed: int = 0
     shards_written: int = 0
+    index_chunks_written: int = 0
     seconds: float = 0.0
 
 
@@ -88,9 +99,7 @@ def update(
     """Bring every repo of the dataset at ``out_dir`` to its ref (or the ref given in ``refs``)."""
     out_dir = Path(out_dir)
     if not (out_dir / STATE).exists():
-        raise DatasetError(
-            f"{out_dir} holds no dataset. Create one with `repopilot dataset build {out_dir} REPO...`."
-        )
+        raise DatasetError(f"{out_dir} holds no dataset. Create one with `repopilot dataset build {out_dir} REPO...`.")
     with _locked(out_dir):
         store = Store(out_dir / STATE)
         try:
@@ -103,9 +112,7 @@ def update(
             indexed = store.repos()
             unknown = sorted(set(refs) - set(indexed))
             if unknown:
-                raise DatasetError(
-                    f"{out_dir} has no repo named {', '.join(unknown)}; it has {', '.join(indexed)}."
-                )
+                raise DatasetError(f"{out_dir} has no repo named {', '.join(unknown)}; it has {', '.join(indexed)}.")
             for name, info in indexed.items():
                 spec = info["spec"]
                 specs.append(
@@ -167,7 +174,8 @@ def _sync(
         for row in new_rows:
             work.replace(row)
         work.deduplicate()
-        written = work.write_shards()
+        writer = OutputWriter(out_dir, store, progress)
+        work.write(writer)
         _failpoint("shards-written")
         for plan in plans:
             store.put_repo(plan.spec.name, plan.spec.to_json(), plan.ref, plan.commit)
@@ -185,15 +193,10 @@ def _sync(
         dataset_version=version,
         repos={p.spec.name: {"mode": p.mode.value, "commit": p.commit, **p.counts} for p in plans},
         records_changed=len(work.dirty),
-        shards_written=written,
+        shards_written=writer.written["train"] + writer.written["validation"],
+        index_chunks_written=writer.written["index"],
         seconds=round(time.monotonic() - started, 3),
     )
-
-
-def _failpoint(name: str) -> None:
-    """Die here, as a kill would, when the tests ask for it (REPOPILOT_FAILPOINT=name)."""
-    if os.environ.get("REPOPILOT_FAILPOINT") == name:
-        os._exit(86)
 
 
 def _key_hash(key: Key) -> int:
@@ -207,6 +210,10 @@ def split_of(key: Key, config: DatasetConfig) -> str:
 
 def is_boundary(key: Key, config: DatasetConfig) -> int:
     return int((_key_hash(key) >> 24) % config.shard_records == 0)
+
+
+def is_index_boundary(key: Key) -> int:
+    return int((_key_hash(key) >> 44) % INDEX_CHUNK_FILES == 0)
 
 
 class _Work:
@@ -225,7 +232,7 @@ class _Work:
         self.texts: dict[str, str] = {}
         self.text_bytes = 0
         self.blobs: dict[str, CachedBlob] = {}
-        self.dirty: set[Key] = set()
+        self.dirty: dict[Key, str] = {}
 
     # -- rows -------------------------------------------------------------------------------------------
     def compute_rows(self, plans: list[RepoPlan]) -> list[FileRow]:
@@ -252,6 +259,7 @@ class _Work:
                         lang=lang,
                         split=split_of(key, self.config),
                         boundary=is_boundary(key, self.config),
+                        iboundary=is_index_boundary(key),
                         filter_reason=reason,
                         status=reason or CANDIDATE,
                     )
@@ -276,25 +284,40 @@ class _Work:
         self.progress.start("analysing", total)
         pending: list[tuple[str, str | None, int, str, bytes | None]] = []
         last_flush = time.monotonic()
-        for name, shas in missing.items():
-            for sha, data in self.sources[name].read_blobs(shas):
-                if sha in self.blobs:
-                    continue
-                result = analyze(data, self.config)
-                cached = CachedBlob(
-                    result.reason, result.text_bytes, [list(r) for r in result.redactions],
-                    dedup.to_bytes(result.signature),
-                )  # fmt: skip
-                self.blobs[sha] = cached
-                pending.append((sha, result.reason, result.text_bytes, result.redactions_json(), cached.signature))
-                if result.reason is None and data is not None:
-                    self._remember_text(sha, redact_spans(data.decode("utf-8"), result.redactions))
-                self.progress.advance(1, len(data or b""))
-                if len(pending) >= _CACHE_FLUSH_ROWS or time.monotonic() - last_flush > 5:
-                    self.store.cache_blobs(self.akey, pending)
-                    pending, last_flush = [], time.monotonic()
+        for sha, data, result in self._analysed(missing, parallel=total >= _PARALLEL_FROM):
+            cached = CachedBlob(
+                result.reason, result.text_bytes, [list(r) for r in result.redactions], result.signature
+            )
+            self.blobs[sha] = cached
+            pending.append((sha, result.reason, result.text_bytes, result.redactions_json(), cached.signature))
+            if result.reason is None and data is not None:
+                self._remember_text(sha, redact_spans(data.decode("utf-8"), result.redactions))
+            self.progress.advance(1, len(data or b""))
+            if len(pending) >= _CACHE_FLUSH_ROWS or time.monotonic() - last_flush > 5:
+                self.store.cache_blobs(self.akey, pending)
+                pending, last_flush = [], time.monotonic()
         self.store.cache_blobs(self.akey, pending)
         self.progress.finish()
+
+    def _analysed(
+        self, missing: dict[str, list[str]], parallel: bool
+    ) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
+        """(sha, content, analysis) for each blob, on every core when there are many."""
+        blobs = ((sha, data) for name, shas in missing.items() for sha, data in self.sources[name].read_blobs(shas))
+        if not parallel:
+            for sha, data in blobs:
+                yield sha, data, analyze(data, self.config)
+            return
+        workers = max(1, min(os.cpu_count() or 1, 8))
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            in_flight: collections.deque = collections.deque()
+            for batch in _batches(blobs):
+                in_flight.append((batch, pool.submit(_analyse_batch, [d for _, d in batch], self.config)))
+                while len(in_flight) > 2 * workers:
+                    yield from _finished(in_flight.popleft())
+            while in_flight:
+                yield from _finished(in_flight.popleft())
 
     def _remember_text(self, sha: str, text: str) -> None:
         if self.text_bytes + len(text) <= _TEXT_MEMORY_BUDGET:
@@ -313,7 +336,7 @@ class _Work:
         self._touch(row.key)
         old = self.before[row.key]
         if old is not None:
-            row.shard, row.line = old.shard, old.line
+            row.shard, row.line, row.chunk = old.shard, old.line, old.chunk
         self.store.put(row)
 
     # -- deduplication ------------------------------------------------------------------------------
@@ -343,16 +366,36 @@ class _Work:
             row = self.store.get(key)
             if row is not None and row.status == CANDIDATE:
                 self.store.set_status(key, KEPT, None)
+        deltas: dict[tuple[str, str], int] = {}
         for key, old in self.before.items():
             new = self.store.get(key)
+            for row, sign in ((old, -1), (new, 1)):
+                for name, value in self._contributions(row).items():
+                    deltas[name] = deltas.get(name, 0) + sign * value
             was_kept = old is not None and old.status == KEPT
             is_kept = new is not None and new.status == KEPT
-            if new is not None and not is_kept and new.shard is not None:
-                self.store.set_location(key, None, None)
             if was_kept != is_kept or (
                 is_kept and (old.sha, old.commit_sha, old.lang) != (new.sha, new.commit_sha, new.lang)
             ):
-                self.dirty.add(key)
+                self.dirty[key] = (new or old).split
+        self.store.add_totals(deltas)
+
+    def _contributions(self, row: FileRow | None) -> dict[tuple[str, str], int]:
+        if row is None or row.status != KEPT:
+            return contributions(row, 0, [])
+        if row.sha not in self.blobs:
+            self.blobs.update(self.store.cached_blobs(self.akey, [row.sha]))
+        blob = self.blobs[row.sha]
+        return contributions(row, blob.text_bytes, blob.redactions)
+
+    def write(self, writer: OutputWriter) -> None:
+        """Rewrite the shards and index chunks this update touched."""
+        for old in self.before.values():
+            if old is not None:
+                writer.old_names.update(name for name in (old.shard, old.chunk) if name)
+        writer.write_shards(self.dirty, self._texts_for)
+        writer.write_index(self.before)
+        writer.forget_unused()
 
     def _signature(self, key: Key) -> np.ndarray | None:
         row = self.store.get(key)
@@ -386,7 +429,9 @@ class _Work:
             if key not in memo:
                 others = [k for k in sorted(lsh.neighbours(key)) if sig(k) is not None]
                 scores = dedup.similarities(sig(key), [sig(k) for k in others])
-                memo[key] = [k for k, score in zip(others, scores) if score >= self.config.near_dup_threshold]
+                memo[key] = [
+                    k for k, score in zip(others, scores, strict=True) if score >= self.config.near_dup_threshold
+                ]
             return memo[key]
 
         nodes = dedup.component(seeds, neighbours)
@@ -396,43 +441,6 @@ class _Work:
                 self.store.set_status(key, KEPT, None)
             else:
                 self.store.set_status(key, Reason.NEAR_DUPLICATE.value, _ref(twin))
-
-    # -- shards -----------------------------------------------------------------------------------------
-    def write_shards(self) -> int:
-        starts: set[tuple[str, Key]] = set()
-        for key in sorted(self.dirty):
-            old, new = self.before.get(key), self.store.get(key)
-            split = (new or old).split
-            for probe in (key, self.store.kept_before(split, key)):
-                if probe is None:
-                    continue
-                start = self.store.shard_start(split, probe)
-                if start is not None:
-                    starts.add((split, start))
-        if not starts:
-            return 0
-        self.progress.start("writing shards", len(starts))
-        written = 0
-        for split, start in sorted(starts):
-            rows = self.store.shard_rows(split, start)
-            if not rows:
-                continue
-            texts = self._texts_for(rows)
-            lines = [_record_line(row, texts[row.sha]) for row in rows]
-            content = "".join(lines).encode("utf-8")
-            name = f"{split}/{hashlib.sha256(content).hexdigest()[:24]}.jsonl"
-            target = self.out_dir / name
-            if not target.exists():
-                write_bytes_atomic(target, content)
-                written += 1
-            for number, row in enumerate(rows):
-                if (row.shard, row.line) != (name, number):
-                    self.store.set_location(row.key, name, number)
-            self.progress.advance(1, len(content))
-        for split in SPLITS:
-            fsync_dir(self.out_dir / split)
-        self.progress.finish()
-        return written
 
     def _texts_for(self, rows: list[FileRow]) -> dict[str, str]:
         texts = {row.sha: self.texts[row.sha] for row in rows if row.sha in self.texts}
@@ -453,6 +461,29 @@ class _Work:
                     )
                 texts[sha] = redact_spans(data.decode("utf-8"), blobs[sha].redactions)
         return texts
+
+
+def _analyse_batch(datas: list[bytes | None], config: DatasetConfig) -> list[BlobAnalysis]:
+    return [analyze(data, config) for data in datas]
+
+
+def _batches(blobs: Iterator[tuple[str, bytes | None]], max_bytes: int = 4 << 20, max_items: int = 256) -> Iterator:
+    batch: list[tuple[str, bytes | None]] = []
+    size = 0
+    for sha, data in blobs:
+        batch.append((sha, data))
+        size += len(data or b"")
+        if size >= max_bytes or len(batch) >= max_items:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _finished(item: tuple[list, concurrent.futures.Future]) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
+    batch, future = item
+    for (sha, data), result in zip(batch, future.result(), strict=True):
+        yield sha, data, result
 
 
 class _LshIndex:
@@ -495,115 +526,3 @@ class _LshIndex:
 
 def _ref(key: Key) -> str:
     return f"{key[0]}:{key[1]}"
-
-
-def _record_line(row: FileRow, text: str) -> str:
-    record = {
-        "text": text,
-        "url": row.path,
-        "repo": row.repo,
-        "path": row.path,
-        "commit": row.commit_sha,
-        "lang": row.lang,
-        "sha": row.sha,
-    }
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-
-
-# -- export, recovery, garbage ------------------------------------------------------------------------
-def dataset_version(store: Store, config: DatasetConfig) -> str:
-    ident = {
-        "config": config.to_json(),
-        "repos": {name: info["commit"] for name, info in store.repos().items()},
-        "shards": [shard for _, shard, _ in store.shard_list()],
-    }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def export(out_dir: Path, store: Store) -> None:
-    """Write stats.json, then manifest.json (the commit point readers go by), from the state."""
-    version = store.get_meta("dataset_version")
-    config = json.loads(store.get_meta("config") or "{}")
-    akey = DatasetConfig.from_json(config).analysis_key()
-    files: dict[str, dict[str, Any]] = {}
-    for row in store.all_rows():
-        entry: dict[str, Any] = {"sha": row.sha, "status": row.status, "commit": row.commit_sha}
-        if row.status == KEPT:
-            entry.update(shard=row.shard, line=row.line, split=row.split, lang=row.lang)
-        elif row.dup_of:
-            entry["dup_of"] = row.dup_of
-        files.setdefault(row.repo, {})[row.path] = entry
-    shards: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
-    for split, shard, records in store.shard_list():
-        shards[split].append({"file": shard, "records": records, "bytes": (out_dir / shard).stat().st_size})
-    repos = {
-        name: {**info["spec"], "ref": info["spec"]["ref"], "resolved_ref": info["ref"], "commit": info["commit"]}
-        for name, info in store.repos().items()
-    }
-    agg = store.aggregate(akey)
-    kept = sum(s["files"] for s in agg["splits"].values())
-    for name, counts in agg["repos"].items():
-        counts["commit"] = repos.get(name, {}).get("commit")
-    stats = {
-        "dataset_version": version,
-        "files_seen": sum(r["files_seen"] for r in agg["repos"].values()),
-        "files_kept": kept,
-        "files_dropped": sum(agg["dropped"].values()),
-        "dropped": agg["dropped"],
-        "bytes_seen": agg["bytes_seen"],
-        "bytes_kept": sum(s["bytes"] for s in agg["splits"].values()),
-        "languages": agg["languages"],
-        "splits": agg["splits"],
-        "redactions": agg["redactions"],
-        "repos": agg["repos"],
-    }
-    manifest = {
-        "format": FORMAT,
-        "dataset_version": version,
-        "config": config,
-        "repos": repos,
-        "shards": shards,
-        "files": files,
-    }
-    write_bytes_atomic(out_dir / STATS, dump_json(stats))
-    _failpoint("stats-written")
-    write_bytes_atomic(out_dir / MANIFEST, dump_json(manifest, compact=True))
-    fsync_dir(out_dir)
-
-
-def read_manifest(out_dir: Path) -> dict[str, Any]:
-    path = Path(out_dir) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"{out_dir} holds no dataset (no {MANIFEST}). Build one first.") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path} is damaged ({exc}). Run `repopilot dataset update` to rewrite it.") from None
-
-
-def recover(out_dir: Path, store: Store) -> None:
-    """Finish what a killed run committed but did not export, and sweep what it left half-written."""
-    version = store.get_meta("dataset_version")
-    if version is not None:
-        try:
-            on_disk = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8")).get("dataset_version")
-        except (FileNotFoundError, json.JSONDecodeError):
-            on_disk = None
-        if on_disk != version:
-            export(out_dir, store)
-    collect_garbage(out_dir, store)
-
-
-def collect_garbage(out_dir: Path, store: Store) -> None:
-    keep = store.shard_names()
-    for split in SPLITS:
-        folder = out_dir / split
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            if f"{split}/{path.name}" not in keep or path.name.startswith(TMP_PREFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-    for path in out_dir.glob(TMP_PREFIX + "*"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from pipelines.cli_util import run_main
-from pipelines.dataset.builder import STATS, SyncResult, build, read_manifest, update
+from pipelines.dataset.builder import SyncResult, build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.languages import FILENAMES, LANGUAGES
+from pipelines.dataset.output import STATS, read_manifest
 from pipelines.errors import DatasetError, InputError
 from pipelines.progress import MODES, Progress
 
@@ -127,7 +128,9 @@ def _print_stats(out: Path, as_json: bool) -> int:
         print(json.dumps(stats, sort_keys=True, indent=2))
         return 0
     mb = stats["bytes_kept"] / 1e6
-    print(f"files seen {stats['files_seen']}, kept {stats['files_kept']} ({mb:.2f} MB), dropped {stats['files_dropped']}")
+    print(
+        f"files seen {stats['files_seen']}, kept {stats['files_kept']} ({mb:.2f} MB), dropped {stats['files_dropped']}"
+    )
     for split, info in stats["splits"].items():
         shards = len(manifest["shards"].get(split, []))
         print(f"  {split:<11} {info['files']:>7} files {info['bytes'] / 1e6:>9.2f} MB in {shards} shards")

@@ -88,9 +88,7 @@ def from_bytes(raw: bytes | None) -> np.ndarray | None:
     return None if raw is None else np.frombuffer(raw, dtype="<u4")
 
 
-def component(
-    seeds: Iterable[Hashable], neighbours: Callable[[Hashable], Iterable[Hashable]]
-) -> set[Hashable]:
+def component(seeds: Iterable[Hashable], neighbours: Callable[[Hashable], Iterable[Hashable]]) -> set[Hashable]:
     """All nodes reachable from ``seeds`` in the similarity graph."""
     seen: set[Hashable] = set()
     stack = list(seeds)

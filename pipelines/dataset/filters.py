@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePosixPath
 
-import numpy as np
-
 from pipelines.dataset import dedup
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.gitsource import MODE_SUBMODULE, MODE_SYMLINK
@@ -120,7 +118,7 @@ class BlobAnalysis:
     reason: str | None
     text_bytes: int = 0
     redactions: tuple[tuple[int, int, str], ...] = ()
-    signature: np.ndarray | None = None
+    signature: bytes | None = None  # MinHash signature, little-endian uint32 (see dedup.to_bytes)
 
     def redaction_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -160,7 +158,7 @@ def analyze(data: bytes | None, config: DatasetConfig) -> BlobAnalysis:
         None,
         text_bytes=len(clean.encode("utf-8")),
         redactions=spans,
-        signature=dedup.signature(clean, config.near_dup_min_tokens),
+        signature=dedup.to_bytes(dedup.signature(clean, config.near_dup_min_tokens)),
     )
 
 

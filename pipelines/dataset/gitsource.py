@@ -280,4 +280,3 @@ class GitSource:
                 f"git {args[0]} failed in {self.path}: {detail[-1] if detail else exc}. "
                 "Check the repository and the ref."
             ) from None
-

@@ -36,6 +36,7 @@ class _Rule:
     gates: tuple[re.Pattern[str], ...] = ()  # searched on the lowered text; one must hit for the rule to run
     on_lower: bool = False  # the pattern is written for the lowered text
     prio: int = 0  # lower wins when two rules report the same span
+    literal: bool = False  # the secret must also pass the placeholder and identifier checks
 
 
 # Plugins replaced by detectors below (or not secrets at all), and those without a regex list.
@@ -77,6 +78,8 @@ _GATES: dict[str, tuple[str, ...]] = {
     "IbmCloudIamDetector": tuple(w + _IBM_TAIL for w in ("key", "pw", "pass", "token")),
     "IbmCosHmacDetector": ("secret",),
     "MailchimpDetector": ("-us",),
+    "NpmDetector": ("_authtoken",),
+    "OpenAIDetector": ("t3blbkfj",),
     "SlackDetector": ("xox", "hooks.slack.com"),
     "SoftlayerDetector": ("sl" + _CREDENTIAL_WORDS, "softlayer"),
     "StripeDetector": ("k_live_",),
@@ -114,21 +117,18 @@ _OWN_RULES = [
     _Rule("npm-token", re.compile(r"npm_[A-Za-z0-9]{36}")),
     _Rule(
         "aws-secret-key",
-        re.compile(
-            r"aws_?secret_?(?:access_?)?key[\"']?[ \t]*[:=][ \t]*[\"']?([a-z0-9/+]{40})(?![a-z0-9/+])"
-        ),
+        re.compile(r"aws_?secret_?(?:access_?)?key[\"']?[ \t]*[:=][ \t]*[\"']?([a-z0-9/+]{40})(?![a-z0-9/+])"),
         group=1,
         gates=(re.compile("aws_?secret"),),
         on_lower=True,
     ),
     _Rule(
         "auth-header",
-        re.compile(
-            r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:bearer|basic|token)[ \t]+([a-z0-9+/=._~-]{16,})"
-        ),
+        re.compile(r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:bearer|basic|token)[ \t]+([a-z0-9+/=._~-]{16,})"),
         group=1,
         on_lower=True,
         prio=2,
+        literal=True,
     ),
     _Rule("jwt", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
 ]
@@ -143,7 +143,7 @@ _MASKED = re.compile(r"([xX*])\1{5}")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 _PEM_BEGIN = re.compile(r"-{4,5} ?BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?) ?-{4,5}")
-_PEM_BODY = re.compile(r"(?:\s|\\[rn]|[\"'+,]|[A-Za-z][A-Za-z-]*:[^\n\\]*)*[A-Za-z0-9+/]{16}")
+_PEM_BODY = re.compile(r"(?:\s|\\[rn]|[\"'+,]|[A-Za-z][A-Za-z-]*:[^\n\\]*(?=\n|\\))*[A-Za-z0-9+/]{16}")
 _PEM_TAIL = re.compile(r" ?-{0,5}")
 _PUTTY = re.compile(r"PuTTY-User-Key-File-\d+:")
 _PUTTY_END = re.compile(r"Private-MAC: *[0-9a-fA-F]*")
@@ -159,8 +159,7 @@ _ASSIGN_TAIL = (
     r"|(?P<bare>[^\s\"'`,;()\[\]{}<>&]+)(?=[;&\"'`]|[ \t]*(?:\r?$|#|//)))"
 )
 _ASSIGN = tuple(
-    re.compile(word + _ASSIGN_TAIL, re.M)
-    for word in ("pass(?:word|wd|phrase)?", "pwd", "secret", "token", "key")
+    re.compile(word + _ASSIGN_TAIL, re.M) for word in ("pass(?:word|wd|phrase)?", "pwd", "secret", "token", "key")
 )
 _KEY_QUALIFIER = re.compile(
     r"(?:api|access|secret|private|auth|signing|encryption|master|account|app|client|consumer|session"
@@ -172,10 +171,8 @@ _PLACEHOLDER = re.compile(
     r"|^[\d.,:_-]+$|[{}<>\s\\]|\$[{(A-Za-z_]|%[(s]|^(.)\1*$|^(?:none|null|nil|true|false|undefined)$",
     re.I,
 )
-_PATH_OR_URL = re.compile(
-    r"^(?:/|\.\.?/|~/|[A-Za-z]:\\)|://|\.(?:pem|key|crt|cer|json|ya?ml|txt|p12|pfx|env|pub)$"
-)
-_WORDY = re.compile(r"^[a-z]+(?:[._-][a-z]+)*$|^[A-Z]+(?:_[A-Z0-9]+)+$|^#[0-9a-fA-F]{3,8}$")
+_PATH_OR_URL = re.compile(r"^(?:/|\.\.?/|~/|[A-Za-z]:\\)|://|\.(?:pem|key|crt|cer|json|ya?ml|txt|p12|pfx|env|pub)$")
+_WORDY = re.compile(r"^[A-Za-z][a-z]*(?:[._-][A-Za-z][a-z]*)*$|^[A-Z]+(?:_[A-Z0-9]+)+$|^#[0-9a-fA-F]{3,8}$")
 _IDENT_CHAIN = re.compile(r"^[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*$")
 
 _HE_QUOTED = re.compile(r"([\"'`])([A-Za-z0-9+/=_-]{20,})\1")
@@ -221,7 +218,9 @@ def _token_spans(text: str, low: str) -> Iterator[_Span]:
                     s = prefix.end()
             while e < n and text[e] in _TOKEN_CHARS:
                 e += 1
-            if s < e and (s == 0 or text[s - 1] not in _ALNUM) and not _MASKED.search(text, s, e):
+            if s == e or (s and text[s - 1] in _ALNUM) or _MASKED.search(text, s, e):
+                continue
+            if not rule.literal or _plausible(text[s:e]):
                 yield s, e, rule.kind, rule.prio
 
 
@@ -298,7 +297,7 @@ def _high_entropy(value: str) -> bool:
     n = len(value)
     if _HEX.match(value):
         return n >= 32 and _entropy(value) > 3.0
-    if not _B64.match(value) or _UUID.match(value) or value.startswith("/") or "//" in value:
+    if not _B64.match(value) or _UUID.match(value) or value.startswith("/"):
         return False
     classes = value.translate(_CHAR_CLASS)
     runs = 1 + sum(a != b for a, b in pairwise(classes))

@@ -27,11 +27,18 @@ CREATE TABLE IF NOT EXISTS files(
     repo TEXT NOT NULL, path TEXT NOT NULL, mode TEXT NOT NULL, sha TEXT NOT NULL, size INTEGER NOT NULL,
     commit_sha TEXT NOT NULL, lang TEXT, split TEXT NOT NULL, boundary INTEGER NOT NULL,
     filter_reason TEXT, status TEXT NOT NULL, dup_of TEXT, shard TEXT, line INTEGER,
-    PRIMARY KEY(repo, path));
+    iboundary INTEGER NOT NULL, chunk TEXT, PRIMARY KEY(repo, path));
 CREATE INDEX IF NOT EXISTS files_by_sha ON files(sha) WHERE filter_reason IS NULL;
 CREATE INDEX IF NOT EXISTS files_kept ON files(split, repo, path) WHERE status = 'kept';
 CREATE INDEX IF NOT EXISTS files_starts ON files(split, repo, path) WHERE status = 'kept' AND boundary = 1;
 CREATE INDEX IF NOT EXISTS files_by_shard ON files(shard);
+CREATE INDEX IF NOT EXISTS files_by_chunk ON files(chunk);
+CREATE INDEX IF NOT EXISTS files_chunk_starts ON files(repo, path) WHERE iboundary = 1;
+CREATE TABLE IF NOT EXISTS outputs(
+    kind TEXT NOT NULL, name TEXT PRIMARY KEY, split TEXT NOT NULL, first TEXT NOT NULL, items INTEGER NOT NULL,
+    bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS totals(
+    name TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY(name, key));
 CREATE TABLE IF NOT EXISTS lsh(band INTEGER NOT NULL, bucket INTEGER NOT NULL, repo TEXT NOT NULL,
     path TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS lsh_by_bucket ON lsh(band, bucket);
@@ -60,6 +67,8 @@ class FileRow:
     dup_of: str | None = None
     shard: str | None = None
     line: int | None = None
+    iboundary: int = 0
+    chunk: str | None = None
 
     @property
     def key(self) -> Key:
@@ -67,6 +76,22 @@ class FileRow:
 
 
 _FILE_COLUMNS = ", ".join(f.name for f in fields(FileRow))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A run of rows in key order, cut into ranges at rows whose ``boundary`` column is 1."""
+
+    where: str
+    params: tuple
+    boundary: str
+
+
+def shard_selection(split: str) -> Selection:
+    return Selection("status = 'kept' AND split = ?", (split,), "boundary")
+
+
+INDEX_SELECTION = Selection("1 = 1", (), "iboundary")
 
 
 @dataclass(frozen=True)
@@ -137,9 +162,7 @@ class Store:
         return {row[1]: FileRow(*row) for row in cur}
 
     def get(self, key: Key) -> FileRow | None:
-        row = self.db.execute(
-            f"SELECT {_FILE_COLUMNS} FROM files WHERE repo = ? AND path = ?", key
-        ).fetchone()
+        row = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE repo = ? AND path = ?", key).fetchone()
         return None if row is None else FileRow(*row)
 
     def put(self, row: FileRow) -> None:
@@ -150,14 +173,10 @@ class Store:
         self.db.execute("DELETE FROM files WHERE repo = ? AND path = ?", key)
 
     def set_status(self, key: Key, status: str, dup_of: str | None) -> None:
-        self.db.execute(
-            "UPDATE files SET status = ?, dup_of = ? WHERE repo = ? AND path = ?", (status, dup_of, *key)
-        )
+        self.db.execute("UPDATE files SET status = ?, dup_of = ? WHERE repo = ? AND path = ?", (status, dup_of, *key))
 
     def set_location(self, key: Key, shard: str | None, line: int | None) -> None:
-        self.db.execute(
-            "UPDATE files SET shard = ?, line = ? WHERE repo = ? AND path = ?", (shard, line, *key)
-        )
+        self.db.execute("UPDATE files SET shard = ?, line = ? WHERE repo = ? AND path = ?", (shard, line, *key))
 
     def candidates_with_sha(self, sha: str) -> list[Key]:
         rows = self.db.execute(
@@ -170,65 +189,85 @@ class Store:
         for row in cur:
             yield FileRow(*row)
 
-    # -- shard geometry (over kept files of one split, in key order) ---------------------------------
-    def shard_start(self, split: str, key: Key) -> Key | None:
-        """The first key of the shard that holds (or would hold) ``key``."""
+    # -- ranges: shards (kept files of one split) and index chunks (all files), in key order -------------
+    def range_start(self, sel: Selection, key: Key) -> Key | None:
+        """The first key of the range that holds (or would hold) ``key``."""
         row = self.db.execute(
-            "SELECT repo, path FROM files WHERE status = 'kept' AND boundary = 1 AND split = ? "
+            f"SELECT repo, path FROM files WHERE {sel.where} AND {sel.boundary} = 1 "
             "AND (repo, path) <= (?, ?) ORDER BY repo DESC, path DESC LIMIT 1",
-            (split, *key),
+            (*sel.params, *key),
         ).fetchone()
         if row is not None:
             return (row[0], row[1])
-        return self.first_kept(split)
-
-    def first_kept(self, split: str) -> Key | None:
         row = self.db.execute(
-            "SELECT repo, path FROM files WHERE status = 'kept' AND split = ? ORDER BY repo, path LIMIT 1",
-            (split,),
+            f"SELECT repo, path FROM files WHERE {sel.where} ORDER BY repo, path LIMIT 1", sel.params
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
-    def kept_before(self, split: str, key: Key) -> Key | None:
+    def before(self, sel: Selection, key: Key) -> Key | None:
         row = self.db.execute(
-            "SELECT repo, path FROM files WHERE status = 'kept' AND split = ? AND (repo, path) < (?, ?) "
+            f"SELECT repo, path FROM files WHERE {sel.where} AND (repo, path) < (?, ?) "
             "ORDER BY repo DESC, path DESC LIMIT 1",
-            (split, *key),
+            (*sel.params, *key),
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
-    def shard_rows(self, split: str, start: Key) -> list[FileRow]:
-        """Kept rows from ``start`` up to (not including) the next boundary after it."""
+    def range_rows(self, sel: Selection, start: Key) -> list[FileRow]:
+        """Rows from ``start`` up to (not including) the next boundary after it."""
         nxt = self.db.execute(
-            "SELECT repo, path FROM files WHERE status = 'kept' AND boundary = 1 AND split = ? "
+            f"SELECT repo, path FROM files WHERE {sel.where} AND {sel.boundary} = 1 "
             "AND (repo, path) > (?, ?) ORDER BY repo, path LIMIT 1",
-            (split, *start),
+            (*sel.params, *start),
         ).fetchone()
-        if nxt is None:
-            cur = self.db.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE status = 'kept' AND split = ? "
-                "AND (repo, path) >= (?, ?) ORDER BY repo, path",
-                (split, *start),
-            )
-        else:
-            cur = self.db.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE status = 'kept' AND split = ? "
-                "AND (repo, path) >= (?, ?) AND (repo, path) < (?, ?) ORDER BY repo, path",
-                (split, *start, *nxt),
-            )
+        upper, bound = ("", ()) if nxt is None else (" AND (repo, path) < (?, ?)", tuple(nxt))
+        cur = self.db.execute(
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE {sel.where} AND (repo, path) >= (?, ?){upper} "
+            "ORDER BY repo, path",
+            (*sel.params, *start, *bound),
+        )
         return [FileRow(*row) for row in cur]
 
-    def shard_names(self) -> set[str]:
-        rows = self.db.execute("SELECT DISTINCT shard FROM files WHERE shard IS NOT NULL").fetchall()
-        return {r[0] for r in rows}
+    def set_chunk(self, key: Key, chunk: str) -> None:
+        self.db.execute("UPDATE files SET chunk = ? WHERE repo = ? AND path = ?", (chunk, *key))
 
-    def shard_list(self) -> list[tuple[str, str, int]]:
-        """(split, shard, records) in key order of their first record."""
-        rows = self.db.execute(
-            "SELECT split, shard, count(*), min(repo || char(1) || path) AS first FROM files "
-            "WHERE status = 'kept' GROUP BY split, shard ORDER BY split, first"
+    # -- output files (shards and index chunks) ---------------------------------------------------------
+    def put_output(self, kind: str, name: str, split: str, first: Key, items: int, nbytes: int) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO outputs(kind, name, split, first, items, bytes) VALUES (?, ?, ?, ?, ?, ?)",
+            (kind, name, split, f"{first[0]}\x01{first[1]}", items, nbytes),
+        )
+
+    def drop_output_if_unused(self, name: str) -> None:
+        column = "chunk" if name.startswith("index/") else "shard"
+        used = self.db.execute(f"SELECT 1 FROM files WHERE {column} = ? LIMIT 1", (name,)).fetchone()
+        if used is None:
+            self.db.execute("DELETE FROM outputs WHERE name = ?", (name,))
+
+    def outputs(self, kind: str) -> list[tuple[str, str, int, int]]:
+        """(split, name, items, bytes) of every live output of a kind, in key order of their first item."""
+        return self.db.execute(
+            "SELECT split, name, items, bytes FROM outputs WHERE kind = ? ORDER BY split, first", (kind,)
         ).fetchall()
-        return [(split, shard, n) for split, shard, n, _ in rows]
+
+    def output_names(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT name FROM outputs")}
+
+    # -- running totals for stats.json ----------------------------------------------------------------
+    def add_totals(self, deltas: dict[tuple[str, str], int]) -> None:
+        for (name, key), value in deltas.items():
+            if value:
+                self.db.execute(
+                    "INSERT INTO totals(name, key, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT(name, key) DO UPDATE SET value = value + excluded.value",
+                    (name, key, value),
+                )
+        self.db.execute("DELETE FROM totals WHERE value = 0")
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = {}
+        for name, key, value in self.db.execute("SELECT name, key, value FROM totals ORDER BY name, key"):
+            found.setdefault(name, {})[key] = value
+        return found
 
     # -- near-duplicate index -------------------------------------------------------------------------
     def lsh_neighbours(self, key: Key) -> set[Key]:
@@ -266,8 +305,7 @@ class Store:
             chunk = wanted[i : i + 500]
             marks = ", ".join("?" * len(chunk))
             cur = self.db.execute(
-                "SELECT sha, reason, text_bytes, redactions, signature FROM blobs "
-                f"WHERE akey = ? AND sha IN ({marks})",
+                f"SELECT sha, reason, text_bytes, redactions, signature FROM blobs WHERE akey = ? AND sha IN ({marks})",
                 (akey, *chunk),
             )
             for sha, reason, text_bytes, redactions, sig in cur:
@@ -285,40 +323,3 @@ class Store:
             [(akey, *row) for row in rows],
         )
         self.db.execute("COMMIT")
-
-    # -- aggregates for stats.json ------------------------------------------------------------------
-    def aggregate(self, akey: str) -> dict[str, Any]:
-        q = self.db.execute
-        per_repo = {
-            repo: {"files_seen": seen, "files_kept": kept or 0}
-            for repo, seen, kept in q(
-                "SELECT repo, count(*), sum(status = 'kept') FROM files GROUP BY repo ORDER BY repo"
-            )
-        }
-        dropped = dict(q("SELECT status, count(*) FROM files WHERE status != 'kept' GROUP BY status ORDER BY 1"))
-        kept_join = "FROM files f JOIN blobs b ON b.sha = f.sha AND b.akey = ? WHERE f.status = 'kept'"
-        languages = {
-            lang: {"files": n, "bytes": nbytes}
-            for lang, n, nbytes in q(
-                f"SELECT f.lang, count(*), sum(b.text_bytes) {kept_join} GROUP BY f.lang ORDER BY 1", (akey,)
-            )
-        }
-        splits = {
-            split: {"files": n, "bytes": nbytes}
-            for split, n, nbytes in q(
-                f"SELECT f.split, count(*), sum(b.text_bytes) {kept_join} GROUP BY f.split ORDER BY 1", (akey,)
-            )
-        }
-        redactions: dict[str, int] = {}
-        for (raw,) in q(f"SELECT b.redactions {kept_join} AND b.redactions != '[]'", (akey,)):
-            for _, _, kind in json.loads(raw):
-                redactions[kind] = redactions.get(kind, 0) + 1
-        seen_bytes = q("SELECT coalesce(sum(max(size, 0)), 0) FROM files").fetchone()[0]
-        return {
-            "repos": per_repo,
-            "dropped": dropped,
-            "languages": languages,
-            "splits": splits,
-            "redactions": dict(sorted(redactions.items())),
-            "bytes_seen": seen_bytes,
-        }

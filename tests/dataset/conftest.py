@@ -21,9 +21,7 @@ ENV = {
 
 
 def git(repo: Path, *args: str, input: bytes | None = None) -> str:
-    out = subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, env=ENV, input=input
-    )
+    out = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=ENV, input=input)
     return out.stdout.decode(errors="replace").strip()
 
 
@@ -94,7 +92,9 @@ def read_dataset(out: Path) -> dict[str, bytes]:
     found = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        if path.is_file() and (rel.endswith(".jsonl") or rel in ("manifest.json", "stats.json")):
+        if path.is_file() and (rel.split("/")[0] in ("train", "validation", "index") or "/" not in rel):
+            if rel in (".lock", "state.sqlite") or rel.startswith("state.sqlite"):
+                continue
             found[rel] = path.read_bytes()
     return found
 

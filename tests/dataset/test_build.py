@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.dataset import builder
 from pipelines.dataset.builder import build
 from pipelines.dataset.config import DatasetConfig, RepoSpec
+from pipelines.dataset.output import file_index
 from tests.dataset.conftest import Repo, python_file, read_dataset, records, run_cli
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:" + "ab" * 32 + "\nsize 1234\n"
@@ -81,8 +83,7 @@ def test_filters_count_each_drop_under_one_named_reason(repo: Repo, tmp_path: Pa
     # util.py and its exact copy: the smaller path wins; the near copy goes too.
     assert kept == {"src/app.py", "src/util.py", "web/main.js"}
     assert stats["files_seen"] == 21 and stats["files_kept"] == 3
-    manifest = json.loads((out / "manifest.json").read_text())
-    files = manifest["files"]["project"]
+    files = file_index(out)["project"]
     assert files["src/util_copy.py"]["status"] == "duplicate"
     assert files["src/util_copy.py"]["dup_of"] == "project:src/util.py"
     assert files["src/util_near.py"]["status"] == "near_duplicate"
@@ -103,7 +104,7 @@ def test_records_are_run_clm_compatible_and_locatable(repo: Repo, tmp_path: Path
         assert record["url"] == record["path"]
         assert record["text"] == (repo.path / record["path"]).read_text()
         assert record["commit"] == head and record["lang"] == "python"
-        entry = manifest["files"]["project"][record["path"]]
+        entry = file_index(out)["project"][record["path"]]
         assert entry["sha"] == record["sha"] and entry["split"] == "train"
         line = (out / entry["shard"]).read_text(encoding="utf-8").splitlines()[entry["line"]]
         assert json.loads(line)["path"] == record["path"]
@@ -245,3 +246,15 @@ def test_stats_command(repo: Repo, tmp_path: Path) -> None:
     assert json.loads(as_json.stdout)["files_kept"] == 1
     missing = run_cli("dataset", "stats", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "no dataset" in missing.stderr
+
+
+def test_parallel_analysis_gives_the_same_dataset(
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    util = python_file("util", seed=1)
+    repo.commit({f"m/f{i}.py": python_file(f"f{i}", seed=i) for i in range(30)} | {"u.py": util, "v.py": util})
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    build(serial, [RepoSpec("project", str(repo.path))], DatasetConfig())
+    monkeypatch.setattr(builder, "_PARALLEL_FROM", 1)
+    build(parallel, [RepoSpec("project", str(repo.path))], DatasetConfig())
+    assert read_dataset(serial) == read_dataset(parallel)

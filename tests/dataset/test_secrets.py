@@ -12,32 +12,35 @@ import random
 import string
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 
 import pytest
 
 from pipelines.dataset.secrets import Redaction, find_secrets, redact
 
-_RNG = random.Random(20240611)
+_RNG = random.Random(20240611)  # consumed only while building SAMPLES at import
 _UPPER_DIGITS = string.ascii_uppercase + string.digits
 _ALNUM = string.ascii_letters + string.digits
 _B64 = _ALNUM + "+/"
 _HEX = "0123456789abcdef"
 
 
-def _rand(alphabet: str, n: int) -> str:
-    return "".join(_RNG.choice(alphabet) for _ in range(n))
+def _rand(alphabet: str, n: int, rng: random.Random = _RNG) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(n))
 
 
 def _b64url(data: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
 
-def _pem(label: str, body_prefix: str = "") -> tuple[str, str]:
+def _pem(
+    label: str, body_prefix: str = "", headers: str = "", sep: str = "\n", rng: random.Random = _RNG
+) -> tuple[str, str]:
     """A PEM block with random base64 body lines; returns (block, body)."""
-    lines = [body_prefix + _rand(_B64, 64 - len(body_prefix))] + [_rand(_B64, 64) for _ in range(5)]
-    body = "\n".join(lines)
+    lines = [body_prefix + _rand(_B64, 64 - len(body_prefix), rng)] + [_rand(_B64, 64, rng) for _ in range(5)]
+    body = sep.join(lines)
     dashes = "-" * 5
-    block = f"{dashes}BEGIN {label}{dashes}\n{body}\n{dashes}END {label}{dashes}"
+    block = f"{dashes}BEGIN {label}{dashes}{sep}{headers}{body}{sep}{dashes}END {label}{dashes}"
     return block, body
 
 
@@ -62,7 +65,7 @@ def _samples() -> list[Sample]:
     def add(name: str, template: str, secret: str, kind: str, context: str) -> None:
         out.append(Sample(name, template.replace("@@", secret), secret, kind, context))
 
-    rsa, rsa_body = _pem("RSA " + "PRIVATE KEY")
+    rsa, _ = _pem("RSA " + "PRIVATE KEY")
     add(
         "rsa-pem",
         'import ssl\n\nKEY = """\n@@\n"""\n\n\ndef load():\n    return ssl.create_default_context()\n',
@@ -70,6 +73,12 @@ def _samples() -> list[Sample]:
         "private-key",
         "def load():",
     )
+    encrypted, _ = _pem(
+        "RSA " + "PRIVATE KEY", headers="Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC," + _rand(_HEX, 32) + "\n\n"
+    )
+    add("rsa-pem-encrypted", "key: |\n@@\nnext: 1\n", encrypted, "private-key", "next: 1")
+    escaped, _ = _pem("EC " + "PRIVATE KEY", sep="\\n")
+    add("pem-in-string", 'KEY = "@@\\n"\nuse(KEY)\n', escaped, "private-key", "use(KEY)")
     ossh, _ = _pem("OPENSSH " + "PRIVATE KEY", body_prefix="b3BlbnNzaC1rZXktdjE")
     add("openssh", "# deploy key\n@@\n# end\n", ossh, "private-key", "# deploy key")
     add(
@@ -162,6 +171,13 @@ def _samples() -> list[Sample]:
         ]
     )
     add("jwt", "curl -H 'X-Session: @@' https://api.internal/v1/me\n", jwt, "jwt", "curl -H 'X-Session: ")
+    add(
+        "auth-header",
+        'curl -H "Authorization: Basic @@" https://ci.internal/api\n',
+        base64.b64encode(("deploy:" + _rand(_ALNUM, 16)).encode()).decode(),
+        "auth-header",
+        'curl -H "Authorization: Basic ',
+    )
     add(
         "sendgrid",
         "SENDGRID = '@@'\n",
@@ -271,13 +287,13 @@ def test_spans_are_sorted_non_overlapping_and_deterministic() -> None:
     text = "\n".join(s.text for s in SAMPLES)
     spans = find_secrets(text)
     assert spans == sorted(spans)
-    assert all(a.end <= b.start for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a.end <= b.start for a, b in pairwise(spans))
     assert all(r.start < r.end for r in spans)
     assert find_secrets(text) == spans
 
 
 def test_overlapping_detections_merge_into_the_earliest() -> None:
-    token = "gh" + "p_" + _rand(_ALNUM, 36)
+    token = "gh" + "p_" + _rand(_ALNUM, 36, random.Random(1))
     value = "Zq8-" + token
     text = f'db_password = "{value}"\n'
     spans = find_secrets(text)
@@ -292,13 +308,13 @@ def test_redact_merges_overlapping_input_spans() -> None:
 
 
 def test_same_span_keeps_the_specific_kind() -> None:
-    key = "sk" + "-proj-" + _rand(_ALNUM, 40)
+    key = "sk" + "-proj-" + _rand(_ALNUM, 40, random.Random(2))
     spans = find_secrets(f'OPENAI_API_KEY = "{key}"\n')
     assert [r.kind for r in spans] == ["openai-key"]
 
 
 def test_unterminated_private_key_redacts_to_end() -> None:
-    block, body = _pem("EC " + "PRIVATE KEY")
+    block, body = _pem("EC " + "PRIVATE KEY", rng=random.Random(3))
     text = "x = 1\n" + block.rsplit("\n", 1)[0] + "\ntrailing = True\n"
     out = redact(text, find_secrets(text))
     assert out == "x = 1\n<redacted-private-key>"
@@ -306,7 +322,7 @@ def test_unterminated_private_key_redacts_to_end() -> None:
 
 
 def test_encrypted_private_key_block() -> None:
-    block, body = _pem("ENCRYPTED " + "PRIVATE KEY")
+    block, _ = _pem("ENCRYPTED " + "PRIVATE KEY", rng=random.Random(4))
     text = f'PEM = b"""{block}"""\nprint(PEM)\n'
     out = redact(text, find_secrets(text))
     assert out == 'PEM = b"""<redacted-private-key>"""\nprint(PEM)\n'

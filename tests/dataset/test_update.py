@@ -160,7 +160,7 @@ def test_one_file_commit_touches_one_shard(repo: Repo, tmp_path: Path) -> None:
     shards_before = {s["file"] for s in json.loads((out / "manifest.json").read_text())["shards"]["train"]}
     repo.commit({"m/f050.py": python_file("f50", seed=50) + "# edited\n"})
     result = update(out)
-    assert result.records_changed == 1 and result.shards_written == 1
+    assert result.records_changed == 1 and result.shards_written == 1 and result.index_chunks_written == 1
     shards_after = {s["file"] for s in json.loads((out / "manifest.json").read_text())["shards"]["train"]}
     assert len(shards_after - shards_before) == 1 and len(shards_before - shards_after) == 1
     assert not any((out / s).exists() for s in shards_before - shards_after)  # old shard collected

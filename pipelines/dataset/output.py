@@ -1,0 +1,272 @@
+"""The files a dataset consists of, written so that an update costs what changed, not what exists.
+
+- ``train/*.jsonl``, ``validation/*.jsonl``: records in key order (repo, path), cut into shards at keys
+  whose hash marks a boundary, and named by the hash of their content. A changed file rewrites its shard.
+- ``index/*.json``: every file's fate (sha, status, shard and line), cut the same way over all files.
+- ``stats.json``: running totals kept in the state.
+- ``manifest.json``: the repos, the settings and the lists of shards and index chunks; written last, it is
+  what readers go by. Files it no longer lists are deleted only after it is in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pipelines.dataset.config import DatasetConfig
+from pipelines.dataset.state import INDEX_SELECTION, FileRow, Key, Selection, Store, shard_selection
+from pipelines.errors import DatasetError
+from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, write_bytes_atomic
+from pipelines.progress import Progress
+
+FORMAT = "repopilot-dataset/1"
+MANIFEST = "manifest.json"
+STATS = "stats.json"
+SPLITS = ("train", "validation")
+KEPT = "kept"
+FOLDERS = (*SPLITS, "index")
+
+
+def record_line(row: FileRow, text: str) -> str:
+    """One JSONL record: run_clm's ``text`` plus files2jsonl's ``url`` and provenance."""
+    record = {
+        "text": text,
+        "url": row.path,
+        "repo": row.repo,
+        "path": row.path,
+        "commit": row.commit_sha,
+        "lang": row.lang,
+        "sha": row.sha,
+    }
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def index_entry(row: FileRow) -> dict[str, Any]:
+    entry: dict[str, Any] = {"sha": row.sha, "status": row.status, "commit": row.commit_sha}
+    if row.status == KEPT:
+        entry.update(shard=row.shard, line=row.line, split=row.split, lang=row.lang)
+    elif row.dup_of:
+        entry["dup_of"] = row.dup_of
+    return entry
+
+
+def _affected_ranges(store: Store, keys: Iterable[tuple[Selection, Key]]) -> list[tuple[Selection, Key]]:
+    """The ranges to rewrite: the one holding each key, and the one before (a boundary may have moved)."""
+    starts: set[tuple[Selection, Key]] = set()
+    for sel, key in keys:
+        for probe in (key, store.before(sel, key)):
+            if probe is not None:
+                start = store.range_start(sel, probe)
+                if start is not None:
+                    starts.add((sel, start))
+    return sorted(starts, key=lambda item: (item[0].params, item[1]))
+
+
+class OutputWriter:
+    """Rewrites the shards and index chunks an update touched (inside the state's transaction)."""
+
+    def __init__(self, out_dir: Path, store: Store, progress: Progress) -> None:
+        self.out_dir = out_dir
+        self.store = store
+        self.progress = progress
+        self.relocated: set[Key] = set()
+        self.old_names: set[str] = set()
+        self.written: dict[str, int] = {folder: 0 for folder in FOLDERS}
+
+    def write_shards(self, dirty: dict[Key, str], texts_for: Callable[[list[FileRow]], dict[str, str]]) -> None:
+        """``dirty`` maps each key whose record appeared, vanished or changed to its split."""
+        ranges = _affected_ranges(self.store, ((shard_selection(split), key) for key, split in dirty.items()))
+        for key in dirty:
+            row = self.store.get(key)
+            if row is not None and row.status != KEPT and row.shard is not None:
+                self.old_names.add(row.shard)
+                self.store.set_location(key, None, None)
+        if not ranges:
+            return
+        self.progress.start("writing shards", len(ranges))
+        for sel, start in ranges:
+            rows = self.store.range_rows(sel, start)
+            if not rows:
+                continue
+            texts = texts_for(rows)
+            content = "".join(record_line(row, texts[row.sha]) for row in rows).encode("utf-8")
+            name = self._write(sel.params[0], content, ".jsonl")
+            for number, row in enumerate(rows):
+                if (row.shard, row.line) != (name, number):
+                    if row.shard:
+                        self.old_names.add(row.shard)
+                    self.store.set_location(row.key, name, number)
+                    self.relocated.add(row.key)
+            self.store.put_output("shard", name, sel.params[0], rows[0].key, len(rows), len(content))
+            self.progress.advance(1, len(content))
+        self.progress.finish()
+
+    def write_index(self, keys: Iterable[Key]) -> None:
+        ranges = _affected_ranges(self.store, ((INDEX_SELECTION, key) for key in set(keys) | self.relocated))
+        for _, start in ranges:
+            rows = self.store.range_rows(INDEX_SELECTION, start)
+            if not rows:
+                continue
+            files: dict[str, dict[str, Any]] = {}
+            for row in rows:
+                files.setdefault(row.repo, {})[row.path] = index_entry(row)
+            content = json.dumps(files, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+            name = self._write("index", content + b"\n", ".json")
+            for row in rows:
+                if row.chunk != name:
+                    if row.chunk:
+                        self.old_names.add(row.chunk)
+                    self.store.set_chunk(row.key, name)
+            self.store.put_output("index", name, "index", rows[0].key, len(rows), len(content) + 1)
+
+    def forget_unused(self) -> None:
+        for name in sorted(self.old_names):
+            self.store.drop_output_if_unused(name)
+        for folder in FOLDERS:
+            fsync_dir(self.out_dir / folder)
+
+    def _write(self, folder: str, content: bytes, suffix: str) -> str:
+        name = f"{folder}/{hashlib.sha256(content).hexdigest()[:24]}{suffix}"
+        target = self.out_dir / name
+        if not target.exists():
+            write_bytes_atomic(target, content)
+            self.written[folder] += 1
+        return name
+
+
+# -- running totals -------------------------------------------------------------------------------------
+def contributions(row: FileRow | None, text_bytes: int, redactions: list) -> dict[tuple[str, str], int]:
+    """What one file adds to the totals behind stats.json."""
+    if row is None:
+        return {}
+    found = {("files_seen", row.repo): 1, ("bytes_seen", ""): max(row.size, 0)}
+    if row.status == KEPT:
+        found[("files_kept", row.repo)] = 1
+        found[("lang_files", row.lang or "")] = 1
+        found[("lang_bytes", row.lang or "")] = text_bytes
+        found[("split_files", row.split)] = 1
+        found[("split_bytes", row.split)] = text_bytes
+        for _, _, kind in redactions:
+            found[("redactions", kind)] = found.get(("redactions", kind), 0) + 1
+    else:
+        found[("dropped", row.status)] = 1
+    return found
+
+
+# -- export, recovery, garbage ----------------------------------------------------------------------------
+def dataset_version(store: Store, config: DatasetConfig) -> str:
+    ident = {
+        "config": config.to_json(),
+        "repos": {name: info["commit"] for name, info in store.repos().items()},
+        "shards": [name for _, name, _, _ in store.outputs("shard")],
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def export(out_dir: Path, store: Store) -> None:
+    """Write stats.json, then manifest.json (the commit point readers go by), from the state."""
+    version = store.get_meta("dataset_version")
+    config = json.loads(store.get_meta("config") or "{}")
+    totals = store.totals()
+    repos = {
+        name: {**info["spec"], "resolved_ref": info["ref"], "commit": info["commit"]}
+        for name, info in store.repos().items()
+    }
+    shards: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    for split, name, items, nbytes in store.outputs("shard"):
+        shards[split].append({"file": name, "records": items, "bytes": nbytes})
+    index = [{"file": name, "files": items} for _, name, items, _ in store.outputs("index")]
+    seen, kept = totals.get("files_seen", {}), totals.get("files_kept", {})
+    stats = {
+        "dataset_version": version,
+        "files_seen": sum(seen.values()),
+        "files_kept": sum(kept.values()),
+        "files_dropped": sum(totals.get("dropped", {}).values()),
+        "dropped": totals.get("dropped", {}),
+        "bytes_seen": totals.get("bytes_seen", {}).get("", 0),
+        "bytes_kept": sum(totals.get("split_bytes", {}).values()),
+        "languages": {
+            lang: {"files": n, "bytes": totals.get("lang_bytes", {}).get(lang, 0)}
+            for lang, n in totals.get("lang_files", {}).items()
+        },
+        "splits": {
+            split: {"files": n, "bytes": totals.get("split_bytes", {}).get(split, 0)}
+            for split, n in totals.get("split_files", {}).items()
+        },
+        "redactions": totals.get("redactions", {}),
+        "repos": {
+            name: {"commit": info["commit"], "files_seen": seen.get(name, 0), "files_kept": kept.get(name, 0)}
+            for name, info in repos.items()
+        },
+    }
+    manifest = {
+        "format": FORMAT,
+        "dataset_version": version,
+        "config": config,
+        "repos": repos,
+        "shards": shards,
+        "index": index,
+    }
+    write_bytes_atomic(out_dir / STATS, dump_json(stats))
+    _failpoint("stats-written")
+    write_bytes_atomic(out_dir / MANIFEST, dump_json(manifest))
+    fsync_dir(out_dir)
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{out_dir} holds no dataset (no {MANIFEST}). Build one first.") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is damaged ({exc}). Run `repopilot dataset update` to rewrite it.") from None
+
+
+def file_index(out_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """repo -> path -> {sha, status, commit[, shard, line, split, lang | dup_of]} for every file seen."""
+    files: dict[str, dict[str, dict[str, Any]]] = {}
+    for chunk in read_manifest(out_dir)["index"]:
+        for repo, entries in json.loads((Path(out_dir) / chunk["file"]).read_text(encoding="utf-8")).items():
+            files.setdefault(repo, {}).update(entries)
+    return files
+
+
+def recover(out_dir: Path, store: Store) -> None:
+    """Finish what a killed run committed but did not export, and sweep what it left half-written."""
+    version = store.get_meta("dataset_version")
+    if version is not None:
+        try:
+            on_disk = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8")).get("dataset_version")
+        except (FileNotFoundError, json.JSONDecodeError):
+            on_disk = None
+        if on_disk != version:
+            export(out_dir, store)
+    collect_garbage(out_dir, store)
+
+
+def collect_garbage(out_dir: Path, store: Store) -> None:
+    """Delete output files the state no longer lists, and temporary files of killed runs."""
+    keep = store.output_names()
+    for folder in FOLDERS:
+        path = out_dir / folder
+        if not path.is_dir():
+            continue
+        for item in path.iterdir():
+            if f"{folder}/{item.name}" not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(item)
+    for item in out_dir.glob(TMP_PREFIX + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(item)
+
+
+def _failpoint(name: str) -> None:
+    """Die here, as a kill would, when the tests ask for it (REPOPILOT_FAILPOINT=name)."""
+    if os.environ.get("REPOPILOT_FAILPOINT") == name:
+        os._exit(86)
