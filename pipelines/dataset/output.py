@@ -89,12 +89,20 @@ class OutputWriter:
         if not ranges:
             return
         self.progress.start("writing shards", len(ranges))
+        old_lines: dict[str, list[bytes]] = {}
         for sel, start in ranges:
             rows = self.store.range_rows(sel, start)
             if not rows:
                 continue
-            texts = texts_for(rows)
-            content = "".join(record_line(row, texts[row.sha]) for row in rows).encode("utf-8")
+            # An unchanged record is copied from the shard it is in; only new or changed ones are rendered.
+            lines: list[bytes | None] = [
+                self._old_line(row, old_lines) if row.key not in dirty else None for row in rows
+            ]
+            texts = texts_for([row for row, line in zip(rows, lines, strict=True) if line is None])
+            content = b"".join(
+                line if line is not None else record_line(row, texts[row.sha]).encode("utf-8")
+                for row, line in zip(rows, lines, strict=True)
+            )
             name = self._write(sel.params[0], content, ".jsonl")
             for number, row in enumerate(rows):
                 if (row.shard, row.line) != (name, number):
@@ -105,6 +113,17 @@ class OutputWriter:
             self.store.put_output("shard", name, sel.params[0], rows[0].key, len(rows), len(content))
             self.progress.advance(1, len(content))
         self.progress.finish()
+
+    def _old_line(self, row: FileRow, cache: dict[str, list[bytes]]) -> bytes | None:
+        if row.shard is None or row.line is None:
+            return None
+        if row.shard not in cache:
+            try:
+                cache[row.shard] = (self.out_dir / row.shard).read_bytes().splitlines(keepends=True)
+            except FileNotFoundError:
+                cache[row.shard] = []
+        lines = cache[row.shard]
+        return lines[row.line] if row.line < len(lines) else None
 
     def write_index(self, keys: Iterable[Key]) -> None:
         ranges = _affected_ranges(self.store, ((INDEX_SELECTION, key) for key in set(keys) | self.relocated))

@@ -248,9 +248,7 @@ def test_stats_command(repo: Repo, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no dataset" in missing.stderr
 
 
-def test_parallel_analysis_gives_the_same_dataset(
-    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_parallel_analysis_gives_the_same_dataset(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     util = python_file("util", seed=1)
     repo.commit({f"m/f{i}.py": python_file(f"f{i}", seed=i) for i in range(30)} | {"u.py": util, "v.py": util})
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
@@ -258,3 +256,25 @@ def test_parallel_analysis_gives_the_same_dataset(
     monkeypatch.setattr(builder, "_PARALLEL_FROM", 1)
     build(parallel, [RepoSpec("project", str(repo.path))], DatasetConfig())
     assert read_dataset(serial) == read_dataset(parallel)
+
+
+def test_planted_secrets_never_reach_any_output_file(repo: Repo, tmp_path: Path) -> None:
+    from tests.dataset.test_secrets import SAMPLES
+
+    files = {}
+    for sample in SAMPLES:
+        ext = ".yaml" if "yaml" in sample.name else ".json" if "json" in sample.name else ".py"
+        files[f"config/{sample.name}{ext}"] = f"# settings for {sample.name}\n{sample.text}\n"
+    repo.commit(files)
+    out = tmp_path / "ds"
+    result = run_cli("dataset", "build", str(out), str(repo.path), "--val-fraction", "0.3")
+    assert result.returncode == 0, result.stderr
+    index = file_index(out)["project"]
+    assert {entry["status"] for entry in index.values()} == {"kept"}
+    everything = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    for sample in SAMPLES:
+        assert sample.secret.encode() not in everything, sample.name
+    kept_text = "".join(r["text"] for r in records(out))
+    assert kept_text.count("<redacted-") >= len(SAMPLES)
+    stats = json.loads((out / "stats.json").read_text())
+    assert len(stats["redactions"]) >= 10 and sum(stats["redactions"].values()) >= len(SAMPLES)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what repopilot needs into ./.venv on a fresh machine (Debian/Ubuntu; root or sudo for apt).
+# Usage: scripts/bootstrap.sh [EXTRAS]   (EXTRAS defaults to "dev")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-dev}"
+
+missing=()
+command -v git >/dev/null 2>&1 || missing+=(git)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# Quiet, but keep errors visible.
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
