@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.dataset.builder import build, update  # noqa: E402
-from pipelines.dataset.config import DatasetConfig, RepoSpec  # noqa: E402
+from pipelines.dataset.builder import build, update
+from pipelines.dataset.config import DatasetConfig, RepoSpec
 
 GIT_ENV = {
     **os.environ,
@@ -31,7 +31,20 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "bench",
     "GIT_COMMITTER_EMAIL": "bench@example.com",
 }
-WORDS = "client server request response cache index token parser config handler buffer stream".split()
+WORDS = [
+    "client",
+    "server",
+    "request",
+    "response",
+    "cache",
+    "index",
+    "token",
+    "parser",
+    "config",
+    "handler",
+    "buffer",
+    "stream",
+]
 
 
 def synthetic_module(rng: random.Random, i: int) -> str:

@@ -20,14 +20,15 @@ class Progress:
         self.mode = mode
         self.interval = interval
         self._stage = ""
+        self._unit = "files"
         self._total = 0
         self._done = 0
         self._bytes = 0
         self._started = 0.0
         self._last = 0.0
 
-    def start(self, stage: str, total: int) -> None:
-        self._stage, self._total, self._done, self._bytes = stage, total, 0, 0
+    def start(self, stage: str, total: int, unit: str = "files") -> None:
+        self._stage, self._total, self._done, self._bytes, self._unit = stage, total, 0, 0, unit
         self._started = self._last = time.monotonic()
         self._emit(force=True)
 
@@ -65,7 +66,8 @@ class Progress:
                         "stage": self._stage,
                         "done": self._done,
                         "total": self._total,
-                        "files_per_s": round(rate, 1),
+                        "unit": self._unit,
+                        "per_s": round(rate, 1),
                         "mb_per_s": round(mbps, 2),
                         "eta_s": None if remaining is None else round(remaining, 1),
                     },
@@ -75,8 +77,8 @@ class Progress:
         elif self.mode == "text":
             eta = "" if remaining is None or final else f", ETA {remaining:.0f}s"
             self._write(
-                f"{self._stage}: {self._done}/{self._total} files, {rate:.0f} files/s, {mbps:.1f} MB/s{eta}"
-                + (f" (done in {elapsed:.1f}s)" if final else "")
+                f"{self._stage}: {self._done}/{self._total} {self._unit}, {rate:.0f} {self._unit}/s, "
+                f"{mbps:.1f} MB/s{eta}" + (f" (done in {elapsed:.1f}s)" if final else "")
             )
 
     def _write(self, line: str) -> None:

@@ -88,7 +88,7 @@ class OutputWriter:
                 self.store.set_location(key, None, None)
         if not ranges:
             return
-        self.progress.start("writing shards", len(ranges))
+        self.progress.start("writing shards", len(ranges), unit="shards")
         old_lines: dict[str, list[bytes]] = {}
         for sel, start in ranges:
             rows = self.store.range_rows(sel, start)

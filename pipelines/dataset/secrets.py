@@ -147,6 +147,7 @@ _PEM_BODY = re.compile(r"(?:\s|\\[rn]|[\"'+,]|[A-Za-z][A-Za-z-]*:[^\n\\]*(?=\n|\
 _PEM_TAIL = re.compile(r" ?-{0,5}")
 _PUTTY = re.compile(r"PuTTY-User-Key-File-\d+:")
 _PUTTY_END = re.compile(r"Private-MAC: *[0-9a-fA-F]*")
+_MATERIAL_LINE = re.compile(r"[ \t]*(?:[A-Za-z0-9+/=]{8,}|[A-Z][A-Za-z-]*: [^\n]*)?[ \t]*")
 
 _URL_CREDS = re.compile(r"://([^\s:/?#@\"'<>`]{1,256}):([^\s/?#@\"'<>`]{1,256})@(?=[\w\[])(?!example\.)")
 
@@ -231,11 +232,29 @@ def _private_key_spans(text: str) -> Iterator[_Span]:
         if not _PEM_BODY.match(text, pos):
             continue  # a marker string in a parser, not a key
         end = text.find("END " + m.group(1), pos)
-        pos = len(text) if end < 0 else _PEM_TAIL.match(text, end + 4 + len(m.group(1))).end()
+        pos = _material_end(text, pos) if end < 0 else _PEM_TAIL.match(text, end + 4 + len(m.group(1))).end()
         yield m.start(), pos, "private-key", _PRIO_PEM
     for m in _PUTTY.finditer(text) if "PuTTY-User" in text else ():
         end = _PUTTY_END.search(text, m.end())
-        yield m.start(), len(text) if end is None else end.end(), "private-key", _PRIO_PEM
+        yield m.start(), _material_end(text, m.end()) if end is None else end.end(), "private-key", _PRIO_PEM
+
+
+def _material_end(text: str, pos: int) -> int:
+    """Where the key material of an unterminated block ends: the rest of a line written with escaped
+    newlines, or the run of following lines that look like base64 or key headers."""
+    eol = text.find("\n", pos)
+    eol = len(text) if eol < 0 else eol
+    if "\\n" in text[pos:eol]:
+        return eol
+    end = eol
+    while end < len(text):
+        nxt = text.find("\n", end + 1)
+        nxt = len(text) if nxt < 0 else nxt
+        line = text[end + 1 : nxt]
+        if not line.strip() or not _MATERIAL_LINE.fullmatch(line):
+            break
+        end = nxt
+    return end
 
 
 def _url_spans(text: str) -> Iterator[_Span]:

@@ -183,7 +183,8 @@ def test_progress_reports_rates_on_stderr(repo: Repo, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stderr.splitlines()]
     done = [e for e in events if e["event"] == "done" and e["stage"] == "analysing"]
-    assert done and done[0]["done"] == 5 and done[0]["files_per_s"] > 0 and "mb_per_s" in done[0]
+    assert done and done[0]["done"] == 5 and done[0]["unit"] == "files"
+    assert done[0]["per_s"] > 0 and done[0]["mb_per_s"] > 0
     assert "files seen 5, kept 5" in result.stdout
 
 

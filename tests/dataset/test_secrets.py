@@ -10,7 +10,6 @@ import base64
 import json
 import random
 import string
-import time
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -313,12 +312,19 @@ def test_same_span_keeps_the_specific_kind() -> None:
     assert [r.kind for r in spans] == ["openai-key"]
 
 
-def test_unterminated_private_key_redacts_to_end() -> None:
+def test_unterminated_private_key_redacts_its_material_but_not_the_code_after() -> None:
     block, body = _pem("EC " + "PRIVATE KEY", rng=random.Random(3))
     text = "x = 1\n" + block.rsplit("\n", 1)[0] + "\ntrailing = True\n"
     out = redact(text, find_secrets(text))
-    assert out == "x = 1\n<redacted-private-key>"
-    assert body.splitlines()[0] not in out
+    assert out == "x = 1\n<redacted-private-key>\ntrailing = True\n"
+    assert not any(line in out for line in body.splitlines())
+
+
+def test_unterminated_key_inside_an_escaped_string_stops_at_the_line_end() -> None:
+    marker = "PuTTY-User-" + "Key-File-2: ssh-rsa"
+    text = f'SAMPLE = "{marker}\\nEncryption: none\\n" + payload\n\ndef important():\n    return 42\n'
+    out = redact(text, find_secrets(text))
+    assert out.endswith("\n\ndef important():\n    return 42\n") and marker not in out
 
 
 def test_encrypted_private_key_block() -> None:
