@@ -1,0 +1,5 @@
+import sys
+
+from pipelines.finetune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""Tokenize and pack: EOS between files, no dropped tail, cached per dataset version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.finetune.data import IGNORE_INDEX, BlockDataset, iter_records, pack
+from pipelines.finetune.tiny import train_tokenizer
+
+
+def test_every_file_ends_with_eos_and_the_tail_is_kept(dataset: Path, tmp_path: Path) -> None:
+    texts = [r["text"] for r in iter_records(dataset, "train")]
+    tokenizer = train_tokenizer(texts, vocab_size=600)
+    eos = tokenizer.eos_token_id
+    packed, facts = pack(dataset, "train", tokenizer, 100, cache_dir=tmp_path)
+    assert facts["cached"] is False and facts["files"] == len(texts)
+    tokens = np.asarray(packed.tokens)
+    assert int((tokens == eos).sum()) == len(texts)
+    # The stream is exactly each file's tokens followed by EOS, in record order.
+    first = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    assert tokens[: len(first) + 1].tolist() == [*first, eos]
+    assert packed.blocks == -(-len(tokens) // 100)
+    ids, labels, mask = packed.block(packed.blocks - 1)
+    tail = len(tokens) - (packed.blocks - 1) * 100
+    assert mask.sum() == tail and (labels[tail:] == IGNORE_INDEX).all() and labels[tail - 1] == eos
+    covered = sum(int(packed.block(i)[2].sum()) for i in range(packed.blocks))
+    assert covered == len(tokens)  # no token dropped
+    item = BlockDataset(packed)[0]
+    assert item["input_ids"].shape == (100,) and item["labels"].dtype.is_floating_point is False
+
+
+def test_second_pack_comes_from_the_cache(dataset: Path, tmp_path: Path) -> None:
+    tokenizer = train_tokenizer((r["text"] for r in iter_records(dataset, "train")), vocab_size=600)
+    first, _ = pack(dataset, "train", tokenizer, 64, cache_dir=tmp_path)
+    second, facts = pack(dataset, "train", tokenizer, 256, cache_dir=tmp_path)
+    assert facts["cached"] is True
+    assert np.array_equal(np.asarray(first.tokens), np.asarray(second.tokens))
+    assert second.blocks == -(-len(second.tokens) // 256)
+    other = train_tokenizer((r["text"] for r in iter_records(dataset, "train")), vocab_size=400)
+    assert pack(dataset, "train", other, 64, cache_dir=tmp_path)[1]["cached"] is False
