@@ -7,6 +7,7 @@ import sys
 
 from pipelines.cli_util import run_main
 from pipelines.dataset import cli as dataset_cli
+from pipelines.evaluate import cli as evaluate_cli
 from pipelines.finetune import cli as finetune_cli
 
 
@@ -17,12 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dataset_cli.add_parser(sub)
     finetune_cli.add_parser(sub)
+    evaluate_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    commands = {"dataset": dataset_cli.run, "train": finetune_cli.run}
+    commands = {"dataset": dataset_cli.run, "train": finetune_cli.run, "eval": evaluate_cli.run}
     return run_main(lambda: commands[args.command](args))
 
 

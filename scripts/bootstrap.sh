@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install what repopilot needs into ./.venv on a fresh machine (Debian/Ubuntu; root or sudo for apt).
-# Usage: scripts/bootstrap.sh [EXTRAS]   (EXTRAS defaults to "dev")
+# Usage: scripts/bootstrap.sh [EXTRAS]   (EXTRAS defaults to "train,dev")
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-dev}"
+extras="${1:-train,dev}"
 
 missing=()
 command -v git >/dev/null 2>&1 || missing+=(git)
@@ -20,5 +20,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-# Quiet, but keep errors visible.
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+if [[ ",$extras," == *",train,"* ]] && ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
+  # Pin torch first: an unpinned requirement would pull a multi-GB CUDA build where a CPU one is on hand.
+  "${pip[@]}" "torch==${REPOPILOT_TORCH_VERSION:-2.13.0}"
+fi
+"${pip[@]}" -e ".[${extras}]"

@@ -74,7 +74,7 @@ def setup(args: TrainArgs, layout: RunLayout, stream: TextIO) -> dict[str, Any]:
         print("making a tiny CodeGen base model and a tokenizer trained on the dataset", file=stream)
         from pipelines.finetune.tiny import make_tiny_base
 
-        texts = (r["text"] for r in iter_records(dataset, "train"))
+        texts = _sample_texts(dataset, limit_bytes=32_000_000)
         model_path = str(
             make_tiny_base(texts, layout.base, args.tiny_vocab, args.tiny_context, args.tiny_width, args.tiny_layers)
         )
@@ -291,6 +291,16 @@ def smoke_generation(model, tokenizer, dataset: Path, max_new_tokens: int) -> di
         )
     completion = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return {"path": record["path"], "repo": record["repo"], "prompt": prompt, "completion": completion}
+
+
+def _sample_texts(dataset: Path, limit_bytes: int) -> Iterator[str]:
+    """Training texts for the tiny tokenizer, up to ``limit_bytes`` (BPE needs a sample, not everything)."""
+    seen = 0
+    for record in iter_records(dataset, "train"):
+        yield record["text"]
+        seen += len(record["text"])
+        if seen >= limit_bytes:
+            return
 
 
 def _has_deepspeed() -> bool:

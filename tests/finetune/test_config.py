@@ -55,7 +55,7 @@ def test_launcher_command_and_nccl_workarounds(tmp_path: Path) -> None:
     args = TrainArgs(dataset=".", output=str(tmp_path), include="localhost:1,2", master_port=29555)
     cmd = launch_command(args, tmp_path, use_deepspeed=True, cuda=True)
     assert cmd[-3:] == ["--module", "pipelines.finetune.worker", str(tmp_path)]
-    assert ["--include", "localhost:1,2"] == cmd[cmd.index("--include") : cmd.index("--include") + 2]
+    assert cmd[cmd.index("--include") : cmd.index("--include") + 2] == ["--include", "localhost:1,2"]
     assert "--master_port" in cmd and "29555" in cmd
     hostfile = tmp_path / "hosts"
     hostfile.write_text("gpu1 slots=4\ngpu2 slots=4\n")

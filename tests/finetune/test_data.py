@@ -22,7 +22,7 @@ def test_every_file_ends_with_eos_and_the_tail_is_kept(dataset: Path, tmp_path: 
     first = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
     assert tokens[: len(first) + 1].tolist() == [*first, eos]
     assert packed.blocks == -(-len(tokens) // 100)
-    ids, labels, mask = packed.block(packed.blocks - 1)
+    _ids, labels, mask = packed.block(packed.blocks - 1)
     tail = len(tokens) - (packed.blocks - 1) * 100
     assert mask.sum() == tail and (labels[tail:] == IGNORE_INDEX).all() and labels[tail - 1] == eos
     covered = sum(int(packed.block(i)[2].sum()) for i in range(packed.blocks))

@@ -1,0 +1,213 @@
+"""Compare two models on identical samples: paired bootstrap intervals, verdicts, and the deploy gate.
+
+Metrics, per split (``validation``, ``time``), with the direction that is better:
+
+- ``loss`` (lower): mean negative log-likelihood per scored token, in nats;
+- ``perplexity`` (lower): ``exp(loss)``;
+- ``bits_per_byte`` (lower): ``Σ nll / ln 2 / Σ UTF-8 bytes``, comparable across tokenizers;
+- ``exact_match`` (higher): share of the uniformly sampled lines completed exactly;
+- ``edit_similarity`` (higher): mean ``1 - levenshtein / max(len)`` over the same lines;
+- ``internal_exact_match`` (higher): exact match over the lines that use the repository's own identifiers;
+- ``internal_edit_similarity`` (higher): edit similarity over those lines.
+
+Confidence intervals: a paired bootstrap over *files* (lines of one file are not independent). Each of
+``resamples`` draws (seeded) picks the split's files with replacement; every metric is recomputed on the
+draw as a ratio of sums (``Σ nll / Σ tokens``, ``Σ exact / Σ lines``, ...) for both models with the same
+draw, and the 95% interval is the 2.5th-97.5th percentile of ``candidate - baseline``. A single model
+gets the same interval around its own value.
+
+Verdict of a metric: ``better`` when the interval of the delta lies entirely on the improving side of 0,
+``worse`` when it lies entirely on the other side (for the lower-is-better metrics: beyond the tolerance,
+``tolerance × baseline value``; between 0 and that it is ``worse (within tolerance)``), otherwise
+``no clear difference``.
+
+THE GATE (``--gate``: exit code 3 when the candidate is worse, 0 otherwise). The candidate is WORSE when,
+in any evaluated split,
+
+1. the 95% interval of Δ ``internal_exact_match`` lies entirely below 0 (its upper bound < 0); a split
+   without any line that uses internal identifiers uses Δ ``exact_match`` instead; or
+2. the 95% interval of Δ ``loss`` lies entirely above the tolerance: its lower bound
+   > ``loss_tolerance × baseline loss`` (relative; default 0.01, i.e. 1%). Per-token losses of different
+   tokenizers measure different things, so when the two tokenizers differ ``bits_per_byte`` is used.
+
+Anything else passes: the gate blocks on evidence of a regression, it does not demand proof of an
+improvement, so a small sample passes more easily (the report flags splits with fewer than
+``FEW_FILES`` files).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipelines.evaluate.metrics import ModelResult
+from pipelines.evaluate.tasks import Task
+
+FEW_FILES = 30
+CONFIDENCE = 0.95
+BETTER, WORSE, TOLERATED, UNCLEAR = "better", "worse", "worse (within tolerance)", "no clear difference"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    numerator: str
+    denominator: str
+    higher_is_better: bool
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    return x / math.log(2)
+
+
+def _exp(x: np.ndarray) -> np.ndarray:
+    return np.exp(np.minimum(x, 700.0))
+
+
+METRICS = (
+    Metric("loss", "nll", "tokens", higher_is_better=False),
+    Metric("perplexity", "nll", "tokens", higher_is_better=False, transform=_exp),
+    Metric("bits_per_byte", "nll", "bytes", higher_is_better=False, transform=_bits),
+    Metric("exact_match", "exact", "lines", higher_is_better=True),
+    Metric("edit_similarity", "edit", "lines", higher_is_better=True),
+    Metric("internal_exact_match", "internal_exact", "internal_lines", higher_is_better=True),
+    Metric("internal_edit_similarity", "internal_edit", "internal_lines", higher_is_better=True),
+)
+BY_NAME = {m.name: m for m in METRICS}
+
+
+def file_table(result: ModelResult, tasks: Sequence[Task], n_files: int) -> dict[str, np.ndarray]:
+    """Per-file sums of everything a metric is a ratio of."""
+    files = np.array([t.file for t in tasks], dtype=np.int64)
+    uniform = np.array([t.uniform for t in tasks], dtype=np.float64)
+    internal = np.array([t.internal for t in tasks], dtype=np.float64)
+
+    def per_file(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(files, weights=weights, minlength=n_files) if len(files) else np.zeros(n_files)
+
+    return {
+        "nll": result.nll.astype(np.float64),
+        "tokens": result.tokens.astype(np.float64),
+        "bytes": result.bytes.astype(np.float64),
+        "lines": per_file(uniform),
+        "exact": per_file(uniform * result.exact),
+        "edit": per_file(uniform * result.edit),
+        "internal_lines": per_file(internal),
+        "internal_exact": per_file(internal * result.exact),
+        "internal_edit": per_file(internal * result.edit),
+    }
+
+
+def _value(metric: Metric, table: dict[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """The metric under each row of ``weights`` (resample counts per file); NaN where undefined."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        den = weights @ table[metric.denominator]
+        value = np.where(den > 0, (weights @ table[metric.numerator]) / np.where(den > 0, den, 1), np.nan)
+    return metric.transform(value) if metric.transform else value
+
+
+def _interval(values: np.ndarray) -> list[float] | None:
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def _number(x: np.ndarray) -> float | None:
+    value = float(x[0])
+    return None if math.isnan(value) else value
+
+
+def bootstrap_weights(n_files: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n_files) counts: how often each file is drawn in each resample."""
+    rng = np.random.default_rng(seed)
+    if n_files == 0:
+        return np.zeros((resamples, 0))
+    return rng.multinomial(n_files, np.full(n_files, 1.0 / n_files), size=resamples).astype(np.float64)
+
+
+def verdict(metric: Metric, delta_ci: list[float] | None, baseline: float | None, tolerance: float) -> str:
+    if delta_ci is None:
+        return UNCLEAR
+    low, high = delta_ci
+    if metric.higher_is_better:
+        return BETTER if low > 0 else WORSE if high < 0 else UNCLEAR
+    if high < 0:
+        return BETTER
+    if low > 0:
+        return WORSE if low > tolerance * abs(baseline or 0.0) else TOLERATED
+    return UNCLEAR
+
+
+def summarize_split(
+    tables: dict[str, dict[str, np.ndarray]], mask: np.ndarray, resamples: int, seed: int, tolerance: float
+) -> dict[str, Any]:
+    """Metrics of one split for one model (``tables`` has ``model``) or a pair (``baseline``, ``candidate``)."""
+    roles = list(tables)
+    sub = {role: {key: col[mask] for key, col in table.items()} for role, table in tables.items()}
+    first = sub[roles[0]]
+    weights = bootstrap_weights(int(mask.sum()), resamples, seed)
+    ones = np.ones((1, int(mask.sum())))
+    summary: dict[str, Any] = {
+        "files": int(mask.sum()),
+        "lines": int(first["lines"].sum()),
+        "internal_lines": int(first["internal_lines"].sum()),
+        "tokens": {role: int(sub[role]["tokens"].sum()) for role in roles},
+        "metrics": {},
+    }
+    for metric in METRICS:
+        point = {role: _number(_value(metric, sub[role], ones)) for role in roles}
+        draws = {role: _value(metric, sub[role], weights) for role in roles}
+        if len(roles) == 1:
+            entry = {"value": point[roles[0]], "ci": _interval(draws[roles[0]])}
+        else:
+            base, cand = point["baseline"], point["candidate"]
+            ci = _interval(draws["candidate"] - draws["baseline"])
+            entry = {
+                "baseline": base,
+                "candidate": cand,
+                "delta": None if base is None or cand is None else cand - base,
+                "ci": ci,
+                "verdict": verdict(metric, ci, base, tolerance),
+            }
+        entry["higher_is_better"] = metric.higher_is_better
+        summary["metrics"][metric.name] = entry
+    return summary
+
+
+def gate(splits: dict[str, dict[str, Any]], same_tokenizer: bool, tolerance: float) -> dict[str, Any]:
+    """Apply the gate (see the module docstring) to the summaries of a pair; says why when worse."""
+    loss_metric = "loss" if same_tokenizer else "bits_per_byte"
+    reasons: list[str] = []
+    checked: list[str] = []
+    for split, summary in splits.items():
+        metrics = summary["metrics"]
+        match = "internal_exact_match" if summary["internal_lines"] > 0 else "exact_match"
+        for name in (match, loss_metric):
+            entry = metrics[name]
+            checked.append(f"{split}/{name}")
+            ci = entry["ci"]
+            if ci is None:
+                continue
+            if name == loss_metric:
+                limit = tolerance * abs(entry["baseline"] or 0.0)
+                if ci[0] > limit:
+                    reasons.append(
+                        f"{split}: {name} rose by {entry['delta']:.4f} (95% CI {ci[0]:.4f} to {ci[1]:.4f}, "
+                        f"tolerance {limit:.4f})"
+                    )
+            elif ci[1] < 0:
+                reasons.append(f"{split}: {name} fell by {-entry['delta']:.3f} (95% CI {ci[0]:.3f} to {ci[1]:.3f})")
+    rule = (
+        f"worse when, in any split, the 95% CI of the delta of internal_exact_match (exact_match where no line "
+        f"uses internal identifiers) is entirely below 0, or that of {loss_metric} is entirely above "
+        f"{tolerance:g} x the baseline's value"
+    )
+    return {"worse": bool(reasons), "reasons": reasons, "checked": checked, "loss_metric": loss_metric, "rule": rule}

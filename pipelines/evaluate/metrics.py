@@ -1,0 +1,301 @@
+"""What one model scores on the held-out samples: loss over whole files, and next-line completions.
+
+Loss: each file is tokenised on its own (no separator token is added), cut to ``max_loss_tokens``, and
+scored in sliding windows of the model's context that overlap by half a context. Every token after the
+file's first is scored exactly once, in the first window where it lies past the overlap, so each scored
+token sees at least half a context of the file (or all of it). Per file the result is the sum of the
+negative log-likelihoods (nats), the number of scored tokens and their UTF-8 bytes; the reported loss is
+the token-weighted mean, and bits per byte (comparable across tokenizers) is ``nll / ln 2 / bytes``.
+
+Completions: greedy decoding (no sampling) with the KV cache, ``max_new_tokens`` at most, a row stopping
+as soon as it holds a finished answer line (see ``tasks``). The prompt is cut from the left to
+``context - max_new_tokens`` tokens. Prompts are sorted by length and batched with left padding (the
+attention mask hides the padding; CodeGen's rotary positions are relative, so a padded row decodes as it
+would alone — a test checks this).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.errors import InputError, RepopilotError
+from pipelines.evaluate.samples import Sample
+from pipelines.evaluate.tasks import Task, edit_similarity, first_line, has_answer
+from pipelines.progress import Progress
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_TOKENIZER = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+_CHARS_PER_TOKEN = 16  # prompts are cut to this many characters per token before tokenising (then to tokens)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the metrics are computed (identical for every model of a comparison)."""
+
+    max_new_tokens: int = 48
+    max_loss_tokens: int = 8192
+    batch_size: int = 16
+    loss_tokens_per_batch: int = 4096
+    device: str = "auto"
+    threads: int | None = None
+
+
+def check_model_dir(path: Path, role: str) -> Path:
+    """Fail early, before torch is imported, when ``path`` cannot be a Hugging Face model folder."""
+    path = Path(path).expanduser()
+    what = "Pass the folder a fine-tune run wrote (config.json, weights and tokenizer files)."
+    if not path.exists():
+        raise InputError(f"--{role} {path} does not exist. {what}", title="Model not found")
+    if not path.is_dir():
+        raise InputError(f"--{role} {path} is a file, not a model folder. {what}", title="Model not found")
+    names = {p.name for p in path.iterdir()}
+    if "config.json" not in names and "adapter_config.json" in names:
+        raise InputError(
+            f"--{role} {path} holds a LoRA adapter only. Merge it into its base model first, then pass that folder.",
+            title="Model not loadable",
+        )
+    missing = [
+        label
+        for label, wanted in (("config.json", ("config.json",)), ("weights", _WEIGHTS), ("tokenizer", _TOKENIZER))
+        if not names.intersection(wanted)
+    ]
+    if missing:
+        raise InputError(f"--{role} {path} has no {', '.join(missing)}. {what}", title="Model not loadable")
+    return path.resolve()
+
+
+SMALL_MODEL = 20_000_000  # parameters; below this, one thread beats several (the matrices are too small to share)
+
+
+def choose_threads(requested: int | None, parameters: int) -> int:
+    """CPU threads for torch: as asked, else 1 for a small model, else the CPUs this process may use.
+
+    torch counts the host's cores, which in a container may be far more than it is allowed to use, and
+    idle-spinning threads on a busy machine make small matrix products many times slower.
+    """
+    if requested:
+        return requested
+    if parameters < SMALL_MODEL:
+        return 1
+    import torch
+
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), available))
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: Any
+    tokenizer: Any
+    context: int
+    device: str
+
+    def describe(self) -> dict[str, Any]:
+        vocab = json.dumps(self.tokenizer.get_vocab(), sort_keys=True).encode()
+        return {
+            "path": str(self.path),
+            "architecture": type(self.model).__name__,
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "context": self.context,
+            "tokenizer": hashlib.sha256(vocab).hexdigest()[:16],
+            "device": self.device,
+        }
+
+
+def load_model(path: Path, device: str) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress goes to stderr; no second bar per load
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # a user's folder that transformers cannot read: say so, with its words
+        raise RepopilotError(
+            f"{path} could not be loaded ({str(exc).splitlines()[0]}). Check that it is a complete model folder.",
+            title="Model not loadable",
+        ) from None
+    model.to(device).eval()
+    config = model.config
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
+    return LoadedModel(Path(path), model, tokenizer, int(context), device)
+
+
+def _windows(n_tokens: int, context: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window over a file of ``n_tokens`` tokens."""
+    overlap = context // 2
+    windows = []
+    begin, scored = 0, 1
+    while scored < n_tokens:
+        end = min(begin + context, n_tokens)
+        windows.append((begin, end, scored))
+        scored = end
+        begin = end - overlap
+    return windows
+
+
+def score_files(
+    lm: LoadedModel, texts: Sequence[str], settings: Settings, progress: Progress
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per file: summed negative log-likelihood (nats), scored tokens, and their UTF-8 bytes."""
+    import torch
+
+    nll = np.zeros(len(texts))
+    tokens = np.zeros(len(texts), dtype=np.int64)
+    nbytes = np.zeros(len(texts), dtype=np.int64)
+    jobs: list[tuple[int, list[int], int]] = []  # (file, window ids, number of leading ids not scored)
+    for number, text in enumerate(texts):
+        ids = lm.tokenizer(text, verbose=False)["input_ids"][: settings.max_loss_tokens]
+        tokens[number] = max(len(ids) - 1, 0)
+        nbytes[number] = len(lm.tokenizer.decode(ids[1:], clean_up_tokenization_spaces=False).encode("utf-8"))
+        for begin, end, scored in _windows(len(ids), lm.context):
+            jobs.append((number, ids[begin:end], scored - begin))
+    rows = max(1, settings.loss_tokens_per_batch // lm.context)
+    pad = lm.tokenizer.eos_token_id or 0
+    progress.start(f"loss {lm.path.name}", len(jobs), unit="windows")
+    with torch.inference_mode():
+        for start in range(0, len(jobs), rows):
+            batch = jobs[start : start + rows]
+            width = max(len(ids) for _, ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for row, (_, ids, skip) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                mask[row, : len(ids)] = 1
+                labels[row, skip : len(ids)] = input_ids[row, skip : len(ids)]
+            input_ids, mask, labels = input_ids.to(lm.device), mask.to(lm.device), labels.to(lm.device)
+            logits = lm.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+            losses = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="none"
+            ).view(len(batch), -1)
+            for row, (number, _, _) in enumerate(batch):
+                nll[number] += float(losses[row].double().sum())
+            progress.advance(len(batch))
+    progress.finish()
+    return nll, tokens, nbytes
+
+
+def _newline_tokens(lm: LoadedModel) -> Any:
+    """A boolean mask over the model's vocabulary rows: the tokens whose text holds a newline."""
+    import torch
+
+    rows = lm.model.get_output_embeddings().weight.shape[0]
+    pieces = lm.tokenizer.batch_decode([[i] for i in range(min(rows, len(lm.tokenizer)))])
+    newline = torch.zeros(rows, dtype=torch.bool)
+    newline[: len(pieces)] = torch.tensor(["\n" in piece for piece in pieces])
+    return newline
+
+
+def _line_stop(lm: LoadedModel, newline: Any, start: int) -> Any:
+    """A stopping criterion: a row of ``generate`` stops once its new text holds a finished answer line."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class LineStop(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            for row in torch.nonzero(newline[input_ids[:, -1].cpu()]).flatten().tolist():
+                text = lm.tokenizer.decode(input_ids[row, start:], skip_special_tokens=True)
+                done[row] = has_answer(text)
+            return done
+
+    return LineStop()
+
+
+def complete(lm: LoadedModel, prompts: Sequence[str], settings: Settings, progress: Progress) -> list[str]:
+    """The greedy continuation (new text only) of each prompt."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    budget = lm.context - settings.max_new_tokens
+    if budget < 1:
+        raise InputError(
+            f"--max-new-tokens {settings.max_new_tokens} leaves no room for a prompt in the model's context of "
+            f"{lm.context} tokens. Pass a smaller value."
+        )
+    encoded = [lm.tokenizer(p[-budget * _CHARS_PER_TOKEN :], verbose=False)["input_ids"][-budget:] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+    pad = lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else 0
+    answers = [""] * len(prompts)
+    newline = _newline_tokens(lm)
+    progress.start(f"completions {lm.path.name}", len(prompts), unit="lines")
+    with torch.inference_mode():
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                mask[row, width - len(ids) :] = 1
+            stop = _line_stop(lm, newline, width)
+            out = lm.model.generate(
+                input_ids=input_ids.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad,
+                eos_token_id=lm.tokenizer.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([stop]),
+                use_cache=True,
+            )
+            for row, i in enumerate(batch):
+                answers[i] = lm.tokenizer.decode(out[row, width:], skip_special_tokens=True)
+            progress.advance(len(batch))
+    progress.finish()
+    return answers
+
+
+@dataclass
+class ModelResult:
+    """One model's scores: per file (loss) and per task (completions), aligned with the samples and tasks."""
+
+    info: dict[str, Any]
+    nll: np.ndarray
+    tokens: np.ndarray
+    bytes: np.ndarray
+    answers: list[str]
+    exact: np.ndarray
+    edit: np.ndarray
+    seconds: float
+
+
+def evaluate_model(
+    path: Path, samples: Sequence[Sample], tasks: Sequence[Task], settings: Settings, progress: Progress
+) -> ModelResult:
+    import torch
+
+    started = time.monotonic()
+    lm = load_model(path, settings.device)
+    info = lm.describe()
+    info["threads"] = choose_threads(settings.threads, info["parameters"])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(info["threads"])
+    try:
+        nll, tokens, nbytes = score_files(lm, [s.text for s in samples], settings, progress)
+        completions = complete(lm, [t.prompt for t in tasks], settings, progress)
+    finally:
+        torch.set_num_threads(previous)
+    answers = [first_line(c) for c in completions]
+    exact = np.array([float(a == t.target) for a, t in zip(answers, tasks, strict=True)])
+    edit = np.array([edit_similarity(a, t.target) for a, t in zip(answers, tasks, strict=True)])
+    del lm
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the next model gets the whole device
+    return ModelResult(info, nll, tokens, nbytes, answers, exact, edit, time.monotonic() - started)
