@@ -40,7 +40,7 @@ def pack_throughput(dataset: Path, work: Path) -> dict:
         tokenizer = train_tokenizer((r["text"] for r in iter_records(dataset, "train")), 2048)
         which = "tiny (trained on the data)"
     started = time.perf_counter()
-    packed, facts = pack(dataset, "train", tokenizer, 2048, cache_dir=work / "tokens")
+    _, facts = pack(dataset, "train", tokenizer, 2048, cache_dir=work / "tokens")
     seconds = time.perf_counter() - started
     return {
         "tokenizer": which,
@@ -86,8 +86,9 @@ def gpu_runs(dataset: Path, work: Path, steps: int) -> dict:
     AutoTokenizer.from_pretrained(SHARED_TOKENIZER).save_pretrained(base)
     name = torch.cuda.get_device_name(0)
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    common = ["--base-model", str(base), "--precision", "bf16", "--block-size", "2048", "--micro-batch-size", "4",
-              "--grad-accum", "1", "--max-steps", str(steps), "--logging-steps", "5", "--save-steps", "100000"]  # fmt: skip
+    common = ["--base-model", str(base), "--precision", "bf16", "--block-size", "2048",
+              "--micro-batch-size", "4", "--grad-accum", "1", "--max-steps", str(steps),
+              "--logging-steps", "5", "--save-steps", "100000"]  # fmt: skip
     results = {"device": name, "params": params}
     for label, extra in (("zero2_offload_recipe", ["--offload-optimizer"]), ("zero2", ["--no-offload-optimizer"])):
         run = train_run(dataset, work / f"gpu-{label}", *common, *extra)

@@ -81,9 +81,7 @@ def test_lora_result_is_merged_into_a_full_model(dataset: Path, tmp_path: Path) 
     merged = AutoModelForCausalLM.from_pretrained(run / "model")
     base = AutoModelForCausalLM.from_pretrained(run / "base")
     assert type(merged).__name__ == "CodeGenForCausalLM"
-    changed = [
-        name for name, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[name])
-    ]
+    changed = [name for name, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[name])]
     assert any("qkv_proj" in name for name in changed)
     assert eval_loss(run / "model", dataset) < eval_loss(run / "base", dataset)
 
