@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from agent.stack import cli as stack_cli
 from pipelines.cli_util import run_main
 from pipelines.dataset import cli as dataset_cli
 from pipelines.evaluate import cli as evaluate_cli
@@ -19,12 +20,18 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_cli.add_parser(sub)
     finetune_cli.add_parser(sub)
     evaluate_cli.add_parser(sub)
+    stack_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    commands = {"dataset": dataset_cli.run, "train": finetune_cli.run, "eval": evaluate_cli.run}
+    commands = {
+        "dataset": dataset_cli.run,
+        "train": finetune_cli.run,
+        "eval": evaluate_cli.run,
+        "stack": stack_cli.run,
+    }
     return run_main(lambda: commands[args.command](args))
 
 

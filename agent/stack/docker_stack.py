@@ -1,0 +1,163 @@
+"""The Docker runtime: FauxPilot's compose project driven with the compose CLI and the docker SDK."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from agent.stack.compose import StackSettings, read_settings, write_project
+from agent.stack.embedded import ServiceStatus, StackError
+from agent.stack.health import Probe, api_health, test_completion, triton_ready, wait_for
+
+SERVICES = ("triton", "copilot_proxy")
+
+
+def compose_command() -> list[str]:
+    """``docker compose`` (v2) where the plugin exists, else ``docker-compose`` (v1)."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise StackError("Neither `docker compose` nor `docker-compose` is installed. Install Docker Compose.")
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:  # no daemon, no permission, no SDK: all mean "not here"
+        return False
+
+
+class DockerStack:
+    """The compose project in ``project_dir``."""
+
+    def __init__(self, project_dir: Path) -> None:
+        self.project_dir = Path(project_dir)
+
+    @property
+    def project_name(self) -> str:
+        return "repopilot-" + "".join(c for c in self.project_dir.name.lower() if c.isalnum())[:40]
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project_name}
+        result = subprocess.run(
+            [*compose_command(), *args], cwd=self.project_dir, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise StackError(f"`compose {' '.join(args)}` failed: {result.stderr.strip()[-1500:]}")
+        return result
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def up(self, settings: StackSettings, timeout: float = 300) -> list[ServiceStatus]:
+        self._check_model(settings)
+        write_project(self.project_dir, settings)
+        self.compose("up", "-d")
+        probe = self._healthy(settings, timeout)
+        if not probe.ok:
+            raise StackError(f"the stack did not become healthy: {probe.detail}\n{self.logs(tail=15)}")
+        return self.status()
+
+    def down(self) -> None:
+        if (self.project_dir / "docker-compose.yaml").exists():
+            self.compose("down", "--remove-orphans")
+
+    def swap(self, model: str, timeout: float = 300) -> list[ServiceStatus]:
+        """Serve another converted model; roll back to the previous one when it fails its checks."""
+        old = read_settings(self.project_dir)
+        new = StackSettings(**{**old.to_json(), "model": model})
+        self._check_model(new)
+        write_project(self.project_dir, new)
+        self.compose("up", "-d")
+        probe = self._healthy(new, timeout)
+        if probe.ok:
+            return self.status()
+        logs = self.logs(tail=15)
+        write_project(self.project_dir, old)
+        self.compose("up", "-d")
+        back = self._healthy(old, timeout)
+        raise StackError(
+            f"model {model} failed its checks ({probe.detail}); rolled back to {old.model} "
+            f"({'healthy' if back.ok else 'NOT healthy: ' + back.detail}).\n{logs}"
+        )
+
+    def status(self) -> list[ServiceStatus]:
+        settings = read_settings(self.project_dir)
+        containers = {c["service"]: c for c in self._containers()}
+        host = "127.0.0.1"
+        probes = {
+            "triton": triton_ready(host, settings.triton_port),
+            "copilot_proxy": api_health(settings.api_port, host, settings.api_key),
+        }
+        result = []
+        for service in SERVICES:
+            info = containers.get(service)
+            running = bool(info and info["state"] == "running")
+            detail = probes[service].detail
+            if info:
+                detail = f"{info['state']}, restarts {info['restarts']}; {detail}"
+            result.append(ServiceStatus(service, running, running and probes[service].ok, detail))
+        return result
+
+    def logs(self, service: str | None = None, tail: int = 100) -> str:
+        args = ["logs", "--no-color", "--tail", str(tail)]
+        result = self.compose(*args, *([service] if service else []), check=False)
+        return (result.stdout + result.stderr).strip()
+
+    def crash(self, service: str) -> None:
+        """Kill a service's main process as a crash would (tests and drills): the restart policy acts."""
+        info = next(c for c in self._containers() if c["service"] == service)
+        os.kill(info["pid"], signal.SIGKILL)
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _containers(self) -> list[dict]:
+        import docker
+
+        client = docker.from_env()
+        found = []
+        for container in client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={self.project_name}"}
+        ):
+            attrs = container.attrs
+            found.append(
+                {
+                    "service": container.labels.get("com.docker.compose.service"),
+                    "state": attrs["State"]["Status"],
+                    "pid": attrs["State"]["Pid"],
+                    "restarts": attrs.get("RestartCount", 0),
+                    "id": container.id,
+                }
+            )
+        return found
+
+    def _check_model(self, settings: StackSettings) -> None:
+        ft = settings.model_dir / "fastertransformer" / "config.pbtxt"
+        if not ft.exists():
+            raise StackError(
+                f"{settings.model_dir} holds no converted model. Run `repopilot convert MODEL_DIR --gpus "
+                f"{settings.num_gpus} --models-root {settings.models_root} --name {settings.model}` first."
+            )
+        if not (settings.hf_dir / "config.json").exists():
+            raise StackError(f"{settings.hf_dir} (the tokenizer and model for the API) is missing: convert again.")
+        from pipelines.convert import verify_output  # sizes and checksums, before Triton silently loads nothing
+
+        verify_output(settings.model_dir)
+
+    def _healthy(self, settings: StackSettings, timeout: float) -> Probe:
+        started = time.monotonic()
+        probe = wait_for(lambda: triton_ready("127.0.0.1", settings.triton_port), timeout)
+        if not probe.ok:
+            return probe
+        remaining = max(10.0, timeout - (time.monotonic() - started))
+        probe = wait_for(lambda: api_health(settings.api_port, "127.0.0.1", settings.api_key), remaining)
+        if not probe.ok:
+            return probe
+        return test_completion(settings.api_port, "127.0.0.1", settings.api_key)

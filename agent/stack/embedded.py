@@ -1,0 +1,173 @@
+"""The embedded runtime: the completion API as a local background process, no Docker, no GPU needed.
+
+``up`` starts ``repopilot serve MODEL_DIR`` detached (its pid and settings in the state folder, its output
+in a log file), waits for /health and a test completion; ``swap`` replaces the model and rolls back to the
+previous one when the new one fails its checks; ``down`` stops it (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.stack.health import Probe, api_health, test_completion, wait_for
+from pipelines.errors import RepopilotError
+from pipelines.fsutil import write_json_atomic
+
+
+class StackError(RepopilotError):
+    title = "Completion server problem"
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    running: bool
+    healthy: bool
+    detail: str
+
+
+class EmbeddedRuntime:
+    """One local `repopilot serve` process per state folder."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_file = self.state_dir / "embedded.json"
+        self.log_file = self.state_dir / "embedded.log"
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def up(self, model_dir: Path, port: int = 5000, host: str = "127.0.0.1", api_key: str = "",
+           extra_args: list[str] | None = None, timeout: float = 180) -> ServiceStatus:  # fmt: skip
+        """Start serving ``model_dir``; a running server is left as it is if it serves the same model."""
+        current = self._state()
+        if current and self._alive(current["pid"]):
+            if current["model_dir"] == str(Path(model_dir).resolve()) and current["port"] == port:
+                return self.status()
+            raise StackError(
+                f"The embedded server already runs (pid {current['pid']}, model {current['model_dir']}). "
+                "Use `repopilot stack swap` to change the model, or `repopilot stack down` first."
+            )
+        self._start(Path(model_dir).resolve(), port, host, api_key, extra_args or [])
+        probe = self._check(port, host, api_key, timeout)
+        if not probe.ok:
+            tail = self.logs(20)
+            self.down()
+            raise StackError(f"the server did not become healthy: {probe.detail}\n{tail}")
+        return self.status()
+
+    def down(self, timeout: float = 20) -> bool:
+        """Stop the server; True when one was running."""
+        state = self._state()
+        if not state:
+            return False
+        pid = state["pid"]
+        was_running = self._alive(pid)
+        if was_running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self._alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self._alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        self.state_file.unlink(missing_ok=True)
+        return was_running
+
+    def status(self) -> ServiceStatus:
+        state = self._state()
+        if not state:
+            return ServiceStatus("embedded", False, False, "not running")
+        if not self._alive(state["pid"]):
+            return ServiceStatus("embedded", False, False, f"exited (see {self.log_file})")
+        probe = api_health(state["port"], state["host"], state.get("api_key", ""))
+        where = f"http://{state['host']}:{state['port']}/v1 serving {state['model_dir']}"
+        return ServiceStatus("embedded", True, probe.ok, f"{where}; {probe.detail}")
+
+    def swap(self, model_dir: Path, timeout: float = 180) -> ServiceStatus:
+        """Serve another model; if it fails its health check or test completion, go back to the old one."""
+        state = self._state()
+        if not state or not self._alive(state["pid"]):
+            raise StackError("The embedded server is not running. Start it with `repopilot stack up`.")
+        old_model = Path(state["model_dir"])
+        self.down()
+        self._start(Path(model_dir).resolve(), state["port"], state["host"], state.get("api_key", ""), state["extra"])
+        probe = self._check(state["port"], state["host"], state.get("api_key", ""), timeout)
+        if probe.ok:
+            return self.status()
+        tail = self.logs(20)
+        self.down()
+        self._start(old_model, state["port"], state["host"], state.get("api_key", ""), state["extra"])
+        back = self._check(state["port"], state["host"], state.get("api_key", ""), timeout)
+        raise StackError(
+            f"{model_dir} failed its checks ({probe.detail}); rolled back to {old_model}"
+            f" ({'healthy' if back.ok else 'NOT healthy: ' + back.detail}).\n{tail}"
+        )
+
+    def logs(self, lines: int = 100) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _start(self, model_dir: Path, port: int, host: str, api_key: str, extra: list[str]) -> None:
+        if not (model_dir / "config.json").exists():
+            raise StackError(f"{model_dir} is not a model folder (no config.json). Give a trained model/.")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pipelines.serve", str(model_dir), "--host", host, "--port", str(port), *extra]
+        env = dict(os.environ)
+        if api_key:
+            key_file = self.state_dir / "api-key"
+            key_file.write_text(api_key)
+            key_file.chmod(0o600)
+            cmd += ["--api-key-file", str(key_file)]
+        with open(self.log_file, "ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {model_dir}\n".encode())
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        write_json_atomic(
+            self.state_file,
+            {"pid": proc.pid, "model_dir": str(model_dir), "port": port, "host": host, "api_key": api_key,
+             "extra": extra, "started": time.time()},
+        )  # fmt: skip
+
+    def _check(self, port: int, host: str, api_key: str, timeout: float) -> Probe:
+        state = self._state()
+
+        def healthy() -> Probe:
+            if state and not self._alive(state["pid"]):
+                return Probe(False, "the server process exited")
+            return api_health(port, host, api_key)
+
+        probe = wait_for(healthy, timeout)
+        if not probe.ok:
+            return probe
+        return test_completion(port, host, api_key)
+
+    def _state(self) -> dict | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        # A zombie (exited, not yet reaped by its parent) is not alive.
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+                return False
+        return True
