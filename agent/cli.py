@@ -7,6 +7,7 @@ import sys
 
 from agent.stack import cli as stack_cli
 from pipelines.cli_util import run_main
+from pipelines.convert import cli as convert_cli
 from pipelines.dataset import cli as dataset_cli
 from pipelines.evaluate import cli as evaluate_cli
 from pipelines.finetune import cli as finetune_cli
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_cli.add_parser(sub)
     finetune_cli.add_parser(sub)
     evaluate_cli.add_parser(sub)
+    convert_cli.add_parser(sub)
     stack_cli.add_parser(sub)
     return parser
 
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": dataset_cli.run,
         "train": finetune_cli.run,
         "eval": evaluate_cli.run,
+        "convert": convert_cli.run,
         "stack": stack_cli.run,
     }
     return run_main(lambda: commands[args.command](args))

@@ -144,7 +144,7 @@ class EmbeddedRuntime:
 
         def healthy() -> Probe:
             if state and not self._alive(state["pid"]):
-                return Probe(False, "the server process exited")
+                return Probe(False, "the server process exited", final=True)
             return api_health(port, host, api_key)
 
         probe = wait_for(healthy, timeout)

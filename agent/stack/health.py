@@ -14,6 +14,7 @@ from dataclasses import dataclass
 class Probe:
     ok: bool
     detail: str
+    final: bool = False  # no point in waiting: it will not get better (e.g. the process exited)
 
 
 def http_json(url: str, body: dict | None = None, timeout: float = 10.0, api_key: str = "") -> tuple[int, dict]:
@@ -73,7 +74,7 @@ def triton_ready(host: str, port: int, model: str = "fastertransformer") -> Prob
 def wait_for(check: Callable[[], Probe], timeout: float, interval: float = 0.5) -> Probe:
     deadline = time.monotonic() + timeout
     probe = check()
-    while not probe.ok and time.monotonic() < deadline:
+    while not probe.ok and not probe.final and time.monotonic() < deadline:
         time.sleep(interval)
         probe = check()
     return probe

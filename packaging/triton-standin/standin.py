@@ -75,13 +75,16 @@ def make_infer(model: FTModel, default_end: int):
         rows, seq_lens = [], []
         for i in range(len(input_ids)):
             prompt = input_ids[i, : int(lengths[i])].astype(np.int64).tolist()
+            top_k = int(_scalar(batch, "runtime_top_k", i, 0))
             top_p = float(_scalar(batch, "runtime_top_p", i, 0.0))
+            if top_k == 0 and top_p == 0.0:
+                top_k = 1  # as FT: neither cut asked for means greedy
             generated = model.generate(
                 prompt,
                 max_new_tokens=int(out_len[i]),
                 temperature=float(_scalar(batch, "temperature", i, 1.0)),
-                top_k=int(_scalar(batch, "runtime_top_k", i, 0)),
-                top_p=top_p if 0.0 < top_p <= 1.0 else 1.0,  # FT: 0 means "no nucleus cut"
+                top_k=top_k,
+                top_p=top_p if 0.0 < top_p <= 1.0 else 1.0,
                 repetition_penalty=float(_scalar(batch, "repetition_penalty", i, 1.0)),
                 seed=int(_scalar(batch, "random_seed", i, 0)),
                 end_id=int(_scalar(batch, "end_id", i, default_end)),

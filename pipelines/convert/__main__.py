@@ -1,0 +1,5 @@
+import sys
+
+from pipelines.convert.cli import main
+
+sys.exit(main())
