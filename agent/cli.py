@@ -1,41 +1,65 @@
-"""The ``repopilot`` command: one entry point for every action."""
+"""The ``repopilot`` command: one entry point for every action.
+
+Each subcommand lives with its package; one whose optional dependencies are not installed still shows
+in --help and says which extra to install.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 
-from agent.stack import cli as stack_cli
 from pipelines.cli_util import run_main
-from pipelines.convert import cli as convert_cli
-from pipelines.dataset import cli as dataset_cli
-from pipelines.evaluate import cli as evaluate_cli
-from pipelines.finetune import cli as finetune_cli
+from pipelines.errors import InputError
+
+# (command, module with add_parser/run, the extra it needs)
+COMMANDS = [
+    ("dataset", "pipelines.dataset.cli", None),
+    ("train", "pipelines.finetune.cli", "train"),
+    ("eval", "pipelines.evaluate.cli", "train"),
+    ("convert", "pipelines.convert.cli", "train"),
+    ("serve", "pipelines.serve.cli", "serve"),
+    ("stack", "agent.stack.cli", None),
+]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     parser = argparse.ArgumentParser(
         prog="repopilot", description="Fine-tune a code model on your internal repositories and serve it."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    dataset_cli.add_parser(sub)
-    finetune_cli.add_parser(sub)
-    evaluate_cli.add_parser(sub)
-    convert_cli.add_parser(sub)
-    stack_cli.add_parser(sub)
-    return parser
+    runners: dict[str, Callable[[argparse.Namespace], int]] = {}
+    for name, module_name, extra in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            missing = exc.name or str(exc)
+            stub = sub.add_parser(name, help=f"(not installed: pip install 'repopilot[{extra}]')", add_help=False)
+            stub.add_argument("rest", nargs=argparse.REMAINDER)
+            runners[name] = _missing(name, extra, missing)
+            continue
+        module.add_parser(sub)
+        runners[name] = module.run
+    return parser, runners
+
+
+def _missing(name: str, extra: str | None, module: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        raise InputError(
+            f"`repopilot {name}` needs {module}, which is not installed. Install it with "
+            f"pip install 'repopilot[{extra}]'.",
+            title="Missing dependency",
+        )
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    commands = {
-        "dataset": dataset_cli.run,
-        "train": finetune_cli.run,
-        "eval": evaluate_cli.run,
-        "convert": convert_cli.run,
-        "stack": stack_cli.run,
-    }
-    return run_main(lambda: commands[args.command](args))
+    parser, runners = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return run_main(lambda: runners[args.command](args))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,6 @@ COPY agent /src/agent
 COPY pipelines /src/pipelines
 COPY ui /src/ui
 RUN /opt/repopilot/bin/pip install -q "/src[serve]"
-ENV PATH=/opt/repopilot/bin:$PATH HF_HUB_OFFLINE=1
+ENV PATH=/opt/repopilot/bin:$PATH HF_HUB_OFFLINE=1 GIT_PYTHON_REFRESH=quiet
 EXPOSE 5000
 CMD ["repopilot", "serve", "--help"]

@@ -67,7 +67,38 @@ def _stop_words(batch: dict, index: int) -> list[list[int]]:
     return [w for w in words if w]
 
 
-def make_infer(model: FTModel, default_end: int):
+def tensors(Tensor, ids) -> tuple[list, list]:
+    """The model interface of CONTRACTS §B, with token ids of type ``ids``."""
+    i32, f32 = np.int32, np.float32
+    scalar = (1,)
+    inputs = [
+        Tensor(name="input_ids", dtype=ids, shape=(-1,)),
+        Tensor(name="input_lengths", dtype=ids, shape=scalar),
+        Tensor(name="request_output_len", dtype=ids, shape=(-1,)),
+        Tensor(name="runtime_top_k", dtype=ids, shape=scalar, optional=True),
+        Tensor(name="runtime_top_p", dtype=f32, shape=scalar, optional=True),
+        Tensor(name="beam_search_diversity_rate", dtype=f32, shape=scalar, optional=True),
+        Tensor(name="temperature", dtype=f32, shape=scalar, optional=True),
+        Tensor(name="len_penalty", dtype=f32, shape=scalar, optional=True),
+        Tensor(name="repetition_penalty", dtype=f32, shape=scalar, optional=True),
+        Tensor(name="random_seed", dtype=i32, shape=scalar, optional=True),
+        Tensor(name="is_return_log_probs", dtype=np.bool_, shape=scalar, optional=True),
+        Tensor(name="beam_width", dtype=ids, shape=scalar, optional=True),
+        Tensor(name="start_id", dtype=ids, shape=scalar, optional=True),
+        Tensor(name="end_id", dtype=ids, shape=scalar, optional=True),
+        Tensor(name="bad_words_list", dtype=i32, shape=(2, -1), optional=True),
+        Tensor(name="stop_words_list", dtype=i32, shape=(2, -1), optional=True),
+    ]
+    outputs = [
+        Tensor(name="output_ids", dtype=ids, shape=(-1, -1)),
+        Tensor(name="sequence_length", dtype=ids, shape=(-1,)),
+        Tensor(name="cum_log_probs", dtype=f32, shape=(-1,)),
+        Tensor(name="output_log_probs", dtype=f32, shape=(-1, -1)),
+    ]
+    return inputs, outputs
+
+
+def make_infer(model: FTModel, default_end: int, ids_type=np.uint32):
     def infer(**batch):
         input_ids = np.asarray(batch["input_ids"])
         lengths = np.asarray(batch["input_lengths"]).reshape(-1)
@@ -93,12 +124,12 @@ def make_infer(model: FTModel, default_end: int):
             rows.append(prompt + list(generated))
             seq_lens.append(len(rows[-1]))
         width = max(seq_lens)
-        output = np.zeros((len(rows), 1, width), dtype=np.uint32)
+        output = np.zeros((len(rows), 1, width), dtype=ids_type)
         for i, row in enumerate(rows):
             output[i, 0, : len(row)] = row
         return {
             "output_ids": output,
-            "sequence_length": np.asarray(seq_lens, dtype=np.uint32).reshape(-1, 1),
+            "sequence_length": np.asarray(seq_lens, dtype=ids_type).reshape(-1, 1),
             "cum_log_probs": np.zeros((len(rows), 1), dtype=np.float32),
             "output_log_probs": np.zeros((len(rows), 1, 1), dtype=np.float32),
         }
@@ -122,42 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     folder = checkpoint_dir(args.model_repository)
     model = FTModel.load(folder)
     logging.info("serving %s (NumPy reference forward, CPU stand-in for FasterTransformer)", folder)
-    u32, i32, f32 = np.uint32, np.int32, np.float32
-    scalar = (1,)
-    inputs = [
-        Tensor(name="input_ids", dtype=u32, shape=(-1,)),
-        Tensor(name="input_lengths", dtype=u32, shape=scalar),
-        Tensor(name="request_output_len", dtype=u32, shape=(-1,)),
-        Tensor(name="runtime_top_k", dtype=u32, shape=scalar, optional=True),
-        Tensor(name="runtime_top_p", dtype=f32, shape=scalar, optional=True),
-        Tensor(name="beam_search_diversity_rate", dtype=f32, shape=scalar, optional=True),
-        Tensor(name="temperature", dtype=f32, shape=scalar, optional=True),
-        Tensor(name="len_penalty", dtype=f32, shape=scalar, optional=True),
-        Tensor(name="repetition_penalty", dtype=f32, shape=scalar, optional=True),
-        Tensor(name="random_seed", dtype=i32, shape=scalar, optional=True),
-        Tensor(name="is_return_log_probs", dtype=np.bool_, shape=scalar, optional=True),
-        Tensor(name="beam_width", dtype=u32, shape=scalar, optional=True),
-        Tensor(name="start_id", dtype=u32, shape=scalar, optional=True),
-        Tensor(name="end_id", dtype=u32, shape=scalar, optional=True),
-        Tensor(name="bad_words_list", dtype=i32, shape=(2, -1), optional=True),
-        Tensor(name="stop_words_list", dtype=i32, shape=(2, -1), optional=True),
-    ]
-    outputs = [
-        Tensor(name="output_ids", dtype=u32, shape=(-1, -1)),
-        Tensor(name="sequence_length", dtype=u32, shape=(-1,)),
-        Tensor(name="cum_log_probs", dtype=f32, shape=(-1,)),
-        Tensor(name="output_log_probs", dtype=f32, shape=(-1, -1)),
-    ]
     config = TritonConfig(grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
     with Triton(config=config) as triton:
-        triton.bind(
-            model_name="fastertransformer",
-            infer_func=batch(make_infer(model, model.config.end_id)),
-            inputs=inputs,
-            outputs=outputs,
-            config=ModelConfig(max_batch_size=16),
-            strict=False,
-        )
+        # FauxPilot's two model names: the FT backend's (uint32 ids) and the python backend's (int32 ids).
+        for name, ids in (("fastertransformer", np.uint32), ("py-model", np.int32)):
+            inputs, outputs = tensors(Tensor, ids)
+            triton.bind(
+                model_name=name,
+                infer_func=batch(make_infer(model, model.config.end_id, ids)),
+                inputs=inputs,
+                outputs=outputs,
+                config=ModelConfig(max_batch_size=16),
+                strict=False,
+            )
         triton.serve()
     return 0
 

@@ -8,8 +8,6 @@ greedy text through the Triton engine and through the embedded engine on the HF 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from pipelines.convert import ConvertOptions, convert
@@ -27,9 +25,16 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     triton_api, triton_port = start_api(
         root / "models" / "tiny-hf", root / "api-triton.log", "--engine", "triton", "--triton-port", str(grpc_port)
     )
-    embedded_api, embedded_port = start_api(root / "models" / "tiny-hf", root / "api-embedded.log")
-    yield {"triton": triton_port, "embedded": embedded_port, "standin": standin, "root": root}
-    for proc in (embedded_api, triton_api, standin):
+    py_model_api, py_model_port = start_api(
+        root / "models" / "tiny-hf", root / "api-py-model.log", "--engine", "triton",
+        "--triton-port", str(grpc_port), "--triton-model", "py-model",
+    )  # fmt: skip
+    # float32 like the FT files (bf16 on CPUs with AMX could round a near-tie the other way)
+    embedded_api, embedded_port = start_api(
+        root / "models" / "tiny-hf", root / "api-embedded.log", "--dtype", "float32"
+    )
+    yield {"triton": triton_port, "py-model": py_model_port, "embedded": embedded_port, "standin": standin}
+    for proc in (embedded_api, py_model_api, triton_api, standin):
         stop(proc)
 
 
@@ -40,6 +45,12 @@ def test_same_greedy_text_through_triton_and_embedded(served) -> None:
         assert status_t == status_e == 200, (through_triton, embedded)
         assert through_triton["choices"][0]["text"] == embedded["choices"][0]["text"]
         assert through_triton["usage"] == embedded["usage"]
+
+
+def test_fauxpilots_python_backend_model_name_with_int32_ids(served) -> None:
+    status, answer = complete(served["py-model"], PROMPTS[0])
+    assert status == 200
+    assert answer["choices"][0]["text"] == complete(served["embedded"], PROMPTS[0])[1]["choices"][0]["text"]
 
 
 def test_stop_words_and_vscode_request_through_triton(served) -> None:

@@ -1,0 +1,1 @@
+"""Serve completions: engines (embedded PyTorch, Triton) behind a FauxPilot/OpenAI-compatible HTTP API."""

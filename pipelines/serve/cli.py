@@ -1,0 +1,160 @@
+"""``repopilot serve MODEL_DIR [options]`` (also ``python -m pipelines.serve``): the completion API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import ipaddress
+import os
+import socket
+import sys
+from pathlib import Path
+
+from pipelines.cli_util import run_main
+from pipelines.errors import InputError, RepopilotError
+from pipelines.serve.app import LOOPBACK_HOSTS, create_app
+from pipelines.serve.engine import Engine
+
+API_KEY_ENV = "REPOPILOT_API_KEY"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve completions to the IDE (FauxPilot/OpenAI-compatible API)",
+        description="Serve a model over FauxPilot's and OpenAI's completion API, in process (embedded) or "
+        "through a Triton server running FauxPilot's fastertransformer model.",
+    )
+    p.add_argument("model_dir", type=Path, help="the model folder (RUN_DIR/model); for --engine triton, its tokenizer")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000, as FauxPilot)")
+    p.add_argument("--engine", choices=("embedded", "triton"), default="embedded", help="default: embedded")
+    p.add_argument("--triton-host", default="localhost", help="Triton's gRPC host (default localhost)")
+    p.add_argument("--triton-port", type=int, default=8001, help="Triton's gRPC port (default 8001)")
+    p.add_argument("--triton-model", default="fastertransformer", help="fastertransformer (default) or py-model")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", help=f"require `Authorization: Bearer KEY` (or set {API_KEY_ENV})")
+    key.add_argument("--api-key-file", type=Path, help="read the API key from this file (first line)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="embedded engine: where to run")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16", "int8"),
+        default="auto",
+        help="embedded engine: weights' type (auto: bf16 on a GPU or an AMX CPU, else float32; int8: dynamic "
+        "quantization on the CPU, about 2x faster per token, slightly different completions)",
+    )
+    p.add_argument("--max-batch", type=int, default=8, help="embedded engine: most sequences decoded together")
+    p.add_argument("--batch-window-ms", type=float, default=0.0, help="embedded engine: wait this long for more")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def read_api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.read_text(encoding="utf-8").strip().splitlines()
+        except OSError as exc:
+            raise InputError(f"Cannot read the API key file {args.api_key_file}: {exc.strerror}.") from None
+        if not key or not key[0].strip():
+            raise InputError(f"The API key file {args.api_key_file} is empty. Put the key on its first line.")
+        return key[0].strip()
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise InputError("The API key is empty. Give a non-empty --api-key or leave it out.")
+    return key.strip() if key else None
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port_free(host: str, port: int) -> None:
+    if not 0 < port < 65536:
+        raise InputError(f"--port {port} is not a port number (1-65535).")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise InputError(
+                f"Cannot listen on {host}:{port} ({exc.strerror}). Another server may use that port: stop it or "
+                "choose another with --port (and point the IDE's fauxpilot.server at it)."
+            ) from None
+
+
+def require_modules(engine: str, *modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(
+            f"The {engine} engine needs {', '.join(missing)}, which this Python lacks. Install them "
+            "(pip install 'repopilot[serve,train]')" + (" or use --engine triton." if engine == "embedded" else ".")
+        )
+
+
+def make_engine(args: argparse.Namespace) -> Engine:
+    if args.max_batch < 1:
+        raise InputError("--max-batch must be at least 1.")
+    if args.engine == "triton":
+        require_modules("triton", "transformers", "tritonclient")
+    else:
+        require_modules("embedded", "torch", "transformers")
+    if args.engine == "triton":
+        from pipelines.serve.triton import TritonEngine
+
+        if not args.model_dir.is_dir():
+            raise InputError(f"{args.model_dir} is not a folder. Give the model (or tokenizer) folder.")
+        return TritonEngine(args.model_dir, args.triton_host, args.triton_port, args.triton_model)
+    from pipelines.serve.embedded import EmbeddedEngine, check_model_dir, resolve_device
+
+    check_model_dir(args.model_dir)
+    resolve_device(args.device)
+    engine = EmbeddedEngine(args.model_dir, args.device, args.max_batch, args.batch_window_ms / 1000, args.dtype)
+    print(f"Loading {args.model_dir} ...", file=sys.stderr, flush=True)
+    engine.load()
+    if engine.failure:
+        raise RepopilotError(engine.failure, title="Model not loaded")
+    return engine
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    api_key = read_api_key(args)
+    check_port_free(args.host, args.port)
+    engine = make_engine(args)
+    local = is_loopback(args.host)
+    if not local and not api_key:
+        print(
+            f"Warning: listening on {args.host} without an API key: anyone who can reach this port can read "
+            "completions of your internal code. Add --api-key-file.",
+            file=sys.stderr,
+        )
+    embedded = engine.kind == "embedded"
+    app = create_app(
+        engine,
+        api_key=api_key,
+        allowed_hosts=(*LOOPBACK_HOSTS, args.host) if local else None,
+        manage_engine=not embedded,  # the embedded model is already loaded
+    )
+    url = f"http://{'localhost' if local else args.host}:{args.port}/v1"
+    print(f"Serving {engine.model_id} ({engine.kind}) at {url} — VS Code: fauxpilot.server = {url}", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        if embedded:
+            asyncio.run(engine.close())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.serve")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return run_main(lambda: run(args))

@@ -1,0 +1,106 @@
+"""The FauxPilot compose stack against a REAL dockerd, with images built locally (nothing is pulled).
+
+The `triton` service runs the CPU STAND-IN image for Triton+FasterTransformer (a real tritonserver from
+nvidia-pytriton computing with the NumPy reference forward over the converted FT files), because
+FasterTransformer needs an NVIDIA GPU; the `copilot_proxy` service is this project's API image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from agent.stack.compose import TRITON_CPU_STANDIN_IMAGE, StackSettings
+from agent.stack.docker_stack import DockerStack, docker_available
+from agent.stack.embedded import StackError
+from pipelines.convert import ConvertOptions, convert
+from tests.services import ROOT, complete, free_port, require, trained_tiny
+
+
+def build_images() -> None:
+    base = subprocess.run(["bash", "packaging/docker/make-base-image.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert base.returncode == 0, base.stderr
+    built = subprocess.run(
+        ["bash", "packaging/docker/build-images.sh", "--standin"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "BASE_IMAGE": "repopilot/base:bookworm"},
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    require(docker_available() and shutil.which("docker-compose") is not None, "dockerd and docker-compose")
+    build_images()
+    root = tmp_path_factory.mktemp("docker-stack")
+    models = root / "models"
+    for name, seed in (("v1", 0), ("v2", 1)):
+        convert(ConvertOptions(model_dir=trained_tiny(root / name, seed=seed), models_root=models, gpus=1, name=name))
+    # v3 converts fine but its API cannot load the tokenizer: it must fail its checks and roll back.
+    convert(ConvertOptions(model_dir=root / "v2", models_root=models, gpus=1, name="v3"))
+    (models / "v3-hf" / "tokenizer.json").write_text("{broken")
+    settings = StackSettings(
+        models_root=str(models), model="v1", gpu=False, host_network=True, triton_host="127.0.0.1",
+        api_port=free_port(), triton_port=free_port(), triton_http_port=free_port(),
+        triton_metrics_port=free_port(), triton_image=TRITON_CPU_STANDIN_IMAGE,
+    )  # fmt: skip
+    docker = DockerStack(root / "compose")
+    try:
+        docker.up(settings, timeout=240)
+        yield docker, settings
+    finally:
+        docker.down()
+
+
+def healthy(docker: DockerStack) -> bool:
+    return all(s.healthy for s in docker.status())
+
+
+def test_up_serves_a_completion_through_triton(stack) -> None:
+    docker, settings = stack
+    statuses = {s.name: s for s in docker.status()}
+    assert statuses["triton"].healthy and statuses["copilot_proxy"].healthy
+    status, body = complete(settings.api_port, "def add(a, b):\n")
+    assert status == 200 and body["choices"][0]["text"]
+    env = (docker.project_dir / ".env").read_text()
+    assert "MODEL=v1" in env and "NUM_GPUS=1" in env
+
+
+def test_swap_then_failed_swap_rolls_back(stack) -> None:
+    docker, settings = stack
+    docker.swap("v2", timeout=240)
+    assert "MODEL=v2" in (docker.project_dir / ".env").read_text() and healthy(docker)
+    with pytest.raises(StackError) as err:
+        docker.swap("v3", timeout=90)
+    assert "rolled back to v2" in str(err.value)
+    assert "MODEL=v2" in (docker.project_dir / ".env").read_text()
+    assert healthy(docker)
+    assert complete(settings.api_port, "import os\n")[0] == 200
+
+
+def test_service_restarts_after_a_crash(stack) -> None:
+    docker, settings = stack
+    before = {s["service"]: s["restarts"] for s in docker._containers()}
+    docker.crash("copilot_proxy")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = {s["service"]: s for s in docker._containers()}
+        if now["copilot_proxy"]["restarts"] > before["copilot_proxy"] and healthy(docker):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"copilot_proxy did not come back: {docker.logs('copilot_proxy', 20)}")
+    assert complete(settings.api_port, "def ")[0] == 200
+
+
+def test_down_removes_the_containers(stack) -> None:
+    docker, settings = stack
+    docker.down()
+    assert docker._containers() == []
+    with pytest.raises(OSError):
+        complete(settings.api_port, "def ")
+    docker.up(settings, timeout=240)  # up again from nothing; the module fixture tears it down
+    assert healthy(docker)
