@@ -37,7 +37,7 @@ from pipelines.dataset.output import (
     recover,
 )
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
-from pipelines.dataset.state import CachedBlob, FileRow, Key, Store
+from pipelines.dataset.state import CachedBlob, FileRow, Key, LshIndex, Store
 from pipelines.errors import DatasetError
 from pipelines.progress import Progress
 
@@ -408,7 +408,7 @@ class _Work:
 
     def _near_duplicates(self) -> None:
         affected = list(self.before)
-        lsh = _LshIndex(self.store, bulk=len(affected) > _LSH_BULK)
+        lsh = LshIndex(self.store, bulk=len(affected) > _LSH_BULK)
         old_neighbours: set[Key] = set()
         for key in affected:
             old_neighbours |= lsh.neighbours(key)
@@ -484,44 +484,6 @@ def _finished(item: tuple[list, concurrent.futures.Future]) -> Iterator[tuple[st
     batch, future = item
     for (sha, data), result in zip(batch, future.result(), strict=True):
         yield sha, data, result
-
-
-class _LshIndex:
-    """The band buckets of the state, queried per key in SQL, or all in memory for big updates."""
-
-    def __init__(self, store: Store, bulk: bool) -> None:
-        self.store = store
-        self.by_bucket: dict[tuple[int, int], set[Key]] | None = None
-        self.by_key: dict[Key, list[tuple[int, int]]] = {}
-        if bulk:
-            self.by_bucket = {}
-            for band, bucket, repo, path in store.db.execute("SELECT band, bucket, repo, path FROM lsh"):
-                self.by_bucket.setdefault((band, bucket), set()).add((repo, path))
-                self.by_key.setdefault((repo, path), []).append((band, bucket))
-
-    def neighbours(self, key: Key) -> set[Key]:
-        if self.by_bucket is None:
-            return self.store.lsh_neighbours(key)
-        found: set[Key] = set()
-        for cell in self.by_key.get(key, ()):
-            found |= self.by_bucket[cell]
-        found.discard(key)
-        return found
-
-    def put(self, key: Key, buckets: list[int] | None) -> None:
-        if buckets is None:
-            self.store.lsh_delete(key)
-        else:
-            self.store.lsh_put(key, buckets)
-        if self.by_bucket is None:
-            return
-        for cell in self.by_key.pop(key, ()):
-            self.by_bucket[cell].discard(key)
-        if buckets is not None:
-            cells = list(enumerate(buckets))
-            self.by_key[key] = cells
-            for cell in cells:
-                self.by_bucket.setdefault(cell, set()).add(key)
 
 
 def _ref(key: Key) -> str:

@@ -323,3 +323,41 @@ class Store:
             [(akey, *row) for row in rows],
         )
         self.db.execute("COMMIT")
+
+
+class LshIndex:
+    """The band buckets of the state, queried per key in SQL, or all in memory for big updates."""
+
+    def __init__(self, store: Store, bulk: bool) -> None:
+        self.store = store
+        self.by_bucket: dict[tuple[int, int], set[Key]] | None = None
+        self.by_key: dict[Key, list[tuple[int, int]]] = {}
+        if bulk:
+            self.by_bucket = {}
+            for band, bucket, repo, path in store.db.execute("SELECT band, bucket, repo, path FROM lsh"):
+                self.by_bucket.setdefault((band, bucket), set()).add((repo, path))
+                self.by_key.setdefault((repo, path), []).append((band, bucket))
+
+    def neighbours(self, key: Key) -> set[Key]:
+        if self.by_bucket is None:
+            return self.store.lsh_neighbours(key)
+        found: set[Key] = set()
+        for cell in self.by_key.get(key, ()):
+            found |= self.by_bucket[cell]
+        found.discard(key)
+        return found
+
+    def put(self, key: Key, buckets: list[int] | None) -> None:
+        if buckets is None:
+            self.store.lsh_delete(key)
+        else:
+            self.store.lsh_put(key, buckets)
+        if self.by_bucket is None:
+            return
+        for cell in self.by_key.pop(key, ()):
+            self.by_bucket[cell].discard(key)
+        if buckets is not None:
+            cells = list(enumerate(buckets))
+            self.by_key[key] = cells
+            for cell in cells:
+                self.by_bucket.setdefault(cell, set()).add(key)
