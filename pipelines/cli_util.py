@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
@@ -28,3 +29,17 @@ def run_main(body: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def standalone_main(
+    package: str,
+    command: str,
+    add_parser: Callable[[argparse._SubParsersAction], None],
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str] | None = None,
+) -> int:
+    """``python -m pipelines.<package> ...``: the same parser and runner as ``repopilot <command> ...``."""
+    parser = argparse.ArgumentParser(prog=f"python -m pipelines.{package}")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
+    return run_main(lambda: run(args))

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.cli_util import run_main
+from pipelines.cli_util import standalone_main
 from pipelines.errors import InputError
 from pipelines.progress import MODES, Progress
 
@@ -107,8 +107,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.convert")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["convert", *(sys.argv[1:] if argv is None else argv)])
-    return run_main(lambda: run(args))
+    return standalone_main("convert", "convert", add_parser, run, argv)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from pipelines.cli_util import run_main
+from pipelines.cli_util import standalone_main
 from pipelines.dataset.builder import SyncResult, build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.languages import FILENAMES, LANGUAGES
@@ -145,8 +144,4 @@ def _print_stats(out: Path, as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.dataset")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["dataset", *(sys.argv[1:] if argv is None else argv)])
-    return run_main(lambda: run(args))
+    return standalone_main("dataset", "dataset", add_parser, run, argv)

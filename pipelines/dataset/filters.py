@@ -18,7 +18,7 @@ from pipelines.dataset import dedup
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.gitsource import MODE_SUBMODULE, MODE_SYMLINK
 from pipelines.dataset.languages import language_of
-from pipelines.dataset.secrets import find_secrets, redact
+from pipelines.dataset.secrets import Redaction, find_secrets, redact
 
 
 class Reason(str, Enum):
@@ -166,8 +166,6 @@ def redact_spans(text: str, spans: tuple[tuple[int, int, str], ...] | list) -> s
     """Apply cached redaction spans (start, end, kind) to the blob's text."""
     if not spans:
         return text
-    from pipelines.dataset.secrets import Redaction
-
     return redact(text, [Redaction(int(s), int(e), str(k)) for s, e, k in spans])
 
 

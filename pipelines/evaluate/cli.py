@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.cli_util import run_main
+from pipelines.cli_util import standalone_main
 from pipelines.errors import InputError
 from pipelines.progress import MODES, Progress
 
@@ -218,8 +218,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
-    return run_main(lambda: run(args))
+    return standalone_main("evaluate", "eval", add_parser, run, argv)

@@ -11,7 +11,7 @@ import types
 import typing
 from pathlib import Path
 
-from pipelines.cli_util import run_main
+from pipelines.cli_util import standalone_main
 from pipelines.errors import InputError
 from pipelines.finetune.args import TrainArgs, field_help
 
@@ -84,8 +84,4 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.finetune")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    ns = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return run_main(lambda: run(ns))
+    return standalone_main("finetune", "train", add_parser, run, argv)

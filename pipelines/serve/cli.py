@@ -11,7 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
-from pipelines.cli_util import run_main
+from pipelines.cli_util import standalone_main
 from pipelines.errors import InputError, RepopilotError
 from pipelines.serve.app import LOOPBACK_HOSTS, create_app
 from pipelines.serve.engine import Engine
@@ -153,8 +153,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.serve")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    return run_main(lambda: run(args))
+    return standalone_main("serve", "serve", add_parser, run, argv)
