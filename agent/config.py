@@ -68,6 +68,12 @@ class TrainingConfig:
     """Sequences per optimizer step, across all GPUs."""
     lora: bool = False
     """Train LoRA adapters instead of all weights (less GPU memory)."""
+    box: str = ""
+    """Name of the ``[[gpu_boxes]]`` entry to train on; empty: the first one, or this machine."""
+    train_args: list[str] = field(default_factory=list)
+    """Extra `repopilot train` arguments, e.g. ``["--block-size", "512"]``."""
+    eval_args: list[str] = field(default_factory=list)
+    """Extra `repopilot eval` arguments, e.g. ``["--max-files", "100"]``."""
 
     def check(self) -> Problems:
         problems: Problems = []
@@ -102,6 +108,8 @@ class GpuBox:
     """Working directory on the box; empty means the executor's default."""
     gpus: list[int] = field(default_factory=list)
     """CUDA device indices to use; empty means all visible GPUs."""
+    python: str = ""
+    """ssh: Python of repopilot's training environment on the box; empty: the executor sets one up."""
 
     def check(self) -> Problems:
         problems: Problems = []
@@ -117,6 +125,33 @@ class GpuBox:
             problems.append(("gpus", f"must hold GPU indices >= 0, got {self.gpus}"))
         if len(set(self.gpus)) != len(self.gpus):
             problems.append(("gpus", f"lists a GPU twice: {self.gpus}"))
+        return problems
+
+
+@dataclass
+class ServerConfig:
+    """``[server]``: the completion server the IDE talks to."""
+
+    runtime: str = "auto"
+    """``"embedded"`` (PyTorch in a local process), ``"docker"`` (FauxPilot's Triton stack) or ``"auto"``
+    (docker where Docker and an NVIDIA GPU exist, else embedded)."""
+    port: int = 5000
+    """Port of the completion API (the FauxPilot extension's ``fauxpilot.server`` points here)."""
+    gpus: int = 1
+    """GPUs Triton splits the model over (1, 2, 4 or 8); the conversion is made for this many."""
+    api_key: str = ""
+    """If set, clients must send it as a bearer token."""
+    start_on_deploy: bool = True
+    """Start the server when a model is deployed and none runs."""
+
+    def check(self) -> Problems:
+        problems: Problems = []
+        if self.runtime not in ("auto", "embedded", "docker"):
+            problems.append(("runtime", f'must be "auto", "embedded" or "docker", got {self.runtime!r}'))
+        if not 1 <= self.port <= 65535:
+            problems.append(("port", f"must be a port from 1 to 65535, got {self.port}"))
+        if self.gpus not in (1, 2, 4, 8):
+            problems.append(("gpus", f"must be 1, 2, 4 or 8, got {self.gpus}"))
         return problems
 
 
@@ -159,11 +194,18 @@ class Config:
     """``[training]``."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """``[policy]``."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """``[server]``."""
     gpu_boxes: list[GpuBox] = field(default_factory=list)
     """``[[gpu_boxes]]``, in file order."""
 
 
-_SECTIONS: dict[str, type] = {"agent": AgentConfig, "training": TrainingConfig, "policy": PolicyConfig}
+_SECTIONS: dict[str, type] = {
+    "agent": AgentConfig,
+    "training": TrainingConfig,
+    "policy": PolicyConfig,
+    "server": ServerConfig,
+}
 
 
 def default_config() -> Config:
@@ -197,12 +239,24 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{file} is not valid TOML: {exc}. Fix the file and try again.", title=ERROR_TITLE) from exc
+    return config_from_dict(data, str(file))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "the settings") -> Config:
+    """A validated Config from TOML-shaped data (as :func:`config_to_dict` gives); InputError listing all problems."""
     config, problems = _build(data)
     if problems:
         lines = "\n".join(f"  - {key}: {message}" for key, message in problems)
         count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
-        raise InputError(f"{file} has {count}:\n{lines}\nFix the file and try again.", title=ERROR_TITLE)
+        raise InputError(f"{source} has {count}:\n{lines}\nFix them and try again.", title=ERROR_TITLE)
     return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as TOML-shaped data (sections as dicts, ``gpu_boxes`` as a list of dicts)."""
+    from dataclasses import asdict
+
+    return asdict(config)
 
 
 def _build(data: dict[str, Any]) -> tuple[Config, Problems]:

@@ -35,7 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("build", help="index repositories from scratch into a dataset folder")
     p.add_argument("out", type=Path, help="dataset folder to create")
-    p.add_argument("repos", nargs="+", metavar="REPO", help="[NAME=]PATH[#REF] of a git repo (working or bare)")
+    p.add_argument("repos", nargs="*", metavar="REPO", help="[NAME=]PATH[#REF] of a git repo (working or bare)")
+    p.add_argument(
+        "--repos-json", type=Path, metavar="FILE",
+        help='repos with their own filters: [{"name", "path", "ref", "include": [...], "exclude": [...]}]',
+    )  # fmt: skip
     p.add_argument("--include", action="append", default=[], metavar="GLOB", help="keep only matching paths")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="drop matching paths")
     p.add_argument("--languages", default="", help="comma-separated allow-list (default: every known language)")
@@ -86,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             shard_records=args.shard_records,
         )
-        specs = []
+        specs = _repos_from_json(args.repos_json) if args.repos_json else []
+        if not specs and not args.repos:
+            raise InputError("Give at least one repository (PATH, NAME=PATH#REF) or --repos-json FILE.")
         for text in args.repos:
             spec = parse_repo(text)
             specs.append(RepoSpec(spec.name, spec.path, spec.ref, tuple(args.include), tuple(args.exclude)))
@@ -101,6 +107,24 @@ def run(args: argparse.Namespace) -> int:
         result = update(args.out, refs, progress=progress)
     _print_result(args.out, result, as_json=args.json)
     return 0
+
+
+def _repos_from_json(path: Path) -> list[RepoSpec]:
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+        return [
+            RepoSpec(
+                str(item["name"]),
+                str(item["path"]),
+                item.get("ref"),
+                tuple(item.get("include", ())),
+                tuple(item.get("exclude", ())),
+            )
+            for item in items
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        shape = "a list of {name, path[, ref, include, exclude]}"
+        raise InputError(f"--repos-json {path}: {exc}. It must hold {shape}.") from None
 
 
 def _print_result(out: Path, result: SyncResult, as_json: bool) -> None:

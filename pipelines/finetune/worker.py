@@ -173,6 +173,38 @@ def _floats(metrics: dict) -> dict:
     return {k: round(float(v), 6) for k, v in metrics.items() if isinstance(v, int | float)}
 
 
+def _run_and_exit() -> None:
+    """Runs the rank, then leaves without C++ teardown.
+
+    Letting the interpreter unwind with a live gloo process group (and DeepSpeed's threads) aborts now and
+    then with "terminate called without an active exception" (SIGABRT), which the launcher reports as a
+    failed run although everything was saved. So: close the process group ourselves, flush, and _exit.
+    """
+    import traceback
+
+    try:
+        code = main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int | None):
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # reported, then the rank fails
+        traceback.print_exc()
+        code = 1
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            if code == 0:
+                dist.barrier()
+            dist.destroy_process_group()
+    except Exception:  # best effort at exit
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    _run_and_exit()
