@@ -1,1 +1,3 @@
-"""The repopilot agent: the daemon that owns state and schedules the pipelines (grows in later work)."""
+"""The repopilot agent: the daemon that owns all state and runs the pipelines (see agent/core.py)."""
+
+__version__ = "0.1.0"

@@ -22,6 +22,12 @@ COMMANDS = [
     ("convert", "pipelines.convert.cli", "train"),
     ("serve", "pipelines.serve.cli", "serve"),
     ("stack", "agent.stack.cli", None),
+    ("agent", "agent.cli_verbs.agent_cmd", None),
+    ("repo", "agent.cli_verbs.repo_cmd", None),
+    ("job", "agent.cli_verbs.job_cmd", None),
+    ("model", "agent.cli_verbs.model_cmd", None),
+    ("retrain", "agent.cli_verbs.retrain_cmd", None),
+    ("server", "agent.cli_verbs.server_cmd", None),
 ]
 
 

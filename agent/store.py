@@ -342,6 +342,11 @@ class Store:
                 raise StoreError(f"no model with version {version!r}", title="Unknown model")
         return self.get_model(version)
 
+    def remove_model(self, version: str) -> None:
+        """Forget a model (its files are the caller's to delete first)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM models WHERE version = ?", (version,))
+
     # -- deployments ------------------------------------------------------------------------------
 
     def start_deployment(self, model: str, runtime: str) -> Deployment:

@@ -2,7 +2,7 @@
 # Install everything the tests need, then run the linter and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh train,serve,agent,dev
+bash scripts/bootstrap.sh train,serve,agent,ui,dev,package
 bash scripts/services.sh  # dockerd, docker-compose, the pytriton venv
 export REPOPILOT_REQUIRE_SERVICES=1  # integration tests fail (not skip) if a service is missing
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"  # compiled DeepSpeed ops

@@ -81,6 +81,15 @@ class EmbeddedRuntime:
         self.state_file.unlink(missing_ok=True)
         return was_running
 
+    def state(self) -> dict | None:
+        """What the last start recorded (pid, model_dir, port, host...), or None."""
+        return self._state()
+
+    def is_running(self) -> bool:
+        """Cheap check without HTTP: the server process lives."""
+        state = self._state()
+        return bool(state and self._alive(state["pid"]))
+
     def status(self) -> ServiceStatus:
         state = self._state()
         if not state:

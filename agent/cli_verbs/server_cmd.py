@@ -1,0 +1,42 @@
+"""``repopilot server start | stop | status``: the agent's completion server (with the deployed model).
+
+``repopilot stack ...`` is the low-level command that runs a server by hand, without the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from agent.cli_verbs.common import client, config_option, json_option, print_json
+from agent.models import ServerInfo
+
+UNHEALTHY_EXIT = 3
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("server", help="the agent's completion server for the IDE")
+    verbs = parser.add_subparsers(dest="server_command", required=True, metavar="COMMAND")
+    config, as_json = config_option(), json_option()
+    verbs.add_parser("start", parents=[config, as_json], help="start serving the deployed model")
+    verbs.add_parser("stop", parents=[config, as_json], help="stop the completion server")
+    verbs.add_parser("status", parents=[config, as_json], help="is it up and healthy, and what it serves")
+
+
+def run(args: argparse.Namespace) -> int:
+    agent = client(args)
+    command = args.server_command
+    info = {"start": agent.start_server, "stop": agent.stop_server, "status": agent.server_status}[command]()
+    print_json(info) if args.json else print_server(info)
+    if command == "status" and not (info.running and info.healthy):
+        return UNHEALTHY_EXIT
+    return 0
+
+
+def print_server(info: ServerInfo) -> None:
+    state = "healthy" if info.healthy else ("running, unhealthy" if info.running else "stopped")
+    print(f"Completion server ({info.runtime}): {state}, model {info.model or '(none deployed)'}")
+    print(f"  url:    {info.url}")
+    print(f"  detail: {info.detail}")
+    for s in info.services:
+        service = "healthy" if s.healthy else ("running, unhealthy" if s.running else "stopped")
+        print(f"  {s.name:<14} {service:<18} {s.detail}")

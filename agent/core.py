@@ -1,0 +1,689 @@
+"""The agent: one plain-Python API object that owns all state and side effects.
+
+Methods take plain values and return the dataclasses of :mod:`agent.models`; failures raise a
+:class:`~pipelines.errors.RepopilotError` (title + message). The HTTP binding (:mod:`agent.api`), the
+CLI and the tray app are clients of this object and add no logic of their own.
+
+Inside: the SQLite store and job queue, the repo watcher, worker threads that run jobs (see
+:mod:`agent.steps`), a policy timer, the completion server (:mod:`agent.stack`) and an event log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import (
+    Config,
+    GpuBox,
+    config_from_dict,
+    config_path,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from agent.executors.base import Executor, stop_orphan
+from agent.executors.local import LocalExecutor
+from agent.jobs import GATE_PASSED, Job, JobCancelled, JobKind, JobQueue, JobSpec, JobState
+from agent.models import (
+    AgentState,
+    AgentStatus,
+    DatasetInfo,
+    ErrorInfo,
+    Event,
+    EventBatch,
+    JobInfo,
+    ModelInfo,
+    RepoInfo,
+    ServerInfo,
+)
+from agent.paths import AgentPaths
+from agent.policy import Decision, should_retrain
+from agent.server import ServerControl
+from agent.steps import STEPS, StepContext
+from agent.store import ModelStatus, Repo, Store, StoreError
+from agent.views import dataset_info, job_info, model_info, repo_info
+from agent.watcher import RepoWatch, Watcher, default_ref, find_git_dir, resolve
+from pipelines.errors import InputError, RepoError, RepopilotError
+
+log = logging.getLogger(__name__)
+
+RESOURCES = {
+    JobKind.DATASET: "dataset",
+    JobKind.EVAL: "eval",
+    JobKind.CONVERT: "convert",
+    JobKind.DEPLOY: "deploy",
+}
+RUNNING_STATE = {
+    JobKind.DATASET: AgentState.INDEXING,
+    JobKind.TRAIN: AgentState.TRAINING,
+    JobKind.EVAL: AgentState.EVALUATING,
+    JobKind.CONVERT: AgentState.CONVERTING,
+    JobKind.DEPLOY: AgentState.DEPLOYING,
+}
+
+
+class AgentError(RepopilotError):
+    title = "Agent problem"
+
+
+class EventLog:
+    """The last events in memory; readers wait for ones newer than their cursor (long-poll)."""
+
+    def __init__(self, keep: int = 2000) -> None:
+        self._events: deque[Event] = deque(maxlen=keep)
+        self._seq = 0
+        self._cond = threading.Condition()
+
+    def publish(self, kind: str, data: dict[str, Any]) -> None:
+        with self._cond:
+            self._seq += 1
+            self._events.append(Event(self._seq, time.time(), kind, data))
+            self._cond.notify_all()
+
+    def wait(self, since: int, timeout: float) -> EventBatch:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._cond:
+            while self._seq <= since:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if since > self._seq:  # the agent restarted: the client's cursor is from an older life
+                since = 0
+            return EventBatch(self._seq, [e for e in self._events if e.seq > since])
+
+
+class Agent:
+    """The daemon's API. ``start()`` brings it to life; every other method may be called from any thread."""
+
+    def __init__(self, config: Config | None = None, config_file: str | Path | None = None, workers: int = 2) -> None:
+        self.config_file = config_path(config_file)
+        self.config = config or load_config(self.config_file)
+        self.paths = AgentPaths(Path(self.config.agent.data_dir).expanduser())
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.paths.jobs.mkdir(exist_ok=True)
+        self.store = Store(self.paths.state_db)
+        self.queue = JobQueue(self.store)
+        self.events = EventLog()
+        self.server = ServerControl(self)
+        self.watcher = Watcher(self._on_repo_change, debounce_s=1.0, poll_interval_s=5.0, on_error=self._on_watch_error)
+        self._workers = workers
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._wake = threading.Condition()
+        self._lock_handle: Any = None
+        self._last_error: ErrorInfo | None = None
+        self._policy_lock = threading.Lock()
+        self._started = False
+        self._active: set[int] = set()  # jobs whose step runs in this process right now
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Take the data folder, recover what a dead agent left, start watching and working."""
+        self._lock_handle = open(self.paths.lock_file, "a+")  # noqa: SIM115 - held while the agent lives
+        try:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_handle.close()
+            raise AgentError(
+                f"Another agent already uses {self.paths.root}. Stop it first (`repopilot agent stop`).",
+                title="Agent already running",
+            ) from None
+        _log_to(self.paths.log_file)
+        for job in self.queue.recover_after_restart():
+            stop_orphan(self.paths.job_pid(job.id), job.id)
+            if job.kind == JobKind.TRAIN:
+                with contextlib.suppress(RepopilotError):
+                    self.executor(job.params.get("box")).cleanup_orphans(job.id)
+            log.info("job %s (%s) was interrupted and is re-queued", job.id, job.kind.value)
+        for repo in self.store.list_repos():
+            self._watch(repo)
+        if self.paths.paused_flag.exists():
+            self.watcher.pause()
+        self.watcher.start()
+        self._stopping.clear()
+        for i in range(self._workers):
+            self._spawn(self._work, f"agent-worker-{i}")
+        self._spawn(self._policy_timer, "agent-policy")
+        self._started = True
+        log.info("agent started (pid %s, data %s)", os.getpid(), self.paths.root)
+        self.events.publish("status", {"message": "agent started"})
+        self.check_for_changes()
+
+    def stop(self) -> None:
+        """Stop watching and working. Running jobs are stopped (training checkpoints) and resume at next start."""
+        self._stopping.set()
+        self.watcher.stop()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        self._threads.clear()
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+        self._started = False
+        self.store.close()
+        log.info("agent stopped")
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- status and events ------------------------------------------------------------------------------------
+    def status(self) -> AgentStatus:
+        """The state at a glance (what the tray icon shows)."""
+        running = self.queue.list(JobState.RUNNING)
+        queued = self.queue.list(JobState.QUEUED)
+        serving = self.store.current_deployment()
+        progress, state, detail = None, AgentState.IDLE, "idle"
+        if running:
+            job = running[0]
+            state = RUNNING_STATE[job.kind]
+            info = job.progress or {}
+            progress = info.get("fraction")
+            detail = f"{job.kind.value} (job {job.id})" + (f": {info['message']}" if info.get("message") else "")
+            if info.get("eta_s") is not None:
+                detail += f", ETA {_duration(info['eta_s'])}"
+        elif self._last_error is not None:
+            state, detail = AgentState.ERROR, f"{self._last_error.title}: {self._last_error.message}"
+        elif serving:
+            detail = f"serving {serving.model}"
+        if self.watcher.paused and state == AgentState.IDLE:
+            detail += " (watching paused)"
+        return AgentStatus(
+            state=state,
+            detail=detail.splitlines()[0][:300],
+            progress=progress,
+            paused=self.watcher.paused,
+            repos=len(self.store.list_repos()),
+            jobs_queued=len(queued),
+            running_job=running[0].id if running else None,
+            serving_model=serving.model if serving else None,
+            server_running=self.server.running(),
+            last_error=self._last_error,
+            pid=os.getpid(),
+            version=__version__,
+        )
+
+    def wait_events(self, since: int = 0, timeout: float = 25.0) -> EventBatch:
+        """Events after ``since`` (waits up to ``timeout`` s for one); pass the batch's cursor next time."""
+        return self.events.wait(since, min(max(timeout, 0.0), 60.0))
+
+    def notify(self, title: str, message: str) -> None:
+        """A desktop notification for the tray (model trained/deployed/rolled back, job failed)."""
+        log.info("%s: %s", title, message)
+        self.events.publish("notification", {"title": title, "message": message})
+
+    def clear_error(self) -> AgentStatus:
+        """Forget the last error (the tray's "dismiss")."""
+        self._last_error = None
+        self._changed("status")
+        return self.status()
+
+    def agent_log(self, lines: int = 200) -> str:
+        return _tail(self.paths.log_file, lines)
+
+    # -- repos ------------------------------------------------------------------------------------------------
+    def add_repo(
+        self,
+        path: str,
+        name: str | None = None,
+        ref: str | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+    ) -> RepoInfo:
+        """Watch a git repository (working tree or bare) and index it now."""
+        folder = Path(path).expanduser().resolve()
+        if not folder.exists():
+            raise RepoError(f"{folder} does not exist. Pick the folder of a git repository.")
+        git_dir = find_git_dir(folder)
+        if git_dir is None:
+            raise RepoError(f"{folder} is not a git repository (no .git). Pick the folder you cloned.")
+        ref = ref or default_ref(git_dir)
+        if resolve(git_dir, ref) is None:
+            raise RepoError(f"{folder} has no commit on {ref!r}. Commit something first, or pick another ref.")
+        name = name or _unique_name(folder.name.removesuffix(".git"), {r.name for r in self.store.list_repos()})
+        if any(r.path == str(folder) and r.ref == ref for r in self.store.list_repos()):
+            raise InputError(f"{folder} ({ref}) is already watched.", title="Already watched")
+        repo = self.store.add_repo(
+            Repo(name, str(folder), ref, list(include or []), list(exclude or []), added_at=time.time())
+        )
+        if self._started:
+            self._watch(repo)
+        self._changed("repo", name=name, action="added")
+        self._queue_dataset(f"repository {name} added")
+        return repo_info(self, repo)
+
+    def remove_repo(self, name: str) -> None:
+        """Stop watching ``name``; the dataset is rebuilt without it."""
+        self.store.get_repo(name)
+        self.watcher.remove(name)
+        self.store.remove_repo(name)
+        self._changed("repo", name=name, action="removed")
+        if self.store.list_repos():
+            self._queue_dataset(f"repository {name} removed")
+
+    def list_repos(self) -> list[RepoInfo]:
+        return [repo_info(self, r) for r in self.store.list_repos()]
+
+    def dataset(self) -> DatasetInfo:
+        """The current dataset, its stats, and what the retrain policy thinks of it."""
+        return dataset_info(self)
+
+    def pause_watching(self) -> None:
+        self.paths.paused_flag.touch()
+        self.watcher.pause()
+        self._changed("status", message="watching paused")
+
+    def resume_watching(self) -> None:
+        self.paths.paused_flag.unlink(missing_ok=True)
+        self.watcher.resume()
+        self._changed("status", message="watching resumed")
+        self.check_for_changes()
+
+    def check_for_changes(self) -> None:
+        """Look at every watched ref now (as a commit would) and apply the retrain policy."""
+        if self._started and not self.watcher.paused:
+            self.watcher.check_now()
+        self.apply_policy()
+
+    # -- jobs -------------------------------------------------------------------------------------------------
+    def list_jobs(self, state: str | None = None, limit: int = 100) -> list[JobInfo]:
+        """Jobs, newest first."""
+        jobs = self.queue.list(state)
+        return [job_info(self, j) for j in reversed(jobs[-limit:])] if limit > 0 else []
+
+    def get_job(self, job_id: int) -> JobInfo:
+        return job_info(self, self.queue.get(job_id), with_losses=True)
+
+    def cancel_job(self, job_id: int) -> JobInfo:
+        """Cancel a queued or running job (a running one is stopped) and the jobs waiting on it."""
+        job = self.queue.cancel(job_id)
+        self._changed("job", id=job_id, state=job.state.value)
+        return job_info(self, job)
+
+    def retry_job(self, job_id: int) -> JobInfo:
+        """Run a failed, cancelled or interrupted job again (and the jobs it took down with it)."""
+        deadline = time.monotonic() + 60
+        while job_id in self._active and time.monotonic() < deadline:
+            time.sleep(0.2)  # a cancelled job's processes are still stopping
+        if job_id in self._active:
+            raise AgentError(f"job {job_id} is still stopping; try again in a minute.", title="Job still stopping")
+        job = self.queue.retry(job_id)
+        self._changed("job", id=job_id, state=job.state.value)
+        self._kick()
+        return job_info(self, job)
+
+    def job_log(self, job_id: int, lines: int = 200) -> str:
+        self.queue.get(job_id)
+        return _tail(self.paths.job_log(job_id), lines)
+
+    def retrain_now(self) -> list[JobInfo]:
+        """Update the dataset, then train, evaluate, convert and deploy, whatever the policy says."""
+        pending = self._pending_retrain()
+        if pending is not None:
+            raise AgentError(
+                f"A retrain is already queued or running (job {pending.id}, {pending.kind.value}).",
+                title="Retrain already pending",
+            )
+        if not self.store.list_repos():
+            raise AgentError("Add a repository first (`repopilot repo add PATH`).", title="Nothing to train on")
+        jobs = self.queue.chain(
+            [JobSpec(JobKind.DATASET, {"reason": "retrain now"}, RESOURCES[JobKind.DATASET]), *self._retrain_steps({})]
+        )
+        self._changed("job", id=jobs[0].id, state="queued", message="retrain requested")
+        self._kick()
+        return [job_info(self, j) for j in jobs]
+
+    # -- models and serving -----------------------------------------------------------------------------------
+    def list_models(self) -> list[ModelInfo]:
+        """Models, newest first."""
+        serving = self.store.current_deployment()
+        models = sorted(self.store.list_models(), key=lambda m: m.created_at, reverse=True)
+        return [model_info(self, m, serving.model if serving else None) for m in models]
+
+    def get_model(self, version: str) -> ModelInfo:
+        serving = self.store.current_deployment()
+        return model_info(self, self.store.get_model(version), serving.model if serving else None)
+
+    def deploy_model(self, version: str) -> JobInfo:
+        """Queue serving ``version`` (any kept model: this is also how to roll back to an older one)."""
+        model = self.store.get_model(version)
+        if not (Path(model.run_dir) / "model").is_dir():
+            raise AgentError(f"model {version}'s files are gone ({model.run_dir}); pick another.", title="Model gone")
+        job = self.queue.enqueue(JobKind.DEPLOY, {"model": version, "reason": "manual"}, (), RESOURCES[JobKind.DEPLOY])
+        self._changed("job", id=job.id, state="queued")
+        self._kick()
+        return job_info(self, job)
+
+    def rollback(self) -> JobInfo:
+        """Queue serving the model that served before the current one."""
+        deployments = self.store.list_deployments()
+        current = self.store.current_deployment()
+        if current is None:
+            raise AgentError("No model is deployed, so there is nothing to roll back.", title="Nothing to roll back")
+        earlier = [d for d in deployments if d.id < current.id and d.model != current.model]
+        for deployment in reversed(earlier):
+            with contextlib.suppress(StoreError):
+                model = self.store.get_model(deployment.model)
+                if (Path(model.run_dir) / "model").is_dir():
+                    job = self.queue.enqueue(
+                        JobKind.DEPLOY, {"model": model.version, "reason": "rollback"}, (), RESOURCES[JobKind.DEPLOY]
+                    )
+                    self._changed("job", id=job.id, state="queued")
+                    self._kick()
+                    return job_info(self, job)
+        raise AgentError(f"{current.model} is the only model that served; nothing to roll back to.",
+                         title="Nothing to roll back")  # fmt: skip
+
+    def server_status(self) -> ServerInfo:
+        return self.server.info(probe=True)
+
+    def start_server(self) -> ServerInfo:
+        """Start the completion server with the deployed model."""
+        info = self.server.start()
+        self._changed("server", running=info.running)
+        return info
+
+    def stop_server(self) -> ServerInfo:
+        info = self.server.stop()
+        self._changed("server", running=info.running)
+        return info
+
+    def test_completion(self, prompt: str, max_tokens: int = 32) -> str:
+        """Ask the running server to complete ``prompt`` (what the IDE would get)."""
+        return self.server.complete(prompt, max_tokens)
+
+    def vscode_settings(self) -> dict[str, Any]:
+        """Settings for the VS Code FauxPilot extension pointing at this server."""
+        return self.server.vscode_settings()
+
+    # -- settings ---------------------------------------------------------------------------------------------
+    def get_settings(self) -> dict[str, Any]:
+        """The configuration as TOML-shaped data (sections -> keys)."""
+        return config_to_dict(self.config)
+
+    def update_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Validate (all problems at once), save to the TOML file, and apply."""
+        merged = config_to_dict(self.config)
+        for key, value in settings.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        new = config_from_dict(merged)
+        if Path(new.agent.data_dir).expanduser() != self.paths.root:
+            raise InputError("agent.data_dir cannot change while the agent runs; edit the file and restart it.")
+        save_config(new, self.config_file)
+        self.config = new
+        self._changed("settings")
+        self.apply_policy()
+        return config_to_dict(new)
+
+    # -- internals: executors, policy, deploy ------------------------------------------------------------------
+    def executor(self, box_name: str | None = None) -> Executor:
+        boxes = self.config.gpu_boxes
+        box: GpuBox | None = None
+        if box_name or self.config.training.box:
+            wanted = box_name or self.config.training.box
+            box = next((b for b in boxes if b.name == wanted), None)
+            if box is None and wanted != "local":
+                raise AgentError(f"No GPU box named {wanted!r} in {self.config_file}.", title="Unknown GPU box")
+        elif boxes:
+            box = boxes[0]
+        work = self.paths.jobs
+        if box is None or box.kind == "local":
+            return LocalExecutor(box.name if box else "local", box.gpus if box else [], work_dir=work)
+        from agent.executors.ssh import SshExecutor
+
+        return SshExecutor(box, local_work_dir=self.paths.root / "remote")
+
+    def train_args(self) -> list[str]:
+        t = self.config.training
+        args = ["--base-model", t.base_model, "--max-steps", str(t.max_steps), "--learning-rate", str(t.learning_rate)]
+        args += ["--micro-batch-size", str(t.batch_size), "--grad-accum", "1", "--lora" if t.lora else "--no-lora"]
+        return [*args, *t.train_args]
+
+    def latest_dataset(self, version: str | None = None) -> dict[str, Any] | None:
+        versions = self.store.list_dataset_versions()
+        if version is None and versions:
+            version = max(versions, key=lambda v: v.created_at).version
+        if version is None or not (self.paths.snapshot(version) / "manifest.json").exists():
+            return None
+        return {"dataset_version": version, "snapshot": str(self.paths.snapshot(version))}
+
+    def baseline_for(self, version: str, run_dir: Path) -> tuple[Path, str]:
+        """What a new model is compared with: the serving model, else the base it was trained from."""
+        serving = self.store.current_deployment()
+        if serving and serving.model != version:
+            with contextlib.suppress(StoreError):
+                model = self.store.get_model(serving.model)
+                if (Path(model.run_dir) / "model").is_dir():
+                    return Path(model.run_dir) / "model", serving.model
+        result = _read_json(run_dir / "result.json")
+        base = result.get("base_model") or self.config.training.base_model
+        return Path(base) if Path(base).exists() else Path(str(base)), "the base model"
+
+    def serve_model(self, version: str, reason: str = "deploy") -> dict[str, Any]:
+        """Make the server serve ``version`` now (start it when configured to); records the deployment."""
+        model = self.store.get_model(version)
+        info = self.server.deploy(model)
+        current = self.store.current_deployment()
+        if current is None or current.model != version:
+            previous = current.model if current else None
+            self.store.start_deployment(version, info.runtime)
+            if previous:
+                with contextlib.suppress(StoreError):
+                    self.store.update_model(previous, status=ModelStatus.CONVERTED)
+            self.store.update_model(version, status=ModelStatus.DEPLOYED)
+            title = "Model rolled back" if reason == "rollback" else "Model deployed"
+            self.notify(
+                title, f"{version} now serves completions at {info.url}" + (f" (was {previous})" if previous else "")
+            )
+        self._changed("model", version=version, action="deployed")
+        self._changed("server", running=info.running)
+        self._prune_models()
+        return {"model": version, "runtime": info.runtime, "url": info.url, "server_running": info.running}
+
+    def apply_policy(self, now: dt.datetime | None = None) -> Decision | None:
+        """Queue a retrain chain when the policy says so (called after each dataset update and on a timer)."""
+        with self._policy_lock:
+            if self.watcher.paused or self._pending_retrain() is not None:
+                return None
+            dataset = self.latest_dataset()
+            if dataset is None:
+                return None
+            version = dataset["dataset_version"]
+            if any(m.dataset_version == version for m in self.store.list_models()):
+                return None  # a model was already trained on this data (deployed or rejected)
+            trains = self.queue.list(kind=JobKind.TRAIN)
+            if trains and trains[-1].params.get("dataset_version") == version and trains[-1].state != JobState.DONE:
+                return None  # the last attempt on this data failed: the user retries it
+            decision = self._decide(now or dt.datetime.now())
+            if decision.retrain:
+                jobs = self.queue.chain(self._retrain_steps({"dataset_version": version, "reason": decision.reason}))
+                log.info("retrain queued (job %s): %s", jobs[0].id, decision.reason)
+                self._changed("job", id=jobs[0].id, state="queued", message=decision.reason)
+                self._kick()
+            return decision
+
+    def _decide(self, now: dt.datetime) -> Decision:
+        from agent.views import changes_since_serving
+
+        models = self.store.list_models()
+        last = max((m.created_at for m in models), default=None)
+        last_at = dt.datetime.fromtimestamp(last) if last else None
+        return should_retrain(changes_since_serving(self), last_at, now, self.config.policy)
+
+    def _retrain_steps(self, train_params: dict[str, Any]) -> list[JobSpec]:
+        train_executor = self.executor(train_params.get("box"))
+        return [
+            JobSpec(JobKind.TRAIN, {**train_params, "box": train_executor.name}, train_executor.resource),
+            JobSpec(JobKind.EVAL, {}, RESOURCES[JobKind.EVAL]),
+            JobSpec(JobKind.CONVERT, {}, RESOURCES[JobKind.CONVERT], run_if=GATE_PASSED),
+            JobSpec(JobKind.DEPLOY, {"reason": "retrain"}, RESOURCES[JobKind.DEPLOY], run_if=GATE_PASSED),
+        ]
+
+    def _pending_retrain(self) -> Job | None:
+        for state in (JobState.RUNNING, JobState.QUEUED):
+            for job in self.queue.list(state):
+                if job.kind in (JobKind.TRAIN, JobKind.EVAL, JobKind.CONVERT):
+                    return job
+                if job.kind == JobKind.DATASET and job.params.get("reason") == "retrain now":
+                    return job
+        return None
+
+    def _prune_models(self) -> None:
+        from agent.views import prune_models
+
+        with contextlib.suppress(OSError, RepopilotError):
+            prune_models(self)
+
+    def _queue_dataset(self, reason: str) -> None:
+        if any(j.kind == JobKind.DATASET for j in self.queue.list(JobState.QUEUED)):
+            return  # the queued update will see this change too
+        job = self.queue.enqueue(JobKind.DATASET, {"reason": reason}, (), RESOURCES[JobKind.DATASET])
+        self._changed("job", id=job.id, state="queued", message=reason)
+        self._kick()
+
+    # -- internals: watcher -----------------------------------------------------------------------------------
+    def _watch(self, repo: Repo) -> None:
+        with contextlib.suppress(ValueError):
+            self.watcher.add(RepoWatch(repo.name, repo.path, repo.ref))
+
+    def _on_repo_change(self, name: str, ref: str | None, commit: str | None) -> None:
+        log.info("%s: %s moved to %s", name, ref, commit)
+        self._changed("repo", name=name, action="changed", commit=commit)
+        self._queue_dataset(f"new commit on {name} ({ref})")
+
+    def _on_watch_error(self, name: str, message: str) -> None:
+        self._last_error = ErrorInfo(f"Repository {name}", message)
+        self._changed("repo", name=name, action="problem", message=message)
+        self.notify(f"Repository {name}", message)
+
+    # -- internals: workers -----------------------------------------------------------------------------------
+    def _kick(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self.queue.claim_next()
+            except Exception:  # the store is busy or broken: log, back off, keep the agent alive
+                log.exception("claiming a job failed")
+                job = None
+            if job is None:
+                with self._wake:
+                    self._wake.wait(1.0)
+                continue
+            self._active.add(job.id)
+            try:
+                self._run(job)
+            except Exception:  # a bug in the agent itself: the job fails, the agent lives on
+                log.exception("running job %s failed", job.id)
+                with contextlib.suppress(Exception):
+                    self.queue.fail(job.id, "Agent error", "the agent hit an internal error; see its log")
+            finally:
+                self._active.discard(job.id)
+
+    def _run(self, job: Job) -> None:
+        self._changed("job", id=job.id, kind=job.kind.value, state="running")
+        last = {"t": 0.0, "progress": {}}
+
+        def report(progress: dict[str, Any]) -> None:
+            merged = {**last["progress"], **{k: v for k, v in progress.items() if v is not None}}
+            last["progress"] = merged
+            self.queue.update_progress(job.id, merged)
+            if time.monotonic() - last["t"] >= 0.5:
+                last["t"] = time.monotonic()
+                self._changed("job", id=job.id, kind=job.kind.value, state="running", progress=merged)
+
+        def is_cancelled() -> bool:
+            return self._stopping.is_set() or self.queue.get(job.id).state != JobState.RUNNING
+
+        try:
+            result = STEPS[job.kind](StepContext(job, self, report, is_cancelled))
+        except BaseException as exc:
+            if self._stopping.is_set() and isinstance(exc, JobCancelled):
+                return  # left running in the store: resumed at the next start
+            ended = self.queue.fail_with(job.id, exc)
+            if ended.state == JobState.FAILED:
+                log.warning(
+                    "job %s (%s) failed: %s: %s", job.id, job.kind.value, ended.error_title, ended.error_message
+                )
+                self._last_error = ErrorInfo(ended.error_title or "Job failed", ended.error_message or "", job.id)
+                self.notify(f"Job {job.id} ({job.kind.value}) failed", f"{ended.error_title}: {ended.error_message}")
+            self._changed("job", id=job.id, kind=job.kind.value, state=ended.state.value)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.queue.finish(job.id, result)
+        if self._last_error is not None and self._last_error.job is not None:
+            self._last_error = None  # a job succeeded since: the error was dealt with
+        self._changed("job", id=job.id, kind=job.kind.value, state="done")
+        if job.kind == JobKind.DATASET:
+            self.apply_policy()
+
+    def _policy_timer(self) -> None:
+        while not self._stopping.wait(60.0):
+            with contextlib.suppress(Exception):
+                self.apply_policy()
+
+    def _changed(self, event: str, **data: Any) -> None:
+        self.events.publish(event, data)
+
+
+def _unique_name(base: str, taken: set[str]) -> str:
+    name, n = base or "repo", 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    return name
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60} min" if seconds >= 120 else f"{seconds} s"
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 256 * 1024))
+            text = handle.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _log_to(path: Path) -> None:
+    root = logging.getLogger("agent")
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path) for h in root.handlers):
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)

@@ -1,0 +1,197 @@
+"""The completion server as the agent runs it: the embedded engine or FauxPilot's docker stack.
+
+One :class:`ServerControl` per agent; state lives in ``<data>/stack`` (the same folder layout as
+`repopilot stack --stack-dir`), so the low-level CLI can inspect what the agent started.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.models import ServerInfo, ServiceInfo
+from agent.stack.compose import TRITON_IMAGE, StackSettings
+from agent.stack.embedded import EmbeddedRuntime, StackError
+from agent.store import Model
+
+if TYPE_CHECKING:
+    from agent.core import Agent
+
+
+class ServerControl:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    # -- what runs ----------------------------------------------------------------------------------------------
+    @property
+    def stack_dir(self) -> Path:
+        return self.agent.paths.stack
+
+    def runtime(self) -> str:
+        """The runtime in use (the one recorded by the last start), else the configured one."""
+        marker = self.stack_dir / "runtime"
+        if marker.exists():
+            return marker.read_text().strip()
+        wanted = self.agent.config.server.runtime
+        if wanted == "auto":
+            from agent.stack.cli import choose_runtime
+
+            return choose_runtime("auto")
+        return wanted
+
+    def running(self) -> bool:
+        """Cheap check (no HTTP): is a server process / container up?"""
+        if self.runtime() == "embedded":
+            return self._embedded().is_running()
+        try:
+            return any(s.running for s in self._docker().status())
+        except Exception:
+            return False
+
+    def info(self, probe: bool = True) -> ServerInfo:
+        runtime = self.runtime()
+        port = self.agent.config.server.port
+        deployment = self.agent.store.current_deployment()
+        model = deployment.model if deployment else None
+        url = f"http://127.0.0.1:{port}/v1"
+        if runtime == "embedded":
+            embedded = self._embedded()
+            if not probe:
+                up = embedded.is_running()
+                return ServerInfo(up, up, runtime, url, model, "running" if up else "stopped")
+            status = embedded.status()
+            services = [ServiceInfo("embedded", status.running, status.healthy, status.detail)]
+            state = embedded.state()
+            if state:
+                url = f"http://127.0.0.1:{state['port']}/v1"
+            return ServerInfo(status.running, status.healthy, runtime, url, model, status.detail, services)
+        try:
+            statuses = self._docker().status()
+        except Exception as exc:
+            return ServerInfo(False, False, runtime, url, model, f"docker stack unavailable: {exc}")
+        services = [ServiceInfo(s.name, s.running, s.healthy, s.detail) for s in statuses]
+        running = any(s.running for s in statuses)
+        healthy = bool(statuses) and all(s.healthy for s in statuses)
+        detail = "; ".join(f"{s.name}: {'healthy' if s.healthy else s.detail}" for s in statuses)
+        return ServerInfo(running, healthy, runtime, url, model, detail, services)
+
+    # -- actions ------------------------------------------------------------------------------------------------
+    def start(self) -> ServerInfo:
+        deployment = self.agent.store.current_deployment()
+        if deployment is None:
+            from agent.core import AgentError
+
+            raise AgentError(
+                "No model is deployed yet. Add a repository and wait for the first model (or `repopilot retrain`).",
+                title="Nothing to serve",
+            )
+        self._up(self.agent.store.get_model(deployment.model))
+        return self.info()
+
+    def stop(self) -> ServerInfo:
+        if self.runtime() == "embedded":
+            self._embedded().down()
+        else:
+            self._docker().down()
+        return self.info(probe=False)
+
+    def deploy(self, model: Model) -> ServerInfo:
+        """Serve ``model``: swap it in when a server runs (rolled back on failure), else start one if configured."""
+        runtime = self.runtime()
+        if runtime == "embedded":
+            embedded = self._embedded()
+            target = self._embedded_dir(model)
+            if embedded.is_running():
+                state = embedded.state() or {}
+                if state.get("model_dir") != str(target.resolve()):
+                    embedded.swap(target)
+            elif self.agent.config.server.start_on_deploy:
+                self._up(model)
+        else:
+            docker = self._docker()
+            if any(s.running for s in docker.status()):
+                docker.swap(model.version)
+            elif self.agent.config.server.start_on_deploy:
+                self._up(model)
+        return self.info(probe=False)
+
+    def complete(self, prompt: str, max_tokens: int = 32) -> str:
+        info = self.info(probe=False)
+        if not info.running:
+            raise StackError("The completion server is not running. Start it first.", title="Server stopped")
+        body = {"model": "fastertransformer", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.1}
+        headers = {"Content-Type": "application/json"}
+        if self.agent.config.server.api_key:
+            headers["Authorization"] = f"Bearer {self.agent.config.server.api_key}"
+        request = urllib.request.Request(f"{info.url}/engines/codegen/completions", json.dumps(body).encode(), headers)
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                answer = json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise StackError(f"the server answered {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
+        except OSError as exc:
+            raise StackError(f"cannot reach the completion server at {info.url}: {exc}") from None
+        return answer["choices"][0]["text"]
+
+    def vscode_settings(self) -> dict[str, Any]:
+        info = self.info(probe=False)
+        settings: dict[str, Any] = {
+            "fauxpilot.enabled": True,
+            "fauxpilot.server": info.url,
+            "fauxpilot.engine": "codegen",
+            "fauxpilot.maxTokens": 80,
+            "fauxpilot.temperature": 0.1,
+            "fauxpilot.inlineCompletion": True,
+        }
+        if self.agent.config.server.api_key:
+            settings["fauxpilot.token"] = self.agent.config.server.api_key
+        return settings
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    def _up(self, model: Model) -> None:
+        server = self.agent.config.server
+        runtime = self.runtime() if (self.stack_dir / "runtime").exists() else self._configured_runtime()
+        self.stack_dir.mkdir(parents=True, exist_ok=True)
+        (self.stack_dir / "runtime").write_text(runtime)
+        if runtime == "embedded":
+            self._embedded().up(self._embedded_dir(model), server.port, api_key=server.api_key)
+            return
+        from agent.stack.cli import has_nvidia_gpu
+
+        settings = StackSettings(
+            models_root=str(self.agent.paths.serving_root.resolve()),
+            model=model.version,
+            num_gpus=server.gpus,
+            gpus=",".join(str(i) for i in range(server.gpus)),
+            api_port=server.port,
+            gpu=has_nvidia_gpu(),
+            triton_image=TRITON_IMAGE,
+            api_key=server.api_key,
+        )
+        self._docker().up(settings)
+
+    def _configured_runtime(self) -> str:
+        wanted = self.agent.config.server.runtime
+        if wanted == "auto":
+            from agent.stack.cli import choose_runtime
+
+            return choose_runtime("auto")
+        return wanted
+
+    def _embedded(self) -> EmbeddedRuntime:
+        return EmbeddedRuntime(self.stack_dir)
+
+    def _docker(self):
+        from agent.stack.docker_stack import DockerStack
+
+        return DockerStack(self.stack_dir / "compose")
+
+    @staticmethod
+    def _embedded_dir(model: Model) -> Path:
+        hf = model.converted_dirs.get("hf")
+        if hf and (Path(hf) / "config.json").exists():
+            return Path(hf)
+        return Path(model.run_dir) / "model"
