@@ -151,24 +151,31 @@ def run_logged(
             if code is not None:
                 return code
             if is_cancelled():
-                stop_group(proc.pid)
+                stop_group(proc.pid, proc=proc)
                 proc.wait()
                 raise JobCancelled("cancelled while running")
             time.sleep(tick_s)
     finally:
         if proc.poll() is None:  # the agent is going down: leave nothing behind
-            stop_group(proc.pid, grace_s=5)
+            stop_group(proc.pid, grace_s=5, proc=proc)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
         pid_file.unlink(missing_ok=True)
 
 
-def stop_group(pid: int, grace_s: float = 20.0) -> None:
-    """SIGTERM the process group ``pid`` (training checkpoints on it), SIGKILL it after ``grace_s``."""
+def stop_group(pid: int, grace_s: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM the process group ``pid`` (training checkpoints on it), SIGKILL it after ``grace_s``.
+
+    Pass ``proc`` when the leader is our child, so that it is reaped (a zombie leader keeps the group "alive").
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _group_alive(pid):
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.poll()
+        if not _group_alive(pid):
+            break
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
