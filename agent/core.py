@@ -49,7 +49,7 @@ from agent.models import (
 from agent.paths import AgentPaths
 from agent.policy import Decision, should_retrain
 from agent.server import ServerControl
-from agent.steps import STEPS, StepContext
+from agent.steps import STEPS, StepContext, disk_full
 from agent.store import ModelStatus, Repo, Store, StoreError
 from agent.views import dataset_info, job_info, model_info, repo_info
 from agent.watcher import RepoWatch, Watcher, default_ref, find_git_dir, resolve
@@ -615,7 +615,13 @@ class Agent:
             return self._stopping.is_set() or self.queue.get(job.id).state != JobState.RUNNING
 
         try:
-            result = STEPS[job.kind](StepContext(job, self, report, is_cancelled))
+            try:
+                result = STEPS[job.kind](StepContext(job, self, report, is_cancelled))
+            except OSError as exc:  # the agent's own writes (snapshot, store, logs)
+                full = disk_full(self.paths.root, job.id, str(exc))
+                if full is None:
+                    raise
+                raise full from exc
         except BaseException as exc:
             if self._stopping.is_set() and isinstance(exc, JobCancelled):
                 return  # left running in the store: resumed at the next start

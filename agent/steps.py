@@ -66,7 +66,9 @@ class StepContext:
     def fail(self, what: str, code: int) -> StepError:
         log = self.agent.paths.job_log(self.job.id)
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-12:]) if log.exists() else ""
-        return StepError(f"{what} exited with code {code}. Log: {log}\n{tail}", title=f"{self.job.kind.value} failed")
+        return disk_full(self.agent.paths.root, self.job.id, tail) or StepError(
+            f"{what} exited with code {code}. Log: {log}\n{tail}", title=f"{self.job.kind.value} failed"
+        )
 
     def _progress_line(self, line: str) -> None:
         if not line.startswith("{"):
@@ -86,6 +88,22 @@ class StepContext:
             )
         elif event.get("event") and "stage" not in event:
             self.report({"message": event["event"]})
+
+
+def disk_full(root: Path, job_id: int, text: str = "") -> StepError | None:
+    """The clear error for a full disk (ENOSPC in the output, or almost no space left), else None."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    if "No space left on device" not in text and (free is None or free > 2 * 2**20):
+        return None
+    left = f" ({free / 2**20:.1f} MB free)" if free is not None else ""
+    return StepError(
+        f"The disk holding {root} is full{left}. Free some space (or move [agent] data_dir), then retry job "
+        f"{job_id} with `repopilot job retry {job_id}`; nothing written so far is lost.",
+        title="Disk full",
+    )
 
 
 # -- dataset ------------------------------------------------------------------------------------------------

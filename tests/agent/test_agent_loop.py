@@ -4,6 +4,7 @@ an evaluation with the gate, a conversion and a deployment on the embedded serve
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from agent.models import AgentState
 from pipelines.errors import RepoError
 from tests.agent.agentkit import jobs_summary, make_repo, wait_for, write_config
 from tests.finetune.conftest import internal_module
+from tests.services import require
 
 FINISHED = ("done", "failed", "cancelled")
 
@@ -141,3 +143,38 @@ def test_bad_repos_get_clear_errors_and_the_agent_keeps_going(agent: Agent, tmp_
     assert status.state == AgentState.ERROR and status.last_error.job == chain[0].id
     agent.remove_repo("acme")  # the agent still answers and recovers
     assert agent.list_repos() == []
+
+
+def test_a_full_disk_fails_the_job_clearly_and_retry_finishes_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(data)], capture_output=True)
+    require(mounted.returncode == 0, "mounting a small tmpfs (root)")
+    agent = None
+    try:
+        agent = Agent(config_file=write_config(tmp_path, retrain=False))
+        agent.start()
+        repo = make_repo(tmp_path / "acme", files=4)
+        repo.commit({f"big/blob_{i}.py": big_module(i) for i in range(12)}, message="big files")
+        agent.add_repo(str(repo.path))
+        wait_for(lambda: settled(agent, 1), 120, "the dataset job", lambda: jobs_summary(agent))
+        job = agent.list_jobs()[0]
+        assert job.state == "failed" and job.error.title == "Disk full", jobs_summary(agent)
+        assert f"repopilot job retry {job.id}" in job.error.message
+        assert agent.status().state == AgentState.ERROR  # and the agent still answers
+        subprocess.run(["mount", "-o", "remount,size=64m", str(data)], check=True)
+        agent.retry_job(job.id)
+        wait_for(lambda: settled(agent, 1), 120, "the retried dataset job", lambda: jobs_summary(agent))
+        assert agent.get_job(job.id).state == "done", jobs_summary(agent)
+        assert agent.dataset().files_kept == 17
+    finally:
+        if agent is not None:
+            agent.stop()
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def big_module(i: int) -> str:
+    """~100 kB of distinct code, so a dozen of them overflow a 1 MB disk."""
+    return "".join(
+        f"def handler_{i}_{n}(event):\n    return event.get('key_{i}_{n}', {n * 7 + i})\n\n" for n in range(1600)
+    )

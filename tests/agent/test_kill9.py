@@ -25,13 +25,13 @@ KILLS = int(os.environ.get("REPOPILOT_KILLS", "7"))
 # Where to kill: while a job of that kind runs ("train+" once the run has a checkpoint), then at random.
 TARGETS = ["dataset", "train", "train+", "eval", "convert", "deploy"]
 FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
-RUN_AGENT = "import signal, sys; from agent.core import Agent; Agent(config_file=sys.argv[1]).start(); signal.pause()"
 
 
 def start_agent(config: Path, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", RUN_AGENT, str(config)], stdout=out, stderr=subprocess.STDOUT, env=ENV,
+            [sys.executable, "-m", "agent.cli", "agent", "start", "--foreground", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, env=ENV,
             cwd=Path(__file__).resolve().parents[2],
         )  # fmt: skip
 
