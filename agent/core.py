@@ -148,6 +148,10 @@ class Agent:
             log.info("job %s (%s) was interrupted and is re-queued", job.id, job.kind.value)
         for repo in self.store.list_repos():
             self._watch(repo)
+            git_dir = find_git_dir(Path(repo.path))
+            head = resolve(git_dir, repo.ref) if git_dir else None
+            if head and head != repo.last_indexed_commit:
+                self._queue_dataset(f"{repo.name} moved while the agent was stopped")
         if self.paths.paused_flag.exists():
             self.watcher.pause()
         self.watcher.start()

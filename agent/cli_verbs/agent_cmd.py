@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from agent import daemon
 from agent.api.client import NOT_RUNNING
@@ -25,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     verbs.add_parser("status", parents=[config, json_option()], help="is it running, and what is it doing")
     logs = verbs.add_parser("logs", parents=[config], help="the end of the agent's log")
     logs.add_argument("-n", "--lines", type=int, default=100)
+    wait = verbs.add_parser("wait", parents=[config], help="follow the agent until no job is queued or running")
+    wait.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds (exit 3)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,12 +57,33 @@ def run(args: argparse.Namespace) -> int:
         else:
             print_status(status, running.url)
         return 0
+    if command == "wait":
+        return wait_idle(client(args), args.timeout)
     if command == "logs":
         text = client(args).agent_log(args.lines)
         if text:
             print(text)
         return 0
     raise AssertionError(command)
+
+
+def wait_idle(agent, timeout: float) -> int:
+    """Print each new state line until nothing is queued or running; 0, 1 when the last job failed, 3 on timeout."""
+    deadline = time.monotonic() + timeout
+    cursor, shown = 0, ""
+    while time.monotonic() < deadline:
+        status = agent.status()
+        progress = f" {status.progress:.0%}" if status.progress is not None else ""
+        line = f"{status.state.value}{progress}: {status.detail}"
+        if line != shown:
+            print(line, flush=True)
+            shown = line
+        if status.running_job is None and status.jobs_queued == 0:
+            failed = status.last_error is not None and status.last_error.job is not None
+            return 1 if failed else 0
+        cursor = agent.wait_events(cursor, min(5.0, max(deadline - time.monotonic(), 0.1))).cursor
+    print(f"still busy after {timeout:.0f} s")
+    return NOT_RUNNING_EXIT
 
 
 def print_status(status: AgentStatus, url: str) -> None:

@@ -1,4 +1,4 @@
-"""``repopilot server start | stop | status``: the agent's completion server (with the deployed model).
+"""``repopilot server start | stop | status | test | vscode``: the agent's completion server (with the deployed model).
 
 ``repopilot stack ...`` is the low-level command that runs a server by hand, without the agent.
 """
@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from agent.cli_verbs.common import client, config_option, json_option, print_json
 from agent.models import ServerInfo
@@ -20,11 +21,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     verbs.add_parser("start", parents=[config, as_json], help="start serving the deployed model")
     verbs.add_parser("stop", parents=[config, as_json], help="stop the completion server")
     verbs.add_parser("status", parents=[config, as_json], help="is it up and healthy, and what it serves")
+    test = verbs.add_parser("test", parents=[config], help="ask the server for a completion, as the IDE would")
+    test.add_argument("prompt", nargs="?", default="def ", help="text to complete (default: 'def ')")
+    test.add_argument("--max-tokens", type=int, default=32)
+    verbs.add_parser("vscode", parents=[config], help="print the VS Code FauxPilot settings for this server")
 
 
 def run(args: argparse.Namespace) -> int:
     agent = client(args)
     command = args.server_command
+    if command == "test":
+        print(args.prompt + agent.test_completion(args.prompt, args.max_tokens))
+        return 0
+    if command == "vscode":
+        print(json.dumps(agent.vscode_settings(), indent=2))
+        return 0
     info = {"start": agent.start_server, "stop": agent.stop_server, "status": agent.server_status}[command]()
     print_json(info) if args.json else print_server(info)
     if command == "status" and not (info.running and info.healthy):

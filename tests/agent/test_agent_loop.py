@@ -178,3 +178,23 @@ def big_module(i: int) -> str:
     return "".join(
         f"def handler_{i}_{n}(event):\n    return event.get('key_{i}_{n}', {n * 7 + i})\n\n" for n in range(1600)
     )
+
+
+def test_a_commit_made_while_the_agent_was_stopped_is_picked_up_at_start(tmp_path: Path) -> None:
+    config = write_config(tmp_path, retrain=False)
+    repo = make_repo(tmp_path / "acme", files=5)
+    agent = Agent(config_file=config)
+    agent.start()
+    agent.add_repo(str(repo.path))
+    wait_for(lambda: settled(agent, 1), 120, "the dataset job", lambda: jobs_summary(agent))
+    agent.stop()
+    head = repo.commit({"jobs/late.py": internal_module(77)}, message="while the agent was down")
+    agent = Agent(config_file=config)
+    agent.start()
+    try:
+        wait_for(lambda: settled(agent, 2), 120, "the catch-up dataset job", lambda: jobs_summary(agent))
+        assert [j.state for j in agent.list_jobs()] == ["done", "done"]
+        assert agent.list_repos()[0].last_indexed_commit == head
+        assert agent.dataset().files_kept == 7
+    finally:
+        agent.stop()
