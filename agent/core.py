@@ -640,12 +640,14 @@ class Agent:
             if not isinstance(exc, Exception):
                 raise
             return
+        if job.kind == JobKind.DATASET:
+            # Before the dataset job reads as done, so nobody sees a moment of "idle" between the two.
+            with contextlib.suppress(Exception):
+                self.apply_policy()
         self.queue.finish(job.id, result)
         if self._last_error is not None and self._last_error.job is not None:
             self._last_error = None  # a job succeeded since: the error was dealt with
         self._changed("job", id=job.id, kind=job.kind.value, state="done")
-        if job.kind == JobKind.DATASET:
-            self.apply_policy()
 
     def _policy_timer(self) -> None:
         while not self._stopping.wait(60.0):

@@ -101,6 +101,7 @@ class RepoInfo:
     files_kept: int | None = None
     """Files of this repo in the dataset."""
     bytes_kept: int | None = None
+    """Bytes of this repo in the dataset (None where the dataset does not count them per repo)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class DatasetInfo:
     files_dropped: int
     dropped: dict[str, int]
     languages: dict[str, int]
+    """Files kept per language."""
     redactions: dict[str, int]
     changed_files_since_serving: int
     changed_lines_since_serving: int

@@ -48,7 +48,7 @@ def repo_info(agent: Agent, repo: Repo) -> RepoInfo:
         head_commit=head,
         problem=problem,
         files_kept=stats.get("files_kept", stats.get("files")),
-        bytes_kept=stats.get("bytes_kept", stats.get("bytes")),
+        bytes_kept=stats.get("bytes_kept"),
     )
 
 
@@ -121,7 +121,7 @@ def dataset_info(agent: Agent) -> DatasetInfo:
         bytes_kept=stats.get("bytes_kept", 0),
         files_dropped=stats.get("files_dropped", 0),
         dropped=stats.get("dropped", {}),
-        languages=stats.get("languages", {}),
+        languages={k: v.get("files", 0) if isinstance(v, dict) else v for k, v in stats.get("languages", {}).items()},
         redactions=stats.get("redactions", {}),
         changed_files_since_serving=files,
         changed_lines_since_serving=lines,

@@ -29,3 +29,17 @@ if [ ! -x .venv-triton/bin/python ] || ! .venv-triton/bin/python -c 'import pytr
   python3 -m venv .venv-triton
   .venv-triton/bin/python -m pip install -q --disable-pip-version-check nvidia-pytriton 'numpy<2'
 fi
+
+# desktop: Xvfb + tray host for the tray tests/screenshots (Qt's xcb plugin needs the libxcb-* below)
+desktop=()
+for pair in Xvfb:xvfb trayer:trayer xwininfo:x11-utils import:imagemagick desktop-file-validate:desktop-file-utils; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || desktop+=("${pair#*:}")
+done
+for lib in libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0 \
+  libxcb-render-util0 libxcb-image0 libxcb-randr0; do
+  dpkg -s "$lib" >/dev/null 2>&1 || desktop+=("$lib")
+done
+if [ ${#desktop[@]} -gt 0 ]; then
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${desktop[@]}" >/dev/null
+fi

@@ -1,0 +1,69 @@
+"""The tray app against a real agent: the daemon started by the app itself (connect_or_start) on a temp folder,
+a real git repo, a tiny-model config. Qt runs offscreen (no display, no tray host needed)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, Config, PolicyConfig, ServerConfig, TrainingConfig, save_config
+from tests.agent.agentkit import TRAIN_ARGS, make_repo
+from tests.services import free_port
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before pytest-qt makes the QApplication; no display needed
+
+
+EVAL_ARGS = ["--max-files", "4", "--max-lines-per-file", "2", "--max-new-tokens", "8", "--bootstrap", "100"]
+NEVER = 10**9
+
+
+def write_config(root: Path, steps: int = 20) -> Path:
+    """config.toml of a test agent: tiny model, CPU, embedded server; no automatic retrain (the user asks)."""
+    config = Config(
+        agent=AgentConfig(api_port=free_port(), data_dir=str(root / "data")),
+        training=TrainingConfig(
+            base_model="tiny",
+            max_steps=steps,
+            learning_rate=3e-3,
+            batch_size=8,
+            train_args=list(TRAIN_ARGS),
+            eval_args=list(EVAL_ARGS),
+        ),
+        policy=PolicyConfig(min_changed_lines=NEVER, min_changed_files=NEVER),
+        server=ServerConfig(runtime="embedded", port=free_port()),
+    )
+    return save_config(config, root / "config.toml")
+
+
+@dataclass
+class LiveAgent:
+    config: Path
+    repo: Path
+    root: Path
+
+    def stop(self) -> None:
+        from agent import daemon
+
+        daemon.stop(str(self.config), timeout=30)
+
+    def log_tail(self) -> str:
+        from agent.daemon import data_paths
+
+        path = data_paths(str(self.config)).log_file
+        return path.read_text(errors="replace")[-4000:] if path.exists() else "(no agent log)"
+
+
+@pytest.fixture
+def live_agent(tmp_path: Path) -> Iterator[LiveAgent]:
+    """A config + repo; the agent daemon is started by the UI under test and stopped here afterwards."""
+    config = write_config(tmp_path)
+    repo = make_repo(tmp_path / "repo")
+    live = LiveAgent(config, repo.path, tmp_path)
+    try:
+        yield live
+    finally:
+        live.stop()

@@ -1,0 +1,1 @@
+"""The dashboard's tabs: Repos, Jobs, Models, Server, Settings."""
