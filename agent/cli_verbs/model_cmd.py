@@ -48,10 +48,11 @@ def gate(model: ModelInfo) -> str:
     if not model.eval:
         return "-"
     verdict = model.eval.get("gate")
-    if isinstance(verdict, dict):
-        passed = verdict.get("passed")
-        reason = verdict.get("reason") or ""
-        return (("passed" if passed else "rejected") + (f": {reason}" if reason else "")).splitlines()[0]
+    if isinstance(verdict, dict):  # report.json of `repopilot eval`: {"worse", "reasons", "applied", ...}
+        if not verdict.get("applied", True):
+            return "evaluated (no gate)"
+        reasons = "; ".join(verdict.get("reasons") or [])
+        return ("rejected" + (f": {reasons}" if reasons else "")) if verdict.get("worse") else "passed"
     return str(verdict)
 
 
