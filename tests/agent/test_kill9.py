@@ -24,6 +24,7 @@ from tests.finetune.conftest import ENV
 KILLS = int(os.environ.get("REPOPILOT_KILLS", "7"))
 # Where to kill: while a job of that kind runs ("train+" once the run has a checkpoint), then at random.
 TARGETS = ["dataset", "train", "train+", "eval", "convert", "deploy"]
+STEPS = 200  # ~10 s of tiny training: a kill right after the first checkpoint lands mid-run
 FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
@@ -61,7 +62,7 @@ def resumed_from_checkpoint(run: Path) -> bool:
 
 
 def test_kill_9_at_random_points_of_a_retrain_chain(tmp_path: Path) -> None:
-    config = write_config(tmp_path, steps=60)
+    config = write_config(tmp_path, steps=STEPS)
     data = Path(load_config(config).agent.data_dir)
     repo = make_repo(tmp_path / "acme")
     Agent(config_file=config).add_repo(str(repo.path))  # not started: only records the repo and queues indexing
@@ -77,7 +78,7 @@ def test_kill_9_at_random_points_of_a_retrain_chain(tmp_path: Path) -> None:
                 wait_for(
                     lambda t=target: running(data, t), 120, f"a {target} job to run", lambda: log.read_text()[-3000:]
                 )
-            time.sleep(rng.uniform(0.0, 2.0) if target else rng.uniform(1.0, 10.0))
+            time.sleep(rng.uniform(0.0, 0.5) if target else rng.uniform(1.0, 10.0))
             states = {f"{j.kind.value}#{j.id}": j.state.value for j in jobs(data)}
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -107,7 +108,7 @@ def test_kill_9_at_random_points_of_a_retrain_chain(tmp_path: Path) -> None:
         assert len(records) == 31 and all(r["text"] for r in records)
         run = data / "runs" / train.result["model"]
         result = json.loads((run / "result.json").read_text())
-        assert result["steps"] == 60
+        assert result["steps"] == STEPS
         assert resumed_from_checkpoint(run)
         progress = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
         resumed = [e for e in progress if e["event"] == "start" and e["step"] > 0]
