@@ -452,7 +452,8 @@ class Agent:
             return LocalExecutor(box.name if box else "local", box.gpus if box else [], work_dir=work)
         from agent.executors.ssh import SshExecutor
 
-        return SshExecutor(box, local_work_dir=self.paths.root / "remote")
+        # detach: when the agent stops, the remote job keeps running and the next start reattaches to it
+        return SshExecutor(box, local_work_dir=self.paths.root / "remote", detach=self._stopping.is_set)
 
     def train_args(self) -> list[str]:
         t = self.config.training

@@ -25,6 +25,16 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /tmp/repopilot-dockerd.log" >&2; exit 1; }
 fi
 
+# ssh box for the remote-executor tests: the tests start their own sshd (tests/sshbox.py) on 127.0.0.1
+ssh_missing=()
+[ -x /usr/sbin/sshd ] || ssh_missing+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || ssh_missing+=(openssh-client)
+command -v rsync >/dev/null 2>&1 || ssh_missing+=(rsync)
+if [ ${#ssh_missing[@]} -gt 0 ]; then
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${ssh_missing[@]}" >/dev/null
+fi
+
 if [ ! -x .venv-triton/bin/python ] || ! .venv-triton/bin/python -c 'import pytriton' >/dev/null 2>&1; then
   python3 -m venv .venv-triton
   .venv-triton/bin/python -m pip install -q --disable-pip-version-check nvidia-pytriton 'numpy<2'

@@ -32,15 +32,17 @@ RSYNC_LOST = {10, 12, 30, 35, 255}
 FALLBACK_REQUIREMENTS = ["numpy>=1.24", "platformdirs>=4", "torch>=2.2", "transformers>=4.40", "deepspeed>=0.14",
                          "peft>=0.10", "safetensors>=0.4"]  # fmt: skip
 ENV_MARK = "REPOPILOT-ENV "
+# Run on the box, in <work>/src, by the Python that is to train: what it lacks, or its versions and GPUs.
 ENV_CHECK = f"""
-import importlib.util, json, sys
+import importlib.util, json, os, sys
 need = ("torch", "transformers", "deepspeed", "peft", "safetensors")
 info = {{"python": "%d.%d" % sys.version_info[:2], "missing": [m for m in need if importlib.util.find_spec(m) is None]}}
 if sys.version_info < (3, 10):
     info["missing"].append("Python >= 3.10")
 if not info["missing"]:
     import torch, transformers
-    import agent.cli, pipelines.finetune.run
+    if os.path.isdir("agent"):  # run in src/: the copied code imports with this Python (numpy, platformdirs...)
+        import agent.cli, pipelines.finetune.run
     info.update(torch=torch.__version__, transformers=transformers.__version__, gpus=torch.cuda.device_count())
 print({ENV_MARK!r} + json.dumps(info))
 """

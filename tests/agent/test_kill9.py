@@ -19,10 +19,10 @@ from agent.stack.embedded import EmbeddedRuntime
 from agent.store import Store
 from pipelines.finetune.data import iter_records
 from tests.agent.agentkit import make_repo, wait_for, write_config
-from tests.finetune.conftest import ENV
+from tests.finetune.conftest import ENV, internal_module
 
-KILLS = int(os.environ.get("REPOPILOT_KILLS", "7"))
-# Where to kill: while a job of that kind runs ("train+" once the run has a checkpoint), then at random.
+KILLS = int(os.environ.get("REPOPILOT_KILLS", "12"))
+# Where to kill, round after round: while a job of that kind runs ("train+": once the run has a checkpoint).
 TARGETS = ["dataset", "train", "train+", "eval", "convert", "deploy"]
 STEPS = 200  # ~10 s of tiny training: a kill right after the first checkpoint lands mid-run
 FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
@@ -42,18 +42,26 @@ def jobs(data: Path) -> list:
         return JobQueue(store).list()
 
 
-def running(data: Path, target: str) -> bool:
-    """A job of that kind runs (or already finished: a fast step may slip through between polls)."""
+def running(data: Path, target: str, after: int) -> bool:
+    """A job of that kind (newer than job ``after``) runs; or it is over already: a fast step may slip
+    through between polls, and convert/deploy are cancelled when the gate rejects the model."""
     kind = target.rstrip("+")
     for job in jobs(data):
-        if job.kind.value == kind and job.state == JobState.DONE:
+        if job.id <= after or job.kind.value != kind:
+            continue
+        if job.state in (JobState.DONE, JobState.CANCELLED):
             return True
-        if job.kind.value == kind and job.state == JobState.RUNNING:
+        if job.state == JobState.RUNNING:
             if not target.endswith("+"):
                 return True
             progress = data / "runs" / f"v{job.id}" / "progress.jsonl"
             return progress.exists() and '"checkpoint"' in progress.read_text()
     return False
+
+
+def chain_over(data: Path) -> bool:
+    listed = jobs(data)
+    return any(j.kind.value == "deploy" for j in listed) and all(j.state in FINISHED for j in listed)
 
 
 def resumed_from_checkpoint(run: Path) -> bool:
@@ -69,56 +77,58 @@ def test_kill_9_at_random_points_of_a_retrain_chain(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("REPOPILOT_KILL_SEED", "7")))
     log = tmp_path / "agent.log"
     seen_jobs: set[int] = set()
-    kills = []
+    kills, rounds, files, round_start = [], 1, 31, 0
     try:
         for i in range(KILLS):
+            target = TARGETS[i % len(TARGETS)]
+            if i and i % len(TARGETS) == 0:  # next round: a commit (made while the agent is down) starts a chain
+                proc = start_agent(config, log)
+                wait_for(lambda: chain_over(data), 300, "the round's chain", lambda: log.read_text()[-3000:])
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                round_start = max(j.id for j in jobs(data))
+                repo.commit({f"jobs/round_{rounds}_{k}.py": internal_module(1000 * rounds + k) for k in range(3)})
+                rounds, files = rounds + 1, files + 3
             proc = start_agent(config, log)
-            target = TARGETS[i] if i < len(TARGETS) else None
-            if target:
-                wait_for(
-                    lambda t=target: running(data, t), 120, f"a {target} job to run", lambda: log.read_text()[-3000:]
-                )
-            time.sleep(rng.uniform(0.0, 0.5) if target else rng.uniform(1.0, 10.0))
+            wait_for(
+                lambda t=target, r=round_start: running(data, t, r), 300, f"a {target} job",
+                lambda: log.read_text()[-3000:],
+            )  # fmt: skip
+            time.sleep(rng.uniform(0.0, 0.5))
             states = {f"{j.kind.value}#{j.id}": j.state.value for j in jobs(data)}
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills.append(states)
+            kills.append({"target": target, "states": sorted(set(states.values()))})
             after = {j.id for j in jobs(data)}
             assert seen_jobs <= after, "a job disappeared"
             seen_jobs = after
         proc = start_agent(config, log)
-
-        def finished() -> bool:
-            listed = jobs(data)
-            return len(listed) >= 5 and all(
-                j.state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED) for j in listed
-            )
-
-        wait_for(finished, 600, "the chain to finish after the last restart", lambda: log.read_text()[-4000:])
+        wait_for(
+            lambda: chain_over(data), 600, "the chain to finish after the last restart", lambda: log.read_text()[-4000:]
+        )
         final = jobs(data)
-        assert [j.state for j in final] == [JobState.DONE] * len(final), [
-            (j.kind, j.state, j.error_message) for j in final
-        ]
-        kinds = [j.kind.value for j in final]
-        assert kinds.count("train") == 1 and kinds[-4:] == ["train", "eval", "convert", "deploy"], kinds
-        # Nothing is corrupt: the dataset reads back, the model loads, the server serves it.
-        train = next(j for j in final if j.kind.value == "train")
-        snapshot = Path(next(j for j in final if j.kind.value == "dataset").result["snapshot"])
+        gate_failed = {j.id for j in final if j.kind.value == "eval" and (j.result or {}).get("gate") == "fail"}
+        for job in final:  # all done, except what a rejecting gate cancelled
+            assert job.state == JobState.DONE or (
+                job.state == JobState.CANCELLED and job.error_title == "gate failed" and job.cancelled_by in gate_failed
+            ), [(j.id, j.kind, j.state, j.error_title, j.error_message) for j in final]
+        trains = [j for j in final if j.kind.value == "train"]
+        assert len(trains) == rounds, [j.kind.value for j in final]
+        # Nothing is corrupt: the dataset reads back, every model loads, the server serves.
+        snapshot = Path([j for j in final if j.kind.value == "dataset"][-1].result["snapshot"])
         records = list(iter_records(snapshot, "train")) + list(iter_records(snapshot, "validation"))
-        assert len(records) == 31 and all(r["text"] for r in records)
-        run = data / "runs" / train.result["model"]
-        result = json.loads((run / "result.json").read_text())
-        assert result["steps"] == STEPS
-        assert resumed_from_checkpoint(run)
-        progress = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
-        resumed = [e for e in progress if e["event"] == "start" and e["step"] > 0]
+        assert len(records) == files and all(r["text"] for r in records)
         from transformers import AutoModelForCausalLM
 
-        AutoModelForCausalLM.from_pretrained(run / "model")
-        runtime = EmbeddedRuntime(data / "stack")
-        assert runtime.status().healthy
-        print(json.dumps({"kills": len(kills), "jobs": len(final), "training_resumes": len(resumed),
-                          "states_at_kill": [sorted(set(k.values())) for k in kills]}))  # fmt: skip
+        for train in trains:
+            run = data / "runs" / train.result["model"]
+            assert json.loads((run / "result.json").read_text())["steps"] == STEPS
+            AutoModelForCausalLM.from_pretrained(run / "model")
+        assert resumed_from_checkpoint(data / "runs" / trains[0].result["model"])
+        assert EmbeddedRuntime(data / "stack").status().healthy
+        resumes = sum(resumed_from_checkpoint(data / "runs" / t.result["model"]) for t in trains)
+        print(json.dumps({"kills": len(kills), "rounds": rounds, "jobs": len(final), "training_resumes": resumes,
+                          "gate_rejections": len(gate_failed), "kills_at": kills}))  # fmt: skip
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
