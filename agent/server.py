@@ -108,6 +108,9 @@ class ServerControl:
                 state = embedded.state() or {}
                 if state.get("model_dir") != str(target.resolve()):
                     embedded.swap(target)
+                elif not embedded.wait_healthy():  # started by an agent that died before it was healthy
+                    embedded.down()
+                    self._up(model)
             elif self.agent.config.server.start_on_deploy:
                 self._up(model)
         else:

@@ -90,6 +90,13 @@ class EmbeddedRuntime:
         state = self._state()
         return bool(state and self._alive(state["pid"]))
 
+    def wait_healthy(self, timeout: float = 180) -> bool:
+        """Wait until the running server answers its health check and a test completion; False if it does not."""
+        state = self._state()
+        if not state or not self._alive(state["pid"]):
+            return False
+        return self._check(state["port"], state["host"], state.get("api_key", ""), timeout).ok
+
     def status(self) -> ServiceStatus:
         state = self._state()
         if not state:

@@ -31,7 +31,7 @@ def finished(agent: Agent, count: int) -> bool:
 
 def test_the_chain_trains_on_the_loopback_box_and_serves_the_result(box: SshBox, tmp_path: Path) -> None:
     work = tmp_path / "box-work"
-    remote = box.gpu_box(work, python=sys.executable)
+    remote = box.gpu_box(work_dir=str(work), python=sys.executable)
     agent = Agent(config_file=write_config(tmp_path, boxes=[remote], box=remote.name))
     agent.start()
     try:
