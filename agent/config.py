@@ -143,6 +143,15 @@ class ServerConfig:
     """If set, clients must send it as a bearer token."""
     start_on_deploy: bool = True
     """Start the server when a model is deployed and none runs."""
+    triton_image: str = ""
+    """docker: the Triton image; empty: FauxPilot's Triton+FasterTransformer image (needs an NVIDIA GPU).
+    ``repopilot/triton-cpu-standin:latest`` is a CPU stand-in for machines without one (tests, demos)."""
+    host_network: bool = False
+    """docker: run both services on the host network (where Docker has no bridge network)."""
+    triton_port: int = 8001
+    """docker: Triton's gRPC port (on the host with ``host_network``)."""
+    triton_http_port: int = 8000
+    triton_metrics_port: int = 8002
 
     def check(self) -> Problems:
         problems: Problems = []
@@ -150,6 +159,9 @@ class ServerConfig:
             problems.append(("runtime", f'must be "auto", "embedded" or "docker", got {self.runtime!r}'))
         if not 1 <= self.port <= 65535:
             problems.append(("port", f"must be a port from 1 to 65535, got {self.port}"))
+        for key in ("triton_port", "triton_http_port", "triton_metrics_port"):
+            if not 1 <= getattr(self, key) <= 65535:
+                problems.append((key, f"must be a port from 1 to 65535, got {getattr(self, key)}"))
         if self.gpus not in (1, 2, 4, 8):
             problems.append(("gpus", f"must be 1, 2, 4 or 8, got {self.gpus}"))
         return problems

@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from agent.core import Agent
 
 
+def docker_settings(docker) -> StackSettings | None:
+    from agent.stack.compose import read_settings
+
+    try:
+        return read_settings(docker.project_dir)
+    except Exception:  # no project yet
+        return None
+
+
 class ServerControl:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -46,9 +55,14 @@ class ServerControl:
         """Cheap check (no HTTP): is a server process / container up?"""
         if self.runtime() == "embedded":
             return self._embedded().is_running()
+        return self._docker_running()
+
+    def _docker_running(self) -> bool:
+        if not (self.stack_dir / "compose" / ".env").exists():
+            return False
         try:
             return any(s.running for s in self._docker().status())
-        except Exception:
+        except Exception:  # docker not reachable counts as not running
             return False
 
     def info(self, probe: bool = True) -> ServerInfo:
@@ -68,6 +82,8 @@ class ServerControl:
             if state:
                 url = f"http://127.0.0.1:{state['port']}/v1"
             return ServerInfo(status.running, status.healthy, runtime, url, model, status.detail, services)
+        if not (self.stack_dir / "compose" / ".env").exists():
+            return ServerInfo(False, False, runtime, url, model, "not running (no stack started yet)")
         try:
             statuses = self._docker().status()
         except Exception as exc:
@@ -114,9 +130,11 @@ class ServerControl:
             elif self.agent.config.server.start_on_deploy:
                 self._up(model)
         else:
-            docker = self._docker()
-            if any(s.running for s in docker.status()):
-                docker.swap(model.version)
+            if self._docker_running():
+                docker = self._docker()
+                settings = docker_settings(docker)
+                if settings is None or settings.model != model.version or not all(s.healthy for s in docker.status()):
+                    docker.swap(model.version)
             elif self.agent.config.server.start_on_deploy:
                 self._up(model)
         return self.info(probe=False)
@@ -170,8 +188,13 @@ class ServerControl:
             num_gpus=server.gpus,
             gpus=",".join(str(i) for i in range(server.gpus)),
             api_port=server.port,
+            triton_port=server.triton_port,
+            triton_http_port=server.triton_http_port,
+            triton_metrics_port=server.triton_metrics_port,
+            host_network=server.host_network,
+            triton_host="127.0.0.1" if server.host_network else "triton",
             gpu=has_nvidia_gpu(),
-            triton_image=TRITON_IMAGE,
+            triton_image=server.triton_image or TRITON_IMAGE,
             api_key=server.api_key,
         )
         self._docker().up(settings)

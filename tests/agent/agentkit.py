@@ -70,3 +70,9 @@ def jobs_summary(agent) -> str:
         error = f" {job.error.title}: {job.error.message[-1500:]}" if job.error else ""
         lines.append(f"#{job.id} {job.kind} {job.state}{error}")
     return "\n".join(lines)
+
+
+def settled(agent, count: int) -> bool:
+    """At least ``count`` jobs exist and none is queued or running."""
+    jobs = agent.list_jobs()
+    return len(jobs) >= count and all(j.state in ("done", "failed", "cancelled") for j in jobs)

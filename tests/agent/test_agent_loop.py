@@ -12,16 +12,9 @@ import pytest
 from agent.core import Agent, AgentError
 from agent.models import AgentState
 from pipelines.errors import RepoError
-from tests.agent.agentkit import jobs_summary, make_repo, wait_for, write_config
+from tests.agent.agentkit import jobs_summary, make_repo, settled, wait_for, write_config
 from tests.finetune.conftest import internal_module
 from tests.services import require
-
-FINISHED = ("done", "failed", "cancelled")
-
-
-def settled(agent: Agent, kinds: int) -> bool:
-    jobs = agent.list_jobs()
-    return len(jobs) >= kinds and all(j.state in FINISHED for j in jobs)
 
 
 @pytest.fixture
@@ -82,7 +75,7 @@ def test_a_commit_runs_the_whole_chain_and_the_new_model_serves(agent: Agent, tm
 
 
 def test_below_the_thresholds_only_the_dataset_updates(tmp_path: Path) -> None:
-    agent = Agent(config_file=write_config(tmp_path, retrain=False))
+    agent = Agent(config_file=write_config(tmp_path, retrain=False, steps=300))  # long enough to cancel mid-run
     agent.start()
     try:
         repo = make_repo(tmp_path / "acme", files=12)

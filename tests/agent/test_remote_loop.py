@@ -11,7 +11,7 @@ import pytest
 from agent.config import GpuBox
 from agent.core import Agent
 from agent.models import AgentState
-from tests.agent.agentkit import jobs_summary, make_repo, wait_for, write_config
+from tests.agent.agentkit import jobs_summary, make_repo, settled, wait_for, write_config
 from tests.services import free_port
 from tests.sshbox import SshBox
 
@@ -24,11 +24,6 @@ def box(tmp_path: Path):
     server.stop()
 
 
-def finished(agent: Agent, count: int) -> bool:
-    jobs = agent.list_jobs()
-    return len(jobs) >= count and all(j.state in ("done", "failed", "cancelled") for j in jobs)
-
-
 def test_the_chain_trains_on_the_loopback_box_and_serves_the_result(box: SshBox, tmp_path: Path) -> None:
     work = tmp_path / "box-work"
     remote = box.gpu_box(work_dir=str(work), python=sys.executable)
@@ -36,7 +31,7 @@ def test_the_chain_trains_on_the_loopback_box_and_serves_the_result(box: SshBox,
     agent.start()
     try:
         agent.add_repo(str(make_repo(tmp_path / "acme").path))
-        wait_for(lambda: finished(agent, 5), 600, "the chain", lambda: jobs_summary(agent))
+        wait_for(lambda: settled(agent, 5), 600, "the chain", lambda: jobs_summary(agent))
         jobs = {j.kind: j for j in agent.list_jobs()}
         assert all(j.state == "done" for j in jobs.values()), jobs_summary(agent)
         train = jobs["train"]
@@ -58,7 +53,7 @@ def test_an_unreachable_box_fails_the_training_job_clearly(tmp_path: Path) -> No
     agent.start()
     try:
         agent.add_repo(str(make_repo(tmp_path / "acme", files=6).path))
-        wait_for(lambda: finished(agent, 5), 300, "the chain to fail", lambda: jobs_summary(agent))
+        wait_for(lambda: settled(agent, 5), 300, "the chain to fail", lambda: jobs_summary(agent))
         train = next(j for j in agent.list_jobs() if j.kind == "train")
         assert train.state == "failed" and train.error.title == "Training box problem", jobs_summary(agent)
         assert f"127.0.0.1:{closed.port}" in train.error.message
