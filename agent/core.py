@@ -17,29 +17,27 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import retrain
 from agent.config import (
     Config,
-    GpuBox,
     config_from_dict,
     config_path,
     config_to_dict,
     load_config,
     save_config,
 )
+from agent.events import EventLog
+from agent.executors import make_executor
 from agent.executors.base import Executor, stop_orphan
-from agent.executors.local import LocalExecutor
-from agent.jobs import GATE_PASSED, Job, JobCancelled, JobKind, JobQueue, JobSpec, JobState
+from agent.jobs import Job, JobCancelled, JobKind, JobQueue, JobSpec, JobState
+from agent.logs import log_to, tail
 from agent.models import (
-    AgentState,
     AgentStatus,
     DatasetInfo,
     ErrorInfo,
-    Event,
     EventBatch,
     JobInfo,
     ModelInfo,
@@ -47,60 +45,20 @@ from agent.models import (
     ServerInfo,
 )
 from agent.paths import AgentPaths
-from agent.policy import Decision, should_retrain
+from agent.policy import Decision
+from agent.retrain import RESOURCES
 from agent.server import ServerControl
 from agent.steps import STEPS, StepContext, disk_full
-from agent.store import ModelStatus, Repo, Store, StoreError
-from agent.views import dataset_info, job_info, model_info, repo_info
+from agent.store import Repo, Store, StoreError
+from agent.views import agent_status, dataset_info, job_info, model_info, repo_info
 from agent.watcher import RepoWatch, Watcher, default_ref, find_git_dir, resolve
 from pipelines.errors import InputError, RepoError, RepopilotError
 
 log = logging.getLogger(__name__)
 
-RESOURCES = {
-    JobKind.DATASET: "dataset",
-    JobKind.EVAL: "eval",
-    JobKind.CONVERT: "convert",
-    JobKind.DEPLOY: "deploy",
-}
-RUNNING_STATE = {
-    JobKind.DATASET: AgentState.INDEXING,
-    JobKind.TRAIN: AgentState.TRAINING,
-    JobKind.EVAL: AgentState.EVALUATING,
-    JobKind.CONVERT: AgentState.CONVERTING,
-    JobKind.DEPLOY: AgentState.DEPLOYING,
-}
-
 
 class AgentError(RepopilotError):
     title = "Agent problem"
-
-
-class EventLog:
-    """The last events in memory; readers wait for ones newer than their cursor (long-poll)."""
-
-    def __init__(self, keep: int = 2000) -> None:
-        self._events: deque[Event] = deque(maxlen=keep)
-        self._seq = 0
-        self._cond = threading.Condition()
-
-    def publish(self, kind: str, data: dict[str, Any]) -> None:
-        with self._cond:
-            self._seq += 1
-            self._events.append(Event(self._seq, time.time(), kind, data))
-            self._cond.notify_all()
-
-    def wait(self, since: int, timeout: float) -> EventBatch:
-        deadline = time.monotonic() + max(timeout, 0.0)
-        with self._cond:
-            while self._seq <= since:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            if since > self._seq:  # the agent restarted: the client's cursor is from an older life
-                since = 0
-            return EventBatch(self._seq, [e for e in self._events if e.seq > since])
 
 
 class Agent:
@@ -139,7 +97,7 @@ class Agent:
                 f"Another agent already uses {self.paths.root}. Stop it first (`repopilot agent stop`).",
                 title="Agent already running",
             ) from None
-        _log_to(self.paths.log_file)
+        log_to(self.paths.log_file)
         for job in self.queue.recover_after_restart():
             stop_orphan(self.paths.job_pid(job.id), job.id)
             if job.kind == JobKind.TRAIN:
@@ -188,38 +146,7 @@ class Agent:
     # -- status and events ------------------------------------------------------------------------------------
     def status(self) -> AgentStatus:
         """The state at a glance (what the tray icon shows)."""
-        running = self.queue.list(JobState.RUNNING)
-        queued = self.queue.list(JobState.QUEUED)
-        serving = self.store.current_deployment()
-        progress, state, detail = None, AgentState.IDLE, "idle"
-        if running:
-            job = running[0]
-            state = RUNNING_STATE[job.kind]
-            info = job.progress or {}
-            progress = info.get("fraction")
-            detail = f"{job.kind.value} (job {job.id})" + (f": {info['message']}" if info.get("message") else "")
-            if info.get("eta_s") is not None:
-                detail += f", ETA {_duration(info['eta_s'])}"
-        elif self._last_error is not None:
-            state, detail = AgentState.ERROR, f"{self._last_error.title}: {self._last_error.message}"
-        elif serving:
-            detail = f"serving {serving.model}"
-        if self.watcher.paused and state == AgentState.IDLE:
-            detail += " (watching paused)"
-        return AgentStatus(
-            state=state,
-            detail=detail.splitlines()[0][:300],
-            progress=progress,
-            paused=self.watcher.paused,
-            repos=len(self.store.list_repos()),
-            jobs_queued=len(queued),
-            running_job=running[0].id if running else None,
-            serving_model=serving.model if serving else None,
-            server_running=self.server.running(),
-            last_error=self._last_error,
-            pid=os.getpid(),
-            version=__version__,
-        )
+        return agent_status(self, self._last_error)
 
     def wait_events(self, since: int = 0, timeout: float = 25.0) -> EventBatch:
         """Events after ``since`` (waits up to ``timeout`` s for one); pass the batch's cursor next time."""
@@ -233,11 +160,11 @@ class Agent:
     def clear_error(self) -> AgentStatus:
         """Forget the last error (the tray's "dismiss")."""
         self._last_error = None
-        self._changed("status")
+        self.changed("status")
         return self.status()
 
     def agent_log(self, lines: int = 200) -> str:
-        return _tail(self.paths.log_file, lines)
+        return tail(self.paths.log_file, lines)
 
     # -- repos ------------------------------------------------------------------------------------------------
     def add_repo(
@@ -266,7 +193,7 @@ class Agent:
         )
         if self._started:
             self._watch(repo)
-        self._changed("repo", name=name, action="added")
+        self.changed("repo", name=name, action="added")
         self._queue_dataset(f"repository {name} added")
         return repo_info(self, repo)
 
@@ -275,7 +202,7 @@ class Agent:
         self.store.get_repo(name)
         self.watcher.remove(name)
         self.store.remove_repo(name)
-        self._changed("repo", name=name, action="removed")
+        self.changed("repo", name=name, action="removed")
         if self.store.list_repos():
             self._queue_dataset(f"repository {name} removed")
 
@@ -289,12 +216,12 @@ class Agent:
     def pause_watching(self) -> None:
         self.paths.paused_flag.touch()
         self.watcher.pause()
-        self._changed("status", message="watching paused")
+        self.changed("status", message="watching paused")
 
     def resume_watching(self) -> None:
         self.paths.paused_flag.unlink(missing_ok=True)
         self.watcher.resume()
-        self._changed("status", message="watching resumed")
+        self.changed("status", message="watching resumed")
         self.check_for_changes()
 
     def check_for_changes(self) -> None:
@@ -315,7 +242,7 @@ class Agent:
     def cancel_job(self, job_id: int) -> JobInfo:
         """Cancel a queued or running job (a running one is stopped) and the jobs waiting on it."""
         job = self.queue.cancel(job_id)
-        self._changed("job", id=job_id, state=job.state.value)
+        self.changed("job", id=job_id, state=job.state.value)
         return job_info(self, job)
 
     def retry_job(self, job_id: int) -> JobInfo:
@@ -326,17 +253,17 @@ class Agent:
         if job_id in self._active:
             raise AgentError(f"job {job_id} is still stopping; try again in a minute.", title="Job still stopping")
         job = self.queue.retry(job_id)
-        self._changed("job", id=job_id, state=job.state.value)
+        self.changed("job", id=job_id, state=job.state.value)
         self._kick()
         return job_info(self, job)
 
     def job_log(self, job_id: int, lines: int = 200) -> str:
         self.queue.get(job_id)
-        return _tail(self.paths.job_log(job_id), lines)
+        return tail(self.paths.job_log(job_id), lines)
 
     def retrain_now(self) -> list[JobInfo]:
         """Update the dataset, then train, evaluate, convert and deploy, whatever the policy says."""
-        pending = self._pending_retrain()
+        pending = retrain.pending_retrain(self)
         if pending is not None:
             raise AgentError(
                 f"A retrain is already queued or running (job {pending.id}, {pending.kind.value}).",
@@ -345,9 +272,12 @@ class Agent:
         if not self.store.list_repos():
             raise AgentError("Add a repository first (`repopilot repo add PATH`).", title="Nothing to train on")
         jobs = self.queue.chain(
-            [JobSpec(JobKind.DATASET, {"reason": "retrain now"}, RESOURCES[JobKind.DATASET]), *self._retrain_steps({})]
+            [
+                JobSpec(JobKind.DATASET, {"reason": "retrain now"}, RESOURCES[JobKind.DATASET]),
+                *retrain.retrain_steps(self, {}),
+            ]
         )
-        self._changed("job", id=jobs[0].id, state="queued", message="retrain requested")
+        self.changed("job", id=jobs[0].id, state="queued", message="retrain requested")
         self._kick()
         return [job_info(self, j) for j in jobs]
 
@@ -368,7 +298,7 @@ class Agent:
         if not (Path(model.run_dir) / "model").is_dir():
             raise AgentError(f"model {version}'s files are gone ({model.run_dir}); pick another.", title="Model gone")
         job = self.queue.enqueue(JobKind.DEPLOY, {"model": version, "reason": "manual"}, (), RESOURCES[JobKind.DEPLOY])
-        self._changed("job", id=job.id, state="queued")
+        self.changed("job", id=job.id, state="queued")
         self._kick()
         return job_info(self, job)
 
@@ -386,7 +316,7 @@ class Agent:
                     job = self.queue.enqueue(
                         JobKind.DEPLOY, {"model": model.version, "reason": "rollback"}, (), RESOURCES[JobKind.DEPLOY]
                     )
-                    self._changed("job", id=job.id, state="queued")
+                    self.changed("job", id=job.id, state="queued")
                     self._kick()
                     return job_info(self, job)
         raise AgentError(f"{current.model} is the only model that served; nothing to roll back to.",
@@ -398,12 +328,12 @@ class Agent:
     def start_server(self) -> ServerInfo:
         """Start the completion server with the deployed model."""
         info = self.server.start()
-        self._changed("server", running=info.running)
+        self.changed("server", running=info.running)
         return info
 
     def stop_server(self) -> ServerInfo:
         info = self.server.stop()
-        self._changed("server", running=info.running)
+        self.changed("server", running=info.running)
         return info
 
     def test_completion(self, prompt: str, max_tokens: int = 32) -> str:
@@ -432,34 +362,15 @@ class Agent:
             raise InputError("agent.data_dir cannot change while the agent runs; edit the file and restart it.")
         save_config(new, self.config_file)
         self.config = new
-        self._changed("settings")
+        self.changed("settings")
         self.apply_policy()
         return config_to_dict(new)
 
     # -- internals: executors, policy, deploy ------------------------------------------------------------------
     def executor(self, box_name: str | None = None) -> Executor:
-        boxes = self.config.gpu_boxes
-        box: GpuBox | None = None
-        if box_name or self.config.training.box:
-            wanted = box_name or self.config.training.box
-            box = next((b for b in boxes if b.name == wanted), None)
-            if box is None and wanted != "local":
-                raise AgentError(f"No GPU box named {wanted!r} in {self.config_file}.", title="Unknown GPU box")
-        elif boxes:
-            box = boxes[0]
-        work = self.paths.jobs
-        if box is None or box.kind == "local":
-            return LocalExecutor(box.name if box else "local", box.gpus if box else [], work_dir=work)
-        from agent.executors.ssh import SshExecutor
-
-        # detach: when the agent stops, the remote job keeps running and the next start reattaches to it
-        return SshExecutor(box, local_work_dir=self.paths.root / "remote", detach=self._stopping.is_set)
-
-    def train_args(self) -> list[str]:
-        t = self.config.training
-        args = ["--base-model", t.base_model, "--max-steps", str(t.max_steps), "--learning-rate", str(t.learning_rate)]
-        args += ["--micro-batch-size", str(t.batch_size), "--grad-accum", "1", "--lora" if t.lora else "--no-lora"]
-        return [*args, *t.train_args]
+        """The executor of the GPU box ``box_name`` (default: ``[training] box``, else the first box, else here)."""
+        # detach: when the agent stops, a remote job keeps running and the next start reattaches to it
+        return make_executor(self.config, box_name, self.paths, detach=self._stopping.is_set, where=self.config_file)
 
     def latest_dataset(self, version: str | None = None) -> dict[str, Any] | None:
         versions = self.store.list_dataset_versions()
@@ -469,86 +380,23 @@ class Agent:
             return None
         return {"dataset_version": version, "snapshot": str(self.paths.snapshot(version))}
 
-    def baseline_for(self, version: str, run_dir: Path) -> tuple[Path, str]:
-        """What a new model is compared with: the serving model, else the base it was trained from."""
-        serving = self.store.current_deployment()
-        if serving and serving.model != version:
-            with contextlib.suppress(StoreError):
-                model = self.store.get_model(serving.model)
-                if (Path(model.run_dir) / "model").is_dir():
-                    return Path(model.run_dir) / "model", serving.model
-        result = _read_json(run_dir / "result.json")
-        base = result.get("base_model") or self.config.training.base_model
-        return Path(base) if Path(base).exists() else Path(str(base)), "the base model"
-
     def serve_model(self, version: str, reason: str = "deploy") -> dict[str, Any]:
         """Make the server serve ``version`` now (start it when configured to); records the deployment."""
-        model = self.store.get_model(version)
-        info = self.server.deploy(model)
-        current = self.store.current_deployment()
-        if current is None or current.model != version:
-            previous = current.model if current else None
-            self.store.start_deployment(version, info.runtime)
-            if previous:
-                with contextlib.suppress(StoreError):
-                    self.store.update_model(previous, status=ModelStatus.CONVERTED)
-            self.store.update_model(version, status=ModelStatus.DEPLOYED)
-            title = "Model rolled back" if reason == "rollback" else "Model deployed"
-            self.notify(
-                title, f"{version} now serves completions at {info.url}" + (f" (was {previous})" if previous else "")
-            )
-        self._changed("model", version=version, action="deployed")
-        self._changed("server", running=info.running)
+        result = self.server.serve(version, reason)
         self._prune_models()
-        return {"model": version, "runtime": info.runtime, "url": info.url, "server_running": info.running}
+        return result
 
     def apply_policy(self, now: dt.datetime | None = None) -> Decision | None:
         """Queue a retrain chain when the policy says so (called after each dataset update and on a timer)."""
         with self._policy_lock:
-            if self.watcher.paused or self._pending_retrain() is not None:
-                return None
-            dataset = self.latest_dataset()
-            if dataset is None:
-                return None
-            version = dataset["dataset_version"]
-            if any(m.dataset_version == version for m in self.store.list_models()):
-                return None  # a model was already trained on this data (deployed or rejected)
-            trains = self.queue.list(kind=JobKind.TRAIN)
-            if trains and trains[-1].params.get("dataset_version") == version and trains[-1].state != JobState.DONE:
-                return None  # the last attempt on this data failed: the user retries it
-            decision = self._decide(now or dt.datetime.now())
-            if decision.retrain:
-                jobs = self.queue.chain(self._retrain_steps({"dataset_version": version, "reason": decision.reason}))
-                log.info("retrain queued (job %s): %s", jobs[0].id, decision.reason)
-                self._changed("job", id=jobs[0].id, state="queued", message=decision.reason)
-                self._kick()
-            return decision
+            return retrain.apply_policy(self, now or dt.datetime.now())
 
-    def _decide(self, now: dt.datetime) -> Decision:
-        from agent.views import changes_since_serving
+    def train_args(self) -> list[str]:
+        return retrain.train_args(self.config.training)
 
-        models = self.store.list_models()
-        last = max((m.created_at for m in models), default=None)
-        last_at = dt.datetime.fromtimestamp(last) if last else None
-        return should_retrain(changes_since_serving(self), last_at, now, self.config.policy)
-
-    def _retrain_steps(self, train_params: dict[str, Any]) -> list[JobSpec]:
-        train_executor = self.executor(train_params.get("box"))
-        return [
-            JobSpec(JobKind.TRAIN, {**train_params, "box": train_executor.name}, train_executor.resource),
-            JobSpec(JobKind.EVAL, {}, RESOURCES[JobKind.EVAL]),
-            JobSpec(JobKind.CONVERT, {}, RESOURCES[JobKind.CONVERT], run_if=GATE_PASSED),
-            JobSpec(JobKind.DEPLOY, {"reason": "retrain"}, RESOURCES[JobKind.DEPLOY], run_if=GATE_PASSED),
-        ]
-
-    def _pending_retrain(self) -> Job | None:
-        for state in (JobState.RUNNING, JobState.QUEUED):
-            for job in self.queue.list(state):
-                if job.kind in (JobKind.TRAIN, JobKind.EVAL, JobKind.CONVERT):
-                    return job
-                if job.kind == JobKind.DATASET and job.params.get("reason") == "retrain now":
-                    return job
-        return None
+    def baseline_for(self, version: str, run_dir: Path) -> tuple[Path, str]:
+        """What a new model is compared with: the serving model, else the base it was trained from."""
+        return retrain.baseline_for(self, version, run_dir)
 
     def _prune_models(self) -> None:
         from agent.views import prune_models
@@ -560,7 +408,7 @@ class Agent:
         if any(j.kind == JobKind.DATASET for j in self.queue.list(JobState.QUEUED)):
             return  # the queued update will see this change too
         job = self.queue.enqueue(JobKind.DATASET, {"reason": reason}, (), RESOURCES[JobKind.DATASET])
-        self._changed("job", id=job.id, state="queued", message=reason)
+        self.changed("job", id=job.id, state="queued", message=reason)
         self._kick()
 
     # -- internals: watcher -----------------------------------------------------------------------------------
@@ -570,15 +418,19 @@ class Agent:
 
     def _on_repo_change(self, name: str, ref: str | None, commit: str | None) -> None:
         log.info("%s: %s moved to %s", name, ref, commit)
-        self._changed("repo", name=name, action="changed", commit=commit)
+        self.changed("repo", name=name, action="changed", commit=commit)
         self._queue_dataset(f"new commit on {name} ({ref})")
 
     def _on_watch_error(self, name: str, message: str) -> None:
         self._last_error = ErrorInfo(f"Repository {name}", message)
-        self._changed("repo", name=name, action="problem", message=message)
+        self.changed("repo", name=name, action="problem", message=message)
         self.notify(f"Repository {name}", message)
 
     # -- internals: workers -----------------------------------------------------------------------------------
+    def kick(self) -> None:
+        """Wake the workers: a job was queued."""
+        self._kick()
+
     def _kick(self) -> None:
         with self._wake:
             self._wake.notify_all()
@@ -605,7 +457,7 @@ class Agent:
                 self._active.discard(job.id)
 
     def _run(self, job: Job) -> None:
-        self._changed("job", id=job.id, kind=job.kind.value, state="running")
+        self.changed("job", id=job.id, kind=job.kind.value, state="running")
         last = {"t": 0.0, "progress": {}}
 
         def report(progress: dict[str, Any]) -> None:
@@ -614,7 +466,7 @@ class Agent:
             self.queue.update_progress(job.id, merged)
             if time.monotonic() - last["t"] >= 0.5:
                 last["t"] = time.monotonic()
-                self._changed("job", id=job.id, kind=job.kind.value, state="running", progress=merged)
+                self.changed("job", id=job.id, kind=job.kind.value, state="running", progress=merged)
 
         def is_cancelled() -> bool:
             return self._stopping.is_set() or self.queue.get(job.id).state != JobState.RUNNING
@@ -637,7 +489,7 @@ class Agent:
                 )
                 self._last_error = ErrorInfo(ended.error_title or "Job failed", ended.error_message or "", job.id)
                 self.notify(f"Job {job.id} ({job.kind.value}) failed", f"{ended.error_title}: {ended.error_message}")
-            self._changed("job", id=job.id, kind=job.kind.value, state=ended.state.value)
+            self.changed("job", id=job.id, kind=job.kind.value, state=ended.state.value)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -648,14 +500,15 @@ class Agent:
         self.queue.finish(job.id, result)
         if self._last_error is not None and self._last_error.job is not None:
             self._last_error = None  # a job succeeded since: the error was dealt with
-        self._changed("job", id=job.id, kind=job.kind.value, state="done")
+        self.changed("job", id=job.id, kind=job.kind.value, state="done")
 
     def _policy_timer(self) -> None:
         while not self._stopping.wait(60.0):
             with contextlib.suppress(Exception):
                 self.apply_policy()
 
-    def _changed(self, event: str, **data: Any) -> None:
+    def changed(self, event: str, **data: Any) -> None:
+        """Publish an event (``job``, ``repo``, ``model``, ``server``, ``status``, ``settings``)."""
         self.events.publish(event, data)
 
 
@@ -664,39 +517,3 @@ def _unique_name(base: str, taken: set[str]) -> str:
     while name in taken:
         name, n = f"{base}-{n}", n + 1
     return name
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60} min" if seconds >= 120 else f"{seconds} s"
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 256 * 1024))
-            text = handle.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _log_to(path: Path) -> None:
-    root = logging.getLogger("agent")
-    if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path) for h in root.handlers):
-        return
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)

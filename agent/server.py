@@ -6,6 +6,7 @@ One :class:`ServerControl` per agent; state lives in ``<data>/stack`` (the same 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from agent.models import ServerInfo, ServiceInfo
 from agent.stack.compose import TRITON_IMAGE, StackSettings
 from agent.stack.embedded import EmbeddedRuntime, StackError
-from agent.store import Model
+from agent.store import Model, ModelStatus, StoreError
 
 if TYPE_CHECKING:
     from agent.core import Agent
@@ -138,6 +139,27 @@ class ServerControl:
             elif self.agent.config.server.start_on_deploy:
                 self._up(model)
         return self.info(probe=False)
+
+    def serve(self, version: str, reason: str = "deploy") -> dict[str, Any]:
+        """Deploy ``version`` (see :meth:`deploy`) and record it: deployments, model statuses, events."""
+        agent = self.agent
+        model = agent.store.get_model(version)
+        info = self.deploy(model)
+        current = agent.store.current_deployment()
+        if current is None or current.model != version:
+            previous = current.model if current else None
+            agent.store.start_deployment(version, info.runtime)
+            if previous:
+                with contextlib.suppress(StoreError):
+                    agent.store.update_model(previous, status=ModelStatus.CONVERTED)
+            agent.store.update_model(version, status=ModelStatus.DEPLOYED)
+            title = "Model rolled back" if reason == "rollback" else "Model deployed"
+            agent.notify(
+                title, f"{version} now serves completions at {info.url}" + (f" (was {previous})" if previous else "")
+            )
+        agent.changed("model", version=version, action="deployed")
+        agent.changed("server", running=info.running)
+        return {"model": version, "runtime": info.runtime, "url": info.url, "server_running": info.running}
 
     def complete(self, prompt: str, max_tokens: int = 32) -> str:
         info = self.info(probe=False)

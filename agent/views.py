@@ -7,13 +7,15 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent import __version__
 from agent.jobs import Job, JobKind, JobState
-from agent.models import DatasetInfo, ErrorInfo, JobInfo, ModelInfo, RepoInfo
+from agent.models import AgentState, AgentStatus, DatasetInfo, ErrorInfo, JobInfo, ModelInfo, RepoInfo
 from agent.policy import models_to_prune, should_retrain
 from agent.store import Model, Repo, StoreError
 from agent.watcher import find_git_dir, resolve
@@ -23,6 +25,56 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's well-known empty tree
+
+
+RUNNING_STATE = {
+    JobKind.DATASET: AgentState.INDEXING,
+    JobKind.TRAIN: AgentState.TRAINING,
+    JobKind.EVAL: AgentState.EVALUATING,
+    JobKind.CONVERT: AgentState.CONVERTING,
+    JobKind.DEPLOY: AgentState.DEPLOYING,
+}
+
+
+def agent_status(agent: Agent, last_error: ErrorInfo | None) -> AgentStatus:
+    """The state at a glance (what the tray icon shows)."""
+    running = agent.queue.list(JobState.RUNNING)
+    queued = agent.queue.list(JobState.QUEUED)
+    serving = agent.store.current_deployment()
+    progress, state, detail = None, AgentState.IDLE, "idle"
+    if running:
+        job = running[0]
+        state = RUNNING_STATE[job.kind]
+        info = job.progress or {}
+        progress = info.get("fraction")
+        detail = f"{job.kind.value} (job {job.id})" + (f": {info['message']}" if info.get("message") else "")
+        if info.get("eta_s") is not None:
+            detail += f", ETA {_duration(info['eta_s'])}"
+    elif last_error is not None:
+        state, detail = AgentState.ERROR, f"{last_error.title}: {last_error.message}"
+    elif serving:
+        detail = f"serving {serving.model}"
+    if agent.watcher.paused and state == AgentState.IDLE:
+        detail += " (watching paused)"
+    return AgentStatus(
+        state=state,
+        detail=detail.splitlines()[0][:300],
+        progress=progress,
+        paused=agent.watcher.paused,
+        repos=len(agent.store.list_repos()),
+        jobs_queued=len(queued),
+        running_job=running[0].id if running else None,
+        serving_model=serving.model if serving else None,
+        server_running=agent.server.running(),
+        last_error=last_error,
+        pid=os.getpid(),
+        version=__version__,
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60} min" if seconds >= 120 else f"{seconds} s"
 
 
 def repo_info(agent: Agent, repo: Repo) -> RepoInfo:
