@@ -101,7 +101,7 @@ class RepoInfo:
     files_kept: int | None = None
     """Files of this repo in the dataset."""
     bytes_kept: int | None = None
-    """Bytes of this repo in the dataset (None where the dataset does not count them per repo)."""
+    """Bytes of this repo's text in the dataset (None for datasets built before repos were counted)."""
 
 
 @dataclass(frozen=True)

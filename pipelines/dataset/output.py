@@ -166,6 +166,7 @@ def contributions(row: FileRow | None, text_bytes: int, redactions: list) -> dic
     found = {("files_seen", row.repo): 1, ("bytes_seen", ""): max(row.size, 0)}
     if row.status == KEPT:
         found[("files_kept", row.repo)] = 1
+        found[("repo_bytes", row.repo)] = text_bytes
         found[("lang_files", row.lang or "")] = 1
         found[("lang_bytes", row.lang or "")] = text_bytes
         found[("split_files", row.split)] = 1
@@ -219,7 +220,12 @@ def export(out_dir: Path, store: Store) -> None:
         },
         "redactions": totals.get("redactions", {}),
         "repos": {
-            name: {"commit": info["commit"], "files_seen": seen.get(name, 0), "files_kept": kept.get(name, 0)}
+            name: {
+                "commit": info["commit"],
+                "files_seen": seen.get(name, 0),
+                "files_kept": kept.get(name, 0),
+                "bytes_kept": totals.get("repo_bytes", {}).get(name, 0),
+            }
             for name, info in repos.items()
         },
     }

@@ -84,6 +84,8 @@ def test_below_the_thresholds_only_the_dataset_updates(tmp_path: Path) -> None:
         assert [(j.kind, j.state) for j in agent.list_jobs()] == [("dataset", "done")]
         dataset = agent.dataset()
         assert dataset.files_kept == 12  # acme/ledger.py is outside the include filter
+        repo_info = agent.list_repos()[0]
+        assert repo_info.files_kept == 12 and repo_info.bytes_kept == dataset.bytes_kept > 0
         assert dataset.changed_files_since_serving == 13 and dataset.changed_lines_since_serving > 100
         assert dataset.retrain_decision.startswith("no retrain needed")
         with pytest.raises(AgentError, match="Nothing to serve"):
