@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, Config, PolicyConfig, ServerConfig, TrainingConfig, save_config
+from agent.daemon import data_paths
 from tests.agent.agentkit import TRAIN_ARGS, make_repo
 from tests.services import free_port
 
@@ -46,9 +47,12 @@ class LiveAgent:
     root: Path
 
     def stop(self) -> None:
+        """Stop the agent and the completion server it may have started (that one outlives the agent)."""
         from agent import daemon
+        from agent.stack.embedded import EmbeddedRuntime
 
         daemon.stop(str(self.config), timeout=30)
+        EmbeddedRuntime(data_paths(str(self.config)).stack).down()
 
     def log_tail(self) -> str:
         from agent.daemon import data_paths
