@@ -264,6 +264,18 @@ def config_from_dict(data: dict[str, Any], source: str = "the settings") -> Conf
     return config
 
 
+def merge_settings(config: Config, changes: dict[str, Any]) -> Config:
+    """``config`` with ``changes`` applied (a section's keys merge into it; lists such as gpu_boxes replace),
+    validated: InputError listing every problem."""
+    merged = config_to_dict(config)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return config_from_dict(merged)
+
+
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The config as TOML-shaped data (sections as dicts, ``gpu_boxes`` as a list of dicts)."""
     from dataclasses import asdict

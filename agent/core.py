@@ -21,14 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import retrain
-from agent.config import (
-    Config,
-    config_from_dict,
-    config_path,
-    config_to_dict,
-    load_config,
-    save_config,
-)
+from agent.config import Config, config_path, config_to_dict, load_config, merge_settings, save_config
 from agent.events import EventLog
 from agent.executors import make_executor
 from agent.executors.base import Executor, stop_orphan
@@ -50,7 +43,7 @@ from agent.retrain import RESOURCES
 from agent.server import ServerControl
 from agent.steps import STEPS, StepContext, disk_full
 from agent.store import Repo, Store, StoreError
-from agent.views import agent_status, dataset_info, job_info, model_info, repo_info
+from agent.views import agent_status, dataset_info, job_info, model_info, repo_info, unique_name
 from agent.watcher import RepoWatch, Watcher, default_ref, find_git_dir, resolve
 from pipelines.errors import InputError, RepoError, RepopilotError
 
@@ -185,7 +178,7 @@ class Agent:
         ref = ref or default_ref(git_dir)
         if resolve(git_dir, ref) is None:
             raise RepoError(f"{folder} has no commit on {ref!r}. Commit something first, or pick another ref.")
-        name = name or _unique_name(folder.name.removesuffix(".git"), {r.name for r in self.store.list_repos()})
+        name = name or unique_name(folder.name.removesuffix(".git"), {r.name for r in self.store.list_repos()})
         if any(r.path == str(folder) and r.ref == ref for r in self.store.list_repos()):
             raise InputError(f"{folder} ({ref}) is already watched.", title="Already watched")
         repo = self.store.add_repo(
@@ -254,7 +247,7 @@ class Agent:
             raise AgentError(f"job {job_id} is still stopping; try again in a minute.", title="Job still stopping")
         job = self.queue.retry(job_id)
         self.changed("job", id=job_id, state=job.state.value)
-        self._kick()
+        self.kick()
         return job_info(self, job)
 
     def job_log(self, job_id: int, lines: int = 200) -> str:
@@ -278,7 +271,7 @@ class Agent:
             ]
         )
         self.changed("job", id=jobs[0].id, state="queued", message="retrain requested")
-        self._kick()
+        self.kick()
         return [job_info(self, j) for j in jobs]
 
     # -- models and serving -----------------------------------------------------------------------------------
@@ -299,7 +292,7 @@ class Agent:
             raise AgentError(f"model {version}'s files are gone ({model.run_dir}); pick another.", title="Model gone")
         job = self.queue.enqueue(JobKind.DEPLOY, {"model": version, "reason": "manual"}, (), RESOURCES[JobKind.DEPLOY])
         self.changed("job", id=job.id, state="queued")
-        self._kick()
+        self.kick()
         return job_info(self, job)
 
     def rollback(self) -> JobInfo:
@@ -317,7 +310,7 @@ class Agent:
                         JobKind.DEPLOY, {"model": model.version, "reason": "rollback"}, (), RESOURCES[JobKind.DEPLOY]
                     )
                     self.changed("job", id=job.id, state="queued")
-                    self._kick()
+                    self.kick()
                     return job_info(self, job)
         raise AgentError(f"{current.model} is the only model that served; nothing to roll back to.",
                          title="Nothing to roll back")  # fmt: skip
@@ -351,13 +344,7 @@ class Agent:
 
     def update_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         """Validate (all problems at once), save to the TOML file, and apply."""
-        merged = config_to_dict(self.config)
-        for key, value in settings.items():
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key] = {**merged[key], **value}
-            else:
-                merged[key] = value
-        new = config_from_dict(merged)
+        new = merge_settings(self.config, settings)
         if Path(new.agent.data_dir).expanduser() != self.paths.root:
             raise InputError("agent.data_dir cannot change while the agent runs; edit the file and restart it.")
         save_config(new, self.config_file)
@@ -409,7 +396,7 @@ class Agent:
             return  # the queued update will see this change too
         job = self.queue.enqueue(JobKind.DATASET, {"reason": reason}, (), RESOURCES[JobKind.DATASET])
         self.changed("job", id=job.id, state="queued", message=reason)
-        self._kick()
+        self.kick()
 
     # -- internals: watcher -----------------------------------------------------------------------------------
     def _watch(self, repo: Repo) -> None:
@@ -429,9 +416,6 @@ class Agent:
     # -- internals: workers -----------------------------------------------------------------------------------
     def kick(self) -> None:
         """Wake the workers: a job was queued."""
-        self._kick()
-
-    def _kick(self) -> None:
         with self._wake:
             self._wake.notify_all()
 
@@ -510,10 +494,3 @@ class Agent:
     def changed(self, event: str, **data: Any) -> None:
         """Publish an event (``job``, ``repo``, ``model``, ``server``, ``status``, ``settings``)."""
         self.events.publish(event, data)
-
-
-def _unique_name(base: str, taken: set[str]) -> str:
-    name, n = base or "repo", 2
-    while name in taken:
-        name, n = f"{base}-{n}", n + 1
-    return name

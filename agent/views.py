@@ -274,3 +274,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    name, n = base or "repo", 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    return name

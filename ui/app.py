@@ -146,7 +146,7 @@ class _Offline:
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            from pipelines.errors import RepopilotError
+            from agent.errors import RepopilotError
 
             raise RepopilotError("self-test: no agent here", title="Agent not running")
 

@@ -34,13 +34,13 @@ FALLBACK_REQUIREMENTS = ["numpy>=1.24", "platformdirs>=4", "torch>=2.2", "transf
 ENV_MARK = "REPOPILOT-ENV "
 # Run on the box, in <work>/src, by the Python that is to train: what it lacks, or its versions and GPUs.
 ENV_CHECK = f"""
-import importlib.util, json, os, sys
+import importlib, importlib.util, json, os, sys
 need = ("torch", "transformers", "deepspeed", "peft", "safetensors")
 info = {{"python": "%d.%d" % sys.version_info[:2], "missing": [m for m in need if importlib.util.find_spec(m) is None]}}
 if sys.version_info < (3, 10):
     info["missing"].append("Python >= 3.10")
 if not info["missing"]:
-    import torch, transformers
+    torch, transformers = (importlib.import_module(m) for m in ("torch", "transformers"))
     if os.path.isdir("agent"):  # run in src/: the copied code imports with this Python (numpy, platformdirs...)
         import agent.cli, pipelines.finetune.run
     info.update(torch=torch.__version__, transformers=transformers.__version__, gpus=torch.cuda.device_count())
