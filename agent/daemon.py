@@ -21,10 +21,11 @@ import threading
 import time
 from pathlib import Path
 
-from agent.api.client import AgentClient, AgentNotRunning, pid_alive
+from agent.api.client import AgentClient, AgentNotRunning
 from agent.config import CONFIG_ENV, config_path, load_config
 from agent.models import AgentStatus
 from agent.paths import AgentPaths
+from agent.procs import pid_alive
 from pipelines.errors import InputError, RepopilotError
 
 log = logging.getLogger(__name__)

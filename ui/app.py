@@ -36,16 +36,17 @@ def connect_agent(config_file: str | None = None, timeout: float = 60) -> Api:
     tray only (no torch, no pipelines), so it starts the ``repopilot`` command that pip installed instead
     (``$REPOPILOT_AGENT_COMMAND`` or ``repopilot`` on PATH).
     """
-    from agent.api.client import AgentClient, AgentNotRunning, connect_or_start
+    from agent.api.client import connect_or_start
 
     if not getattr(sys, "frozen", False):
         return connect_or_start(config_file, timeout=timeout)
-    try:
-        client = AgentClient.connect(config_file)
-        client.status()
-        return client
-    except AgentNotRunning:
-        pass
+    return connect_or_start(config_file, timeout=timeout, start=start_installed_agent)
+
+
+def start_installed_agent(config_file: str | None, timeout: float) -> None:
+    """`repopilot agent start` of the pip-installed agent (what a frozen bundle, without the agent inside, runs)."""
+    from agent.api.client import AgentNotRunning
+
     command = os.environ.get("REPOPILOT_AGENT_COMMAND") or shutil.which("repopilot")
     if not command:
         raise AgentNotRunning(
@@ -57,7 +58,6 @@ def connect_agent(config_file: str | None = None, timeout: float = 60) -> Api:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30, check=False)
     if done.returncode != 0:
         raise AgentNotRunning((done.stderr or done.stdout).strip()[-2000:], title="Agent did not start")
-    return AgentClient.connect(config_file)
 
 
 class TrayApp(QObject):

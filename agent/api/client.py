@@ -36,6 +36,7 @@ from agent.models import (
     ServerInfo,
     from_json,
 )
+from agent.procs import pid_alive
 from agent.stack.embedded import StackError
 from agent.store import StoreError
 from pipelines import errors as _errors
@@ -360,32 +361,24 @@ def _parse_sse(response: http.client.HTTPResponse) -> Iterator[Event]:
         fields = {}
 
 
-def pid_alive(pid: int) -> bool:
-    """A process with this id exists and is not a zombie."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
+def connect_or_start(
+    config_file: str | os.PathLike[str] | None = None,
+    timeout: float = 60,
+    start: Callable[[str | os.PathLike[str] | None, float], object] | None = None,
+) -> AgentClient:
+    """The client of the running agent; starts one in the background (and waits for it) if none runs.
 
-
-def connect_or_start(config_file: str | os.PathLike[str] | None = None, timeout: float = 60) -> AgentClient:
-    """The client of the running agent; starts one in the background (and waits for it) if none runs."""
+    ``start(config_file, timeout)`` starts it; by default with this Python (:func:`agent.daemon.start_background`).
+    """
     try:
         client = AgentClient.connect(config_file)
         client.status()
         return client
     except AgentNotRunning:
         pass
-    from agent.daemon import start_background
+    if start is None:
+        from agent.daemon import start_background
 
-    start_background(config_file, timeout=timeout)
+        start = start_background
+    start(config_file, timeout)
     return AgentClient.connect(config_file)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.procs import pid_alive
 from agent.stack.health import Probe, api_health, test_completion, wait_for
 from pipelines.errors import RepopilotError
 from pipelines.fsutil import write_json_atomic
@@ -174,16 +175,4 @@ class EmbeddedRuntime:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    @staticmethod
-    def _alive(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        # A zombie (exited, not yet reaped by its parent) is not alive.
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
-                return False
-        return True
+    _alive = staticmethod(pid_alive)

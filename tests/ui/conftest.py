@@ -10,34 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, Config, PolicyConfig, ServerConfig, TrainingConfig, save_config
 from agent.daemon import data_paths
-from tests.agent.agentkit import TRAIN_ARGS, make_repo
-from tests.services import free_port
+from tests.agent.agentkit import make_repo
+from tests.agent.agentkit import write_config as agent_config
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before pytest-qt makes the QApplication; no display needed
 
 
-EVAL_ARGS = ["--max-files", "4", "--max-lines-per-file", "2", "--max-new-tokens", "8", "--bootstrap", "100"]
-NEVER = 10**9
-
-
 def write_config(root: Path, steps: int = 20) -> Path:
     """config.toml of a test agent: tiny model, CPU, embedded server; no automatic retrain (the user asks)."""
-    config = Config(
-        agent=AgentConfig(api_port=free_port(), data_dir=str(root / "data")),
-        training=TrainingConfig(
-            base_model="tiny",
-            max_steps=steps,
-            learning_rate=3e-3,
-            batch_size=8,
-            train_args=list(TRAIN_ARGS),
-            eval_args=list(EVAL_ARGS),
-        ),
-        policy=PolicyConfig(min_changed_lines=NEVER, min_changed_files=NEVER),
-        server=ServerConfig(runtime="embedded", port=free_port()),
-    )
-    return save_config(config, root / "config.toml")
+    return agent_config(root, retrain=False, steps=steps)
 
 
 @dataclass
