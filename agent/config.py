@@ -152,6 +152,8 @@ class ServerConfig:
     """docker: Triton's gRPC port (on the host with ``host_network``)."""
     triton_http_port: int = 8000
     triton_metrics_port: int = 8002
+    serve_args: list[str] = field(default_factory=list)
+    """embedded: extra `repopilot serve` arguments, e.g. ``["--dtype", "int8", "--prefix-cache-mb", "1024"]``."""
 
     def check(self) -> Problems:
         problems: Problems = []

@@ -165,7 +165,7 @@ class ServerControl:
         info = self.info(probe=False)
         if not info.running:
             raise StackError("The completion server is not running. Start it first.", title="Server stopped")
-        body = {"model": "fastertransformer", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.1}
+        body = {"model": "fastertransformer", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
         headers = {"Content-Type": "application/json"}
         if self.agent.config.server.api_key:
             headers["Authorization"] = f"Bearer {self.agent.config.server.api_key}"
@@ -186,7 +186,8 @@ class ServerControl:
             "fauxpilot.server": info.url,
             "fauxpilot.engine": "codegen",
             "fauxpilot.maxTokens": 80,
-            "fauxpilot.temperature": 0.1,
+            "fauxpilot.temperature": 0,  # greedy: the same answer every time, and the server may speculate
+            "fauxpilot.maxLines": 150,  # the window the server prefills ahead for (`repopilot serve --window-lines`)
             "fauxpilot.inlineCompletion": True,
         }
         if self.agent.config.server.api_key:
@@ -200,7 +201,9 @@ class ServerControl:
         self.stack_dir.mkdir(parents=True, exist_ok=True)
         (self.stack_dir / "runtime").write_text(runtime)
         if runtime == "embedded":
-            self._embedded().up(self._embedded_dir(model), server.port, api_key=server.api_key)
+            self._embedded().up(
+                self._embedded_dir(model), server.port, api_key=server.api_key, extra_args=server.serve_args
+            )
             return
         from agent.stack.cli import has_nvidia_gpu
 

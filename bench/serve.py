@@ -1,15 +1,17 @@
 """Completion latency of the embedded engine for a model of CodeGen-350M's shape, direct and through the API.
 
     python bench/serve.py [--reps 6] [--prompt-tokens 200] [--skip-hf] [--out FILE]
+    python bench/serve.py --mode typing [--dtype int8] [--requests 12] [--typists 8] [--ctranslate2] [--long 300]
 
 A CodeGen with CodeGen-350M's shape (20 layers, 1024 wide, 16 heads, rotary 32, 51200 rows, context 2048) and
 random weights, with the real CodeGen tokenizer (../shared/data/codegen-tokenizer) when present. The end-of-text
 token is banned so every completion runs to its max_tokens. Measured: plain HF ``generate`` (the recipe's
 baseline), p50/p95 for 32 and 128 new tokens on the engine, the latency the HTTP API adds (max_tokens 1 and 32,
 through HTTP versus the engine directly), and p95 with 8 concurrent clients, all in float32; then in bfloat16
-where the CPU has AMX (what ``--dtype auto`` picks there), with int8 dynamic quantization (``--dtype int8``), and
-on the GPU when ``torch.cuda.is_available()``.
+where the CPU has AMX, with int8 dynamic quantization (what ``--dtype auto`` picks on a CPU), and on the GPU
+when ``torch.cuda.is_available()``.
 Prints one JSON object; the load average is recorded since other work on the machine skews the figures.
+``--mode typing`` replays keystroke requests as the VS Code extension sends them (bench/typing_bench.py).
 """
 
 from __future__ import annotations
@@ -222,6 +224,25 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=200)
     parser.add_argument("--skip-hf", action="store_true", help="skip the plain HF generate baseline")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--mode",
+        choices=("latency", "typing"),
+        default="latency",
+        help="latency: the figures above; typing: keystroke requests as VS Code sends them",
+    )
+    typing = parser.add_argument_group("typing mode")
+    typing.add_argument("--dtype", default="int8", help="weights' type for the typing mode (default int8)")
+    typing.add_argument("--requests", type=int, default=12, help="keystroke requests per typist (default 12)")
+    typing.add_argument("--think-ms", type=float, default=300, help="typing time between an answer and the next")
+    typing.add_argument("--typists", type=int, default=8, help="developers typing at once (default 8)")
+    typing.add_argument("--prefix-cache-mb", type=float, default=4096, help="the engines' prefix cache (MB)")
+    typing.add_argument(
+        "--pause-ms", type=float, default=8000, help="also measure a line change after this pause in typing (0: skip)"
+    )
+    typing.add_argument("--exact-requests", type=int, default=6, help="requests compared in float32 (default 6)")
+    typing.add_argument("--ctranslate2", action="store_true", help="also replay the trace on CTranslate2")
+    typing.add_argument("--long", type=int, default=0, help="also replay this many requests with a small cache")
+    typing.add_argument("--long-cache-mb", type=float, default=512, help="the prefix cache of the long replay")
     args = parser.parse_args()
 
     import torch
@@ -234,8 +255,13 @@ def main() -> None:
         started = time.perf_counter()
         model_dir, which = make_model(Path(tmp) / "codegen-350M-shape")
         result["model"].update(tokenizer=which, made_in_s=round(time.perf_counter() - started, 1))
+        if args.mode == "typing":
+            from typing_bench import run_typing
+
+            result["typing"] = run_typing(model_dir, args)
+            return finish(result, args)
         result["cpu_float32"] = bench_device(model_dir, "cpu", "float32", args)
-        if cpu_has_amx_bf16():  # what --dtype auto picks on this CPU
+        if cpu_has_amx_bf16():  # bf16 is fast only where the CPU multiplies it natively
             result["cpu_bfloat16_amx"] = bench_device(model_dir, "cpu", "bfloat16", args, baseline=False)
         result["cpu_int8_dynamic"] = bench_device(model_dir, "cpu", "int8", args, baseline=False)
         if torch.cuda.is_available():
@@ -243,6 +269,10 @@ def main() -> None:
             result["gpu"]["name"] = torch.cuda.get_device_name(0)
         else:
             result["gpu"] = "not measured: torch sees no CUDA GPU on this machine"
+    finish(result, args)
+
+
+def finish(result: dict, args: argparse.Namespace) -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -75,6 +75,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0.01,
         help="relative rise of the loss the gate tolerates (default 0.01: 1%% of the baseline's loss)",
     )
+    parser.add_argument(
+        "--public",
+        type=Path,
+        metavar="DIR",
+        help="a folder of public code (e.g. the Python standard library): its loss is the forgetting check",
+    )
+    parser.add_argument("--public-files", type=int, metavar="N", default=100, help="files of --public (default 100)")
+    parser.add_argument(
+        "--public-tolerance",
+        type=float,
+        metavar="X",
+        default=0.1,
+        help="relative rise of the loss on --public the gate tolerates (default 0.1: 10%%)",
+    )
     parser.add_argument("--gate", action="store_true", help="exit 3 when the candidate is worse than the baseline")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the models")
     parser.add_argument(
@@ -103,8 +117,10 @@ def _models(args: argparse.Namespace) -> dict[str, Path]:
             problems.append(f"--{option.replace('_', '-')} must be at least 1")
     if args.bootstrap < 100:
         problems.append("--bootstrap must be at least 100")
-    if args.loss_tolerance < 0:
-        problems.append("--loss-tolerance must not be negative")
+    if args.loss_tolerance < 0 or args.public_tolerance < 0:
+        problems.append("--loss-tolerance and --public-tolerance must not be negative")
+    if args.public_files < 1:
+        problems.append("--public-files must be at least 1")
     if args.threads is not None and args.threads < 1:
         problems.append("--threads must be at least 1")
     if args.out.exists() and not args.out.is_dir():
@@ -123,7 +139,7 @@ def _models(args: argparse.Namespace) -> dict[str, Path]:
 
 def evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Everything but printing: samples, metrics per model, comparison; returns the report."""
-    from pipelines.evaluate import compare, metrics, report, samples, tasks
+    from pipelines.evaluate import compare, metrics, report, samples
 
     started = time.monotonic()
     models = _models(args)
@@ -131,24 +147,8 @@ def evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     splits = samples.choose_splits(args.split, args.since, view)
     if args.until is not None and samples.TIME not in splits:
         raise InputError("--until only applies to the time split; pass --since or --split time.")
-    sample_set = samples.load_samples(
-        view,
-        splits,
-        repo=args.repo,
-        since=args.since,
-        until=args.until,
-        max_files=args.max_files,
-        seed=args.seed,
-        progress=progress,
-    )
-    found = sample_set.samples
-    line_tasks = tasks.make_tasks(found, sample_set.definitions, args.max_lines_per_file, args.seed)
-    progress.event(
-        "samples",
-        files=len(found),
-        lines=sum(t.uniform for t in line_tasks),
-        internal_lines=sum(t.internal for t in line_tasks),
-    )
+    work, infos, splits = _workload(args, view, splits, progress)
+    found, line_tasks, identifiers = work.samples, work.tasks, work.identifiers
     settings = metrics.Settings(
         max_new_tokens=args.max_new_tokens,
         max_loss_tokens=args.max_loss_tokens,
@@ -156,10 +156,8 @@ def evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         device=args.device,
         threads=args.threads,
     )
-    results = {
-        role: metrics.evaluate_model(path, found, line_tasks, settings, progress) for role, path in models.items()
-    }
-    tables = {role: compare.file_table(result, line_tasks, len(found)) for role, result in results.items()}
+    results = {role: metrics.evaluate_model(path, work, settings, progress) for role, path in models.items()}
+    tables = {role: compare.file_table(result, line_tasks, identifiers, len(found)) for role, result in results.items()}
     split_of = np.array([s.split for s in found])
     summaries = {
         split: compare.summarize_split(tables, split_of == split, args.bootstrap, args.seed, args.loss_tolerance)
@@ -182,19 +180,54 @@ def evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             "max_loss_tokens": args.max_loss_tokens,
             "batch_size": args.batch_size,
             "loss_tolerance": args.loss_tolerance,
+            "public": None if args.public is None else str(args.public),
+            "public_tolerance": args.public_tolerance,
             "decoding": "greedy",
         },
-        "samples": sample_set.splits,
+        "samples": infos,
         "splits": summaries,
         "examples": report.examples(found, line_tasks, results),
         "files": report.per_file(found, line_tasks, results),
     }
     if "candidate" in results:
         same = results["baseline"].info["tokenizer"] == results["candidate"].info["tokenizer"]
-        built["gate"] = {**compare.gate(summaries, same, args.loss_tolerance), "applied": bool(args.gate)}
+        outcome = compare.gate(summaries, same, args.loss_tolerance, args.public_tolerance)
+        built["gate"] = {**outcome, "applied": bool(args.gate)}
     built["wall_seconds"] = round(time.monotonic() - started, 2)
     report.write_report(args.out, built)
     return built
+
+
+def _workload(args: argparse.Namespace, view: Any, splits: list[str], progress: Progress) -> tuple[Any, dict, list]:
+    """The held-out files of every split (public code last), their tasks and their identifiers' spans."""
+    from pipelines.evaluate import metrics, samples, tasks
+    from pipelines.evaluate.identifiers import DefinitionIndex
+
+    sample_set = samples.load_samples(
+        view,
+        splits,
+        repo=args.repo,
+        since=args.since,
+        until=args.until,
+        max_files=args.max_files,
+        seed=args.seed,
+        progress=progress,
+    )
+    found, definitions = sample_set.samples, sample_set.definitions
+    line_tasks = tasks.make_tasks(found, definitions, args.max_lines_per_file, args.seed)
+    identifiers = tasks.identifier_tasks(found, definitions, line_tasks)
+    spans = [(definitions.get(s.repo) or DefinitionIndex()).spans(s.text, s.path) for s in found]
+    if args.public is not None:  # after the repository's files: the tasks' file numbers stay valid
+        public, sample_set.splits[samples.PUBLIC] = samples.public_samples(args.public, args.public_files, args.seed)
+        found, spans, splits = found + public, spans + [[] for _ in public], [*splits, samples.PUBLIC]
+    progress.event(
+        "samples",
+        files=len(found),
+        lines=sum(t.uniform for t in line_tasks),
+        internal_lines=sum(t.internal for t in line_tasks),
+        identifier_uses=len(identifiers),
+    )
+    return metrics.Workload(found, spans, line_tasks, identifiers), sample_set.splits, splits
 
 
 def run(args: argparse.Namespace) -> int:

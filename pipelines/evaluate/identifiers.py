@@ -196,13 +196,27 @@ class DefinitionIndex:
 
     def internal_names(self, line: str, path: str) -> list[str]:
         """The internal identifiers ``line`` (of the file at ``path``) uses, in order of appearance."""
+        return list(dict.fromkeys(name for name, _ in self.occurrences(line, path)))
+
+    def occurrences(self, line: str, path: str) -> list[tuple[str, int]]:
+        """Every use of an internal identifier in ``line``: the name and the column where it starts."""
         own = None
-        found: list[str] = []
-        for name in _NAME.findall(line):
-            if name in found or not self.defined_elsewhere(name, path):
+        found: list[tuple[str, int]] = []
+        for match in _NAME.finditer(line):
+            name = match.group()
+            if not self.defined_elsewhere(name, path):
                 continue
             if own is None:
                 own = defined_in_line(line)
             if name not in own:
-                found.append(name)
+                found.append((name, match.start()))
+        return found
+
+    def spans(self, text: str, path: str) -> list[tuple[int, int]]:
+        """Character ranges ``[start, end)`` of every use of an internal identifier in a whole file."""
+        found = []
+        offset = 0
+        for line in text.split("\n"):
+            found += [(offset + col, offset + col + len(name)) for name, col in self.occurrences(line, path)]
+            offset += len(line) + 1
         return found

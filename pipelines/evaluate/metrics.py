@@ -29,7 +29,7 @@ import numpy as np
 
 from pipelines.errors import InputError, RepopilotError
 from pipelines.evaluate.samples import Sample
-from pipelines.evaluate.tasks import Task, edit_similarity, first_line, has_answer
+from pipelines.evaluate.tasks import IdentifierTask, Task, edit_similarity, first_line, has_answer, recalled
 from pipelines.progress import Progress
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -147,33 +147,69 @@ def _windows(n_tokens: int, context: int) -> list[tuple[int, int, int]]:
     return windows
 
 
+@dataclass
+class FileScores:
+    """Per file: summed negative log-likelihood (nats), scored tokens and their UTF-8 bytes, and the same sums
+    over the tokens of internal identifiers (``ident_*``) and over all other tokens (``other_*``)."""
+
+    nll: np.ndarray
+    tokens: np.ndarray
+    bytes: np.ndarray
+    ident_nll: np.ndarray
+    ident_tokens: np.ndarray
+
+    @property
+    def other_nll(self) -> np.ndarray:
+        return self.nll - self.ident_nll
+
+    @property
+    def other_tokens(self) -> np.ndarray:
+        return self.tokens - self.ident_tokens
+
+
+def _token_flags(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], length: int) -> np.ndarray:
+    """Which tokens overlap a character span (an identifier's), from the tokenizer's character offsets."""
+    marked = np.zeros(length + 1, dtype=np.int64)
+    for start, end in spans:
+        marked[start] += 1
+        marked[end] -= 1
+    inside = np.concatenate([[0], np.cumsum(np.cumsum(marked)[:-1] > 0)])  # prefix counts of marked characters
+    return np.array([inside[min(e, length)] > inside[min(b, length)] for b, e in offsets], dtype=bool)
+
+
 def score_files(
-    lm: LoadedModel, texts: Sequence[str], settings: Settings, progress: Progress
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per file: summed negative log-likelihood (nats), scored tokens, and their UTF-8 bytes."""
+    lm: LoadedModel,
+    texts: Sequence[str],
+    spans: Sequence[Sequence[tuple[int, int]]],
+    settings: Settings,
+    progress: Progress,
+) -> FileScores:
+    """Teacher-forced scores of every file (``spans``: its internal identifiers' character ranges)."""
     import torch
 
-    nll = np.zeros(len(texts))
-    tokens = np.zeros(len(texts), dtype=np.int64)
-    nbytes = np.zeros(len(texts), dtype=np.int64)
-    jobs: list[tuple[int, list[int], int]] = []  # (file, window ids, number of leading ids not scored)
+    n = len(texts)
+    scores = FileScores(*(np.zeros(n) for _ in range(5)))
+    jobs: list[tuple[int, list[int], int, np.ndarray]] = []  # (file, window ids, leading ids not scored, flags)
     for number, text in enumerate(texts):
-        ids = lm.tokenizer(text, verbose=False)["input_ids"][: settings.max_loss_tokens]
-        tokens[number] = max(len(ids) - 1, 0)
-        nbytes[number] = len(lm.tokenizer.decode(ids[1:], clean_up_tokenization_spaces=False).encode("utf-8"))
+        encoded = lm.tokenizer(text, verbose=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"][: settings.max_loss_tokens]
+        flags = _token_flags(encoded["offset_mapping"][: len(ids)], spans[number], len(text))
+        scores.tokens[number] = max(len(ids) - 1, 0)
+        scores.ident_tokens[number] = int(flags[1:].sum())
+        scores.bytes[number] = len(lm.tokenizer.decode(ids[1:], clean_up_tokenization_spaces=False).encode("utf-8"))
         for begin, end, scored in _windows(len(ids), lm.context):
-            jobs.append((number, ids[begin:end], scored - begin))
+            jobs.append((number, ids[begin:end], scored - begin, flags[begin:end]))
     rows = max(1, settings.loss_tokens_per_batch // lm.context)
     pad = lm.tokenizer.eos_token_id or 0
     progress.start(f"loss {lm.path.name}", len(jobs), unit="windows")
     with torch.inference_mode():
         for start in range(0, len(jobs), rows):
             batch = jobs[start : start + rows]
-            width = max(len(ids) for _, ids, _ in batch)
+            width = max(len(ids) for _, ids, _, _ in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            for row, (_, ids, skip) in enumerate(batch):
+            for row, (_, ids, skip, _) in enumerate(batch):
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 mask[row, : len(ids)] = 1
                 labels[row, skip : len(ids)] = input_ids[row, skip : len(ids)]
@@ -182,11 +218,13 @@ def score_files(
             losses = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="none"
             ).view(len(batch), -1)
-            for row, (number, _, _) in enumerate(batch):
-                nll[number] += float(losses[row].double().sum())
+            for row, (number, ids, _, flags) in enumerate(batch):
+                row_losses = losses[row, : len(ids) - 1].double().cpu().numpy()  # predicting ids[1:]
+                scores.nll[number] += float(row_losses.sum())
+                scores.ident_nll[number] += float(row_losses[flags[1:]].sum())
             progress.advance(len(batch))
     progress.finish()
-    return nll, tokens, nbytes
+    return scores
 
 
 def _newline_tokens(lm: LoadedModel) -> Any:
@@ -216,26 +254,30 @@ def _line_stop(lm: LoadedModel, newline: Any, start: int) -> Any:
     return LineStop()
 
 
-def complete(lm: LoadedModel, prompts: Sequence[str], settings: Settings, progress: Progress) -> list[str]:
-    """The greedy continuation (new text only) of each prompt."""
+def _encode_prompts(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+    """Each prompt's ids, cut from the left to leave ``max_new_tokens`` of the context for the answer."""
+    budget = lm.context - max_new_tokens
+    if budget < 1:
+        raise InputError(
+            f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of "
+            f"{lm.context} tokens. Pass a smaller value."
+        )
+    return [lm.tokenizer(p[-budget * _CHARS_PER_TOKEN :], verbose=False)["input_ids"][-budget:] for p in prompts]
+
+
+def _greedy(lm: LoadedModel, encoded: list[list[int]], batch_size: int, label: str, progress: Progress, plan):
+    """Greedy continuations (new text only) of ``encoded`` prompts, batched by length with left padding.
+    ``plan(batch, width)`` gives a batch's token limit and its stopping criteria (or None)."""
     import torch
     from transformers import StoppingCriteriaList
 
-    budget = lm.context - settings.max_new_tokens
-    if budget < 1:
-        raise InputError(
-            f"--max-new-tokens {settings.max_new_tokens} leaves no room for a prompt in the model's context of "
-            f"{lm.context} tokens. Pass a smaller value."
-        )
-    encoded = [lm.tokenizer(p[-budget * _CHARS_PER_TOKEN :], verbose=False)["input_ids"][-budget:] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
     pad = lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else 0
-    answers = [""] * len(prompts)
-    newline = _newline_tokens(lm)
-    progress.start(f"completions {lm.path.name}", len(prompts), unit="lines")
+    answers = [""] * len(encoded)
+    progress.start(f"{label} {lm.path.name}", len(encoded), unit="prompts")
     with torch.inference_mode():
-        for start in range(0, len(order), settings.batch_size):
-            batch = order[start : start + settings.batch_size]
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
             width = max(len(encoded[i]) for i in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -243,16 +285,16 @@ def complete(lm: LoadedModel, prompts: Sequence[str], settings: Settings, progre
                 ids = encoded[i]
                 input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 mask[row, width - len(ids) :] = 1
-            stop = _line_stop(lm, newline, width)
+            limit, stop = plan(batch, width)
             out = lm.model.generate(
                 input_ids=input_ids.to(lm.device),
                 attention_mask=mask.to(lm.device),
-                max_new_tokens=settings.max_new_tokens,
+                max_new_tokens=limit,
                 do_sample=False,
                 num_beams=1,
                 pad_token_id=pad,
                 eos_token_id=lm.tokenizer.eos_token_id,
-                stopping_criteria=StoppingCriteriaList([stop]),
+                stopping_criteria=StoppingCriteriaList([stop] if stop else []),
                 use_cache=True,
             )
             for row, i in enumerate(batch):
@@ -262,23 +304,53 @@ def complete(lm: LoadedModel, prompts: Sequence[str], settings: Settings, progre
     return answers
 
 
+def complete(lm: LoadedModel, prompts: Sequence[str], settings: Settings, progress: Progress) -> list[str]:
+    """The greedy continuation (new text only) of each prompt, stopping once it holds a finished line."""
+    encoded = _encode_prompts(lm, prompts, settings.max_new_tokens)
+    newline = _newline_tokens(lm)
+    return _greedy(
+        lm, encoded, settings.batch_size, "completions", progress,
+        lambda batch, width: (settings.max_new_tokens, _line_stop(lm, newline, width)),
+    )  # fmt: skip
+
+
+def complete_identifiers(lm: LoadedModel, items: Sequence[IdentifierTask], settings: Settings, progress: Progress):
+    """Whether each identifier is recalled: the greedy continuation of the text before it, a few tokens more
+    than the name (with the space or line break before it) takes, starts with it (``tasks.recalled``)."""
+    room = [len(lm.tokenizer(" " + t.name, verbose=False)["input_ids"]) + 3 for t in items]
+    encoded = _encode_prompts(lm, [t.prompt for t in items], max(room, default=1))
+    answers = _greedy(
+        lm, encoded, settings.batch_size, "identifiers", progress, lambda batch, _: (max(room[i] for i in batch), None)
+    )
+    return np.array([float(recalled(a, t.name)) for a, t in zip(answers, items, strict=True)])
+
+
 @dataclass
 class ModelResult:
-    """One model's scores: per file (loss) and per task (completions), aligned with the samples and tasks."""
+    """One model's scores: per file (loss) and per task (completions, identifiers), aligned with the samples
+    and tasks."""
 
     info: dict[str, Any]
-    nll: np.ndarray
-    tokens: np.ndarray
-    bytes: np.ndarray
+    files: FileScores
     answers: list[str]
     exact: np.ndarray
     edit: np.ndarray
+    recalled: np.ndarray
     seconds: float
 
 
-def evaluate_model(
-    path: Path, samples: Sequence[Sample], tasks: Sequence[Task], settings: Settings, progress: Progress
-) -> ModelResult:
+@dataclass
+class Workload:
+    """What every model of an evaluation is scored on."""
+
+    samples: Sequence[Sample]
+    spans: Sequence[Sequence[tuple[int, int]]]
+    """Per sample: the character ranges of its internal identifiers (for the identifier loss)."""
+    tasks: Sequence[Task]
+    identifiers: Sequence[IdentifierTask]
+
+
+def evaluate_model(path: Path, work: Workload, settings: Settings, progress: Progress) -> ModelResult:
     import torch
 
     started = time.monotonic()
@@ -288,14 +360,15 @@ def evaluate_model(
     previous = torch.get_num_threads()
     torch.set_num_threads(info["threads"])
     try:
-        nll, tokens, nbytes = score_files(lm, [s.text for s in samples], settings, progress)
-        completions = complete(lm, [t.prompt for t in tasks], settings, progress)
+        files = score_files(lm, [s.text for s in work.samples], work.spans, settings, progress)
+        completions = complete(lm, [t.prompt for t in work.tasks], settings, progress)
+        recall = complete_identifiers(lm, work.identifiers, settings, progress)
     finally:
         torch.set_num_threads(previous)
     answers = [first_line(c) for c in completions]
-    exact = np.array([float(a == t.target) for a, t in zip(answers, tasks, strict=True)])
-    edit = np.array([edit_similarity(a, t.target) for a, t in zip(answers, tasks, strict=True)])
+    exact = np.array([float(a == t.target) for a, t in zip(answers, work.tasks, strict=True)])
+    edit = np.array([edit_similarity(a, t.target) for a, t in zip(answers, work.tasks, strict=True)])
     del lm
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the next model gets the whole device
-    return ModelResult(info, nll, tokens, nbytes, answers, exact, edit, time.monotonic() - started)
+    return ModelResult(info, files, answers, exact, edit, recall, time.monotonic() - started)

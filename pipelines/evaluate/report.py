@@ -19,6 +19,7 @@ FORMAT = "repopilot-eval/1"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 MAX_EXAMPLES = 20
+PERCENT = ("exact_match", "internal_exact_match", "internal_identifier_recall")
 
 
 def per_file(samples: Sequence[Sample], tasks: Sequence[Task], results: dict[str, ModelResult]) -> list[dict]:
@@ -39,8 +40,10 @@ def per_file(samples: Sequence[Sample], tasks: Sequence[Task], results: dict[str
                 "internal_lines": sum(tasks[i].internal for i in mine),
                 "scores": {
                     role: {
-                        "tokens": int(r.tokens[number]),
-                        "nll": round(float(r.nll[number]), 4),
+                        "tokens": int(r.files.tokens[number]),
+                        "nll": round(float(r.files.nll[number]), 4),
+                        "identifier_tokens": int(r.files.ident_tokens[number]),
+                        "identifier_nll": round(float(r.files.ident_nll[number]), 4),
                         "exact": int(sum(r.exact[i] for i in mine if tasks[i].uniform)),
                         "internal_exact": int(sum(r.exact[i] for i in mine if tasks[i].internal)),
                     }
@@ -70,7 +73,7 @@ def examples(samples: Sequence[Sample], tasks: Sequence[Task], results: dict[str
 def _fmt(value: float | None, name: str) -> str:
     if value is None:
         return "n/a"
-    if name in ("exact_match", "internal_exact_match"):
+    if name in PERCENT:
         return f"{value * 100:.1f}%"
     if name == "perplexity":
         return f"{value:.2f}"
@@ -81,8 +84,15 @@ def _fmt_delta(value: float | None, name: str) -> str:
     if value is None:
         return "n/a"
     text = _fmt(abs(value), name)
-    text = text.replace("%", " pp") if name.endswith("exact_match") else text
+    text = text.replace("%", " pp") if name in PERCENT else text
     return ("+" if value >= 0 else "-") + text
+
+
+def _ratio(entry: dict[str, Any]) -> str:
+    ratio, ci = entry.get("ratio"), entry.get("ratio_ci")
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:.2f}x" + (f" ({ci[0]:.2f}..{ci[1]:.2f})" if ci else "")
 
 
 def _cell(text: str) -> str:
@@ -111,21 +121,28 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- rule: {outcome['rule']}.")
     for split, summary in report["splits"].items():
         sample = report["samples"][split]
-        where = (
-            f"files changed in {sample['since_commit'][:12]}..{sample['until_commit'][:12]} of `{sample['repo']}`"
-            if split == "time"
-            else "the dataset's validation records"
-        )
+        if split == "time":
+            where = (
+                f"files changed in {sample['since_commit'][:12]}..{sample['until_commit'][:12]} of `{sample['repo']}`"
+            )
+        elif split == "public":
+            where = f"public code in `{sample['folder']}`: the forgetting check"
+        else:
+            where = "the dataset's validation records"
         lines += [
             "",
             f"## Split `{split}`: {summary['files']} files, {summary['lines']} lines, "
-            f"{summary['internal_lines']} lines using internal identifiers ({where})",
+            f"{summary['internal_lines']} lines using internal identifiers, {summary['identifier_uses']} uses "
+            f"recalled on ({where})",
             "",
         ]
         if summary["files"] < FEW_FILES:
             lines += [f"Few files (< {FEW_FILES}): the intervals are wide, read them with care.", ""]
         if pair:
-            lines += ["| metric | baseline | candidate | delta | 95% CI | verdict |", "|---|---:|---:|---:|---|---|"]
+            lines += [
+                "| metric | baseline | candidate | delta | 95% CI | ratio (95% CI) | verdict |",
+                "|---|---:|---:|---:|---|---|---|",
+            ]
         else:
             lines += ["| metric | value | 95% CI |", "|---|---:|---|"]
         for metric in METRICS:
@@ -139,7 +156,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 )
                 lines.append(
                     f"| {label} | {_fmt(entry['baseline'], metric.name)} | {_fmt(entry['candidate'], metric.name)} "
-                    f"| {_fmt_delta(entry['delta'], metric.name)} | {ci_text} | {entry['verdict']} |"
+                    f"| {_fmt_delta(entry['delta'], metric.name)} | {ci_text} | {_ratio(entry)} | {entry['verdict']} |"
                 )
             else:
                 ci_text = "n/a" if ci is None else f"{_fmt(ci[0], metric.name)} .. {_fmt(ci[1], metric.name)}"

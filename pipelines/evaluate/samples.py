@@ -34,6 +34,7 @@ from pipelines.dataset import dedup
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.filters import analyze, path_reason, redact_spans
 from pipelines.dataset.gitsource import GitSource
+from pipelines.dataset.languages import language_of
 from pipelines.dataset.output import read_manifest
 from pipelines.errors import DatasetError, InputError, RepoError
 from pipelines.evaluate.identifiers import DefinitionIndex
@@ -41,7 +42,11 @@ from pipelines.progress import Progress
 
 VALIDATION = "validation"
 TIME = "time"
+PUBLIC = "public"
 SPLITS = (VALIDATION, TIME)
+NOT_SOURCE = frozenset(
+    {"markdown", "restructuredtext", "tex", "html", "xml", "json", "yaml", "toml", "ini", "css", "protobuf"}
+)  # prose, markup and data: what a completion of code is not measured on
 _KEPT_STATUSES = "AMRCT"  # diff statuses whose new side is a file to look at (D: deleted)
 
 
@@ -173,11 +178,37 @@ def _shuffled(items: list, seed: int) -> list:
 
 def validation_samples(view: DatasetView, repo: str | None, max_files: int, seed: int) -> tuple[list[Sample], dict]:
     records = [r for r in view.records(VALIDATION) if repo is None or r["repo"] == repo]
-    records.sort(key=lambda r: (r["repo"], r["path"]))
-    chosen = _shuffled(records, seed)[:max_files]
+    source = [r for r in records if r.get("lang") not in NOT_SOURCE]
+    source.sort(key=lambda r: (r["repo"], r["path"]))
+    chosen = _shuffled(source, seed)[:max_files]
     samples = [Sample(VALIDATION, r["repo"], r["path"], r.get("lang"), r["sha"], r["text"]) for r in chosen]
-    info = {"records": len(records), "files": len(samples), "repo": repo}
+    info = {"records": len(records), "not_source": len(records) - len(source), "files": len(samples), "repo": repo}
     return samples, info
+
+
+def public_samples(folder: Path, max_files: int, seed: int) -> tuple[list[Sample], dict]:
+    """Source files of a folder of public code (e.g. the Python standard library), for the forgetting check:
+    sorted, shuffled with ``seed``, the first ``max_files`` readable ones of at most 1 MB."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"--public {folder} is not a folder. Give a folder of public source code.")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and language_of(p.name) not in (None, *NOT_SOURCE))
+    samples: list[Sample] = []
+    for path in _shuffled(paths, seed):
+        if len(samples) >= max_files:
+            break
+        try:
+            data = path.read_bytes()
+            text = data.decode("utf-8") if len(data) <= 2**20 else ""
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text.strip():
+            rel = path.relative_to(folder).as_posix()
+            sha = hashlib.sha1(data).hexdigest()
+            samples.append(Sample(PUBLIC, PUBLIC, rel, language_of(path.name), sha, text))
+    if not samples:
+        raise InputError(f"--public {folder} holds no source files to evaluate on.", title="Nothing to evaluate on")
+    return samples, {"folder": str(folder), "candidates": len(paths), "files": len(samples)}
 
 
 def _resolve(source: GitSource, ref: str | None, option: str) -> tuple[str, str]:
@@ -226,6 +257,8 @@ def time_samples(
     candidates = []
     for change in sorted(changes, key=lambda c: c.path):
         reason, lang = path_reason(change.path, change.mode, span.spec, view.config)
+        if reason is None and lang in NOT_SOURCE:
+            reason = "not_source"
         if reason is None:
             candidates.append((change, lang))
         else:

@@ -117,6 +117,53 @@ def make_tasks(
     return tasks
 
 
+@dataclass(frozen=True)
+class IdentifierTask:
+    """One use of an internal identifier to produce: the file, its line, the name, and the text before it."""
+
+    file: int
+    line: int
+    name: str
+    prompt: str
+
+
+def identifier_tasks(samples: Sequence[Sample], definitions: dict[str, DefinitionIndex], tasks: Sequence[Task]):
+    """For every sampled line that uses internal identifiers, each name's first use in it: the prompt is the
+    file up to the name, without the spaces before it (and without the line break when the name opens its
+    line), so the prompt ends where training text has a token boundary; ``recalled`` scores the answer."""
+    empty = DefinitionIndex()
+    found: list[IdentifierTask] = []
+    lines_of: dict[int, tuple[list[str], np.ndarray]] = {}
+    for task in tasks:
+        if not task.internal:
+            continue
+        sample = samples[task.file]
+        if task.file not in lines_of:
+            lines = sample.text.split("\n")
+            lines_of[task.file] = (lines, np.cumsum([0] + [len(line) + 1 for line in lines]))
+        lines, offsets = lines_of[task.file]
+        line, start = lines[task.line], int(offsets[task.line])
+        seen: set[str] = set()
+        for name, col in definitions.get(sample.repo, empty).occurrences(line, sample.path):
+            if name in seen:
+                continue
+            seen.add(name)
+            before = sample.text[: start + col].rstrip(" \t")
+            if not line[:col].strip() and before.endswith("\n"):
+                before = before[:-1]
+            found.append(IdentifierTask(task.file, task.line, name, before))
+    return found
+
+
+def recalled(completion: str, name: str) -> bool:
+    """Whether a greedy completion of the text before a use of ``name`` produces it: after any whitespace, the
+    name itself, not followed by more identifier characters (``load_all`` does not recall ``load``)."""
+    text = completion.lstrip()
+    return text.startswith(name) and not (
+        len(text) > len(name) and (text[len(name)].isalnum() or text[len(name)] in "_$")
+    )
+
+
 def normalise(line: str) -> str:
     return line.strip()
 

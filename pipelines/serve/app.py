@@ -138,10 +138,7 @@ def create_app(
         return {"token": "1", "expires_at": 2600000000, "refresh_in": 900}
 
     async def health() -> JSONResponse:
-        state = await engine.health()
-        body = {"status": "ok" if state.ok else "unavailable", "engine": engine.kind, "model": engine.model_id}
-        body["detail"] = state.detail
-        return JSONResponse(body, 200 if state.ok else 503)
+        return await _health(engine)
 
     for path in OPEN_PATHS:
         app.add_api_route(path, health, methods=["GET"], include_in_schema=False)
@@ -204,6 +201,18 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any], poll_s: f
     finally:
         if not task.done():
             task.cancel()
+
+
+async def _health(engine: Engine) -> JSONResponse:
+    """200 when the engine can answer now, else 503; with its counters (requests, tokens, prefix-cache hits and
+    reused tokens, speculation, cancelled and superseded requests) where it keeps any."""
+    state = await engine.health()
+    body = {"status": "ok" if state.ok else "unavailable", "engine": engine.kind, "model": engine.model_id}
+    body["detail"] = state.detail
+    stats = engine.stats()
+    if stats:
+        body["stats"] = stats
+    return JSONResponse(body, 200 if state.ok else 503)
 
 
 def _echo(engine: Engine, request: CompletionRequest) -> str:

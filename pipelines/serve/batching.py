@@ -1,80 +1,28 @@
-"""Batched decoding with a key/value cache: rows from different requests share one padded forward per token.
+"""Batched decoding: rows from different requests advance together, each over its own key/value cache.
 
-A :class:`DecodeBatch` holds the rows being generated, their cache (left-padded to a common length) and the
-attention mask. New requests are prefilled as their own padded batch and merged in between two decode steps
-(continuous batching); finished rows are dropped and columns that are padding for every row are trimmed.
+A request's prompt is prefilled first (:class:`Prefill`: the longest prefix the prefix cache holds is copied in,
+the rest runs in chunks, so that rows already decoding keep going and a cancelled request stops early); then
+each of its choices becomes a :class:`Row` holding its cache and the distribution of its next token. Every
+step (:meth:`Decoder.run`) feeds each row its chosen token — and, for a greedy row, a guess of the tokens
+after it (prompt-lookup speculation) — plus the next chunk of a prompt being prefilled, in one forward.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
 from pipelines.serve.engine import CompletionRequest, StopTracker
-
-GROW = 64  # cache columns added at a time
-
-
-class GrowingLayer(DynamicLayer):
-    """One layer's keys and values in a buffer with spare columns: a decode step writes one column in place
-    instead of copying the whole cache as ``DynamicLayer``'s concatenation does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.buf_k: torch.Tensor | None = None
-        self.buf_v: torch.Tensor | None = None
-        self.length = 0
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if self.buf_k is None or end > self.buf_k.shape[-2]:
-            self._reserve(end, key_states)
-        self.buf_k[:, :, self.length : end] = key_states
-        self.buf_v[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys = self.buf_k[:, :, :end]
-        self.values = self.buf_v[:, :, :end]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def _reserve(self, columns: int, like: torch.Tensor) -> None:
-        capacity = -(-(columns + GROW) // GROW) * GROW
-        shape = (like.shape[0], like.shape[1], capacity, like.shape[3])
-        new_k = like.new_zeros(shape)
-        new_v = like.new_zeros(shape)
-        if self.buf_k is not None and self.length:
-            new_k[:, :, : self.length] = self.buf_k[:, :, : self.length]
-            new_v[:, :, : self.length] = self.buf_v[:, :, : self.length]
-        self.buf_k, self.buf_v = new_k, new_v
-
-    def set(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Replace the content (``[B, H, T, D]``), keeping spare room for the next columns."""
-        if not self.is_initialized:
-            self.lazy_initialization(keys, values)
-        self.buf_k = self.buf_v = None
-        self.length = 0
-        self._reserve(keys.shape[-2], keys)
-        self.update(keys, values)
+from pipelines.serve.kvcache import KVCache
+from pipelines.serve.prefix_cache import PrefixCache
+from pipelines.serve.runner import CodeGenRunner, Feed
+from pipelines.serve.speculation import DraftLength, NgramDrafter
 
 
-def new_cache(n_layers: int) -> Cache:
-    return Cache(layers=[GrowingLayer() for _ in range(n_layers)])
-
-
-def _layers(cache: Cache) -> list[GrowingLayer]:
-    return list(cache.layers)
-
-
-@dataclass
+@dataclass(eq=False)
 class Row:
     """One choice being generated."""
 
@@ -84,122 +32,87 @@ class Row:
     request: CompletionRequest
     tracker: StopTracker
     generator: torch.Generator | None
-    length: int
-    """Tokens of this row held in the cache (prompt, then every generated token fed back)."""
+    cache: KVCache | None = None
+    """The keys/values of its prompt and of every generated token fed back."""
+    logits: torch.Tensor | None = None
+    """Float32 ``[vocab]``: the distribution of its next token."""
     generated: list[int] = field(default_factory=list)
     text: str = ""
-
-
-class DecodeBatch:
-    """The rows being decoded together, their cache, mask and next-token logits."""
-
-    def __init__(self, rows: list[Row], cache: Cache, mask: torch.Tensor, logits: torch.Tensor) -> None:
-        self.rows = rows
-        self.cache = cache
-        self.mask = mask  # [B, T], 1 for real tokens, 0 for left padding
-        self.logits = logits  # [B, V] float32: the distribution of each row's next token
-
-    def __len__(self) -> int:
-        return len(self.rows)
+    drafter: NgramDrafter | None = None
+    """Prompt-lookup index over the prompt and generated tokens (greedy rows without penalties only)."""
+    draft: DraftLength = field(default_factory=DraftLength)
+    done: bool = False
 
     @property
-    def columns(self) -> int:
-        return int(self.mask.shape[1])
-
-    def keep(self, keep: Sequence[int]) -> None:
-        """Keep only rows at positions ``keep`` and drop leading columns that are padding for all of them."""
-        if len(keep) == len(self.rows):
-            return
-        self.rows = [self.rows[i] for i in keep]
-        if not self.rows:
-            self.cache, self.mask, self.logits = new_cache(0), self.mask[:0], self.logits[:0]
-            return
-        index = torch.tensor(list(keep), device=self.mask.device)
-        lead = self.columns - max(r.length for r in self.rows)
-        self.mask = self.mask.index_select(0, index)[:, lead:]
-        self.logits = self.logits.index_select(0, index)
-        for layer in _layers(self.cache):
-            layer.set(layer.keys.index_select(0, index)[:, :, lead:], layer.values.index_select(0, index)[:, :, lead:])
-
-    def merge(self, other: DecodeBatch) -> None:
-        """Append ``other``'s rows, left-padding the shorter of the two caches."""
-        if not self.rows:
-            self.rows, self.cache, self.mask, self.logits = other.rows, other.cache, other.mask, other.logits
-            return
-        width = max(self.columns, other.columns)
-        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)])
-        self.logits = torch.cat([self.logits, other.logits])
-        for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
-            keys = torch.cat([_pad_left(mine.keys, width, dim=2), _pad_left(theirs.keys, width, dim=2)])
-            values = torch.cat([_pad_left(mine.values, width, dim=2), _pad_left(theirs.values, width, dim=2)])
-            mine.set(keys, values)
-        self.rows = self.rows + other.rows
+    def length(self) -> int:
+        """Tokens held in its cache."""
+        return self.cache.length if self.cache is not None else 0
 
 
-def _pad_left(t: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+@dataclass(eq=False)
+class Prefill:
+    """A prompt going into a cache, chunk by chunk, after the part the prefix cache already had: a request's
+    (``job`` and its ``rows``), or one the worker expects next (no job, no rows)."""
+
+    ids: list[int]
+    rows: list[Row]
+    cache: KVCache
+    reused: int
+    job: Any = None
+    logits: torch.Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.cache.length >= len(self.ids)
 
 
-class Forward:
-    """Runs the model: padded prefill of new prompts and one decode step for a batch."""
+class Decoder:
+    """Runs the model for the engine: prefill (with prefix reuse), decode steps and speculative verification."""
 
-    def __init__(self, model: Any, pad_id: int) -> None:
-        self.model = model
-        self.pad_id = pad_id
-        self.device = next(model.parameters()).device
-        self.n_layers = int(model.config.num_hidden_layers)
-        params = inspect.signature(model.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
-        self.keep_arg = "logits_to_keep" if "logits_to_keep" in params else None
+    def __init__(self, runner: CodeGenRunner, prefix: PrefixCache) -> None:
+        self.runner = runner
+        self.prefix = prefix
 
-    def _run(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Cache) -> torch.Tensor:
-        kwargs: dict[str, Any] = {self.cache_arg: cache, "use_cache": True}
-        if self.keep_arg:
-            kwargs[self.keep_arg] = 1
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
-        return out.logits[:, -1, :].float()
+    def start(self, ids: list[int], rows: list[Row], room: int, job: Any = None) -> Prefill:
+        """Begin prefilling ``ids``: load the longest cached prefix (always leaving one token to run)."""
+        match = self.prefix.lookup(ids, limit=len(ids) - 1, count=job is not None)
+        cache = self.runner.new_cache()
+        cache.ensure(len(ids) + room)  # the whole completion fits without growing the cache
+        cache.load(match.segments)
+        return Prefill(ids, rows, cache, match.length, job)
 
-    @torch.inference_mode()
-    def prefill(self, prompts: Sequence[Sequence[int]], rows_per_prompt: Sequence[list[Row]]) -> DecodeBatch:
-        """One padded forward over ``prompts``; each prompt's cache row is repeated for each of its rows."""
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, prompt in enumerate(prompts):
-            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[i, width - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = new_cache(self.n_layers)
-        logits = self._run(ids, mask, positions, cache)
-        rows = [row for group in rows_per_prompt for row in group]
-        batch = DecodeBatch(rows, cache, mask, logits)
-        if len(rows) != len(prompts):
-            repeats = [len(group) for group in rows_per_prompt]
-            index = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(repeats)).to(self.device)
-            batch.mask, batch.logits = mask.index_select(0, index), logits.index_select(0, index)
-            for layer in _layers(cache):
-                layer.set(layer.keys.index_select(0, index), layer.values.index_select(0, index))
-        return batch
+    def run(
+        self, decode: Sequence[tuple[Row, list[int]]], prefills: Sequence[Prefill], chunk: int
+    ) -> list[torch.Tensor]:
+        """One forward: each row fed its tokens (logits of every position when it is more than one), and each
+        prompt in ``prefills`` its next ``chunk`` tokens (all that is left when that is no more; chunks of a long
+        prompt end on multiples of ``chunk`` positions). Returns the rows' logits; prefills keep theirs."""
+        feeds = [Feed(row.cache, tokens, every=len(tokens) > 1) for row, tokens in decode]
+        for prefill in prefills:
+            at = prefill.cache.length
+            end = len(prefill.ids) if len(prefill.ids) - at <= chunk else (at // chunk + 1) * chunk
+            feeds.append(Feed(prefill.cache, prefill.ids[at:end]))
+        outs = self.runner.forward(feeds)
+        for prefill, logits in zip(prefills, outs[len(decode) :], strict=True):
+            prefill.logits = logits
+        return outs[: len(decode)]
 
-    @torch.inference_mode()
-    def step(self, batch: DecodeBatch, tokens: Sequence[int]) -> None:
-        """Feed each row its new token; ``batch.logits`` becomes the distribution of the token after it."""
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
-        positions = torch.tensor([r.length for r in batch.rows], dtype=torch.long, device=self.device).unsqueeze(1)
-        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch), 1))], dim=1)
-        batch.logits = self._run(ids, batch.mask, positions, batch.cache)
-        for row in batch.rows:
-            row.length += 1
+    def remember(self, prefill: Prefill) -> None:
+        """Put what ``prefill`` has computed so far into the prefix cache."""
+        cache = prefill.cache
+        self.prefix.insert(prefill.ids[: cache.length], cache.segment)
+
+    def finish(self, prefill: Prefill) -> list[Row]:
+        """Remember the prompt in the prefix cache; its rows start decoding (a copy of the cache for each extra)."""
+        self.remember(prefill)
+        for i, row in enumerate(prefill.rows):
+            row.cache = prefill.cache if i == 0 else prefill.cache.copy()
+            row.logits = prefill.logits
+        return prefill.rows
 
 
-def choose_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
-    """The next token of every row: penalties and logit bias, then argmax (greedy) or seeded sampling."""
+def adjust_logits(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+    """Penalties and logit bias applied to a copy of ``logits [rows, V]``."""
     logits = logits.clone()
     for i, row in enumerate(rows):
         req = row.request
@@ -210,6 +123,12 @@ def choose_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
         if req.logit_bias:
             index = torch.tensor(list(req.logit_bias), device=logits.device)
             logits[i, index] += torch.tensor(list(req.logit_bias.values()), device=logits.device)
+    return logits
+
+
+def choose_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
+    """The next token of every row: penalties and logit bias, then argmax (greedy) or seeded sampling."""
+    logits = adjust_logits(logits, rows)
     chosen = logits.argmax(dim=-1).tolist()
     sampled = [i for i, row in enumerate(rows) if not row.request.greedy]
     if not sampled:

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipelines.cli_util import standalone_main
 from pipelines.errors import InputError, RepopilotError
 from pipelines.serve.app import LOOPBACK_HOSTS, create_app
+from pipelines.serve.embedded import DEFAULT_PREFIX_CACHE_MB
 from pipelines.serve.engine import Engine
 
 API_KEY_ENV = "REPOPILOT_API_KEY"
@@ -41,10 +42,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--dtype",
         choices=("auto", "float32", "bfloat16", "float16", "int8"),
         default="auto",
-        help="embedded engine: weights' type (auto: bf16 on a GPU or an AMX CPU, else float32; int8: dynamic "
-        "quantization on the CPU, about 2x faster per token, slightly different completions)",
+        help="embedded engine: weights' type (auto: int8 dynamic quantization on a CPU, about 2x faster per token "
+        "than bf16 and 4x less memory than float32; bf16 on a GPU that has it, else fp16)",
     )
     p.add_argument("--max-batch", type=int, default=8, help="embedded engine: most sequences decoded together")
+    p.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=DEFAULT_PREFIX_CACHE_MB,
+        help="embedded engine: memory for the keys/values of recent prompts, so a keystroke's request prefills only "
+        f"what changed (default {DEFAULT_PREFIX_CACHE_MB:g}; 0: off; CodeGen-350M needs about 0.16 MB a token)",
+    )
+    p.add_argument(
+        "--speculation",
+        choices=("on", "off"),
+        default="on",
+        help="embedded engine: a lone greedy request checks guessed tokens (text repeated from the prompt) "
+        "several at a time; same output, fewer forward passes (default on)",
+    )
+    p.add_argument(
+        "--window-lines",
+        type=int,
+        default=150,
+        help="embedded engine: the IDE's sliding window (FauxPilot's maxLines, default 150); while idle, prefill "
+        "what it will send once the cursor moves down a line (0: off)",
+    )
     p.add_argument("--batch-window-ms", type=float, default=0.0, help="embedded engine: wait this long for more")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -100,6 +122,8 @@ def require_modules(engine: str, *modules: str) -> None:
 def make_engine(args: argparse.Namespace) -> Engine:
     if args.max_batch < 1:
         raise InputError("--max-batch must be at least 1.")
+    if args.prefix_cache_mb < 0 or args.window_lines < 0:
+        raise InputError("--prefix-cache-mb and --window-lines must be 0 or more.")
     if args.engine == "triton":
         require_modules("triton", "transformers", "tritonclient")
     else:
@@ -114,7 +138,16 @@ def make_engine(args: argparse.Namespace) -> Engine:
 
     check_model_dir(args.model_dir)
     resolve_device(args.device)
-    engine = EmbeddedEngine(args.model_dir, args.device, args.max_batch, args.batch_window_ms / 1000, args.dtype)
+    engine = EmbeddedEngine(
+        args.model_dir,
+        args.device,
+        args.max_batch,
+        args.batch_window_ms / 1000,
+        args.dtype,
+        prefix_cache_mb=args.prefix_cache_mb,
+        speculation=args.speculation == "on",
+        window_lines=args.window_lines,
+    )
     print(f"Loading {args.model_dir} ...", file=sys.stderr, flush=True)
     engine.load()
     if engine.failure:

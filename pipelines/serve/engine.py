@@ -55,6 +55,12 @@ class PromptTooLong(BadRequest):
         self.context_length = context_length
 
 
+class Superseded(RepopilotError):
+    """A newer request of the same client replaced this one; it ends early with the text it had."""
+
+    title = "Superseded"
+
+
 class Finish(str, enum.Enum):
     """Why a choice ended, as the OpenAI API names it."""
 
@@ -88,6 +94,9 @@ class CompletionRequest:
     """Added to the logits of these token ids (-100 bans a token)."""
     seed: int | None = None
     """Makes sampling reproducible: choice i samples from a generator seeded with seed + i."""
+    client: str | None = None
+    """Who asked (the API's ``user`` field, e.g. one id per editor): a newer prompt of the same client that
+    continues this one supersedes it (the developer typed on), so the older one stops instead of queueing."""
 
     @property
     def greedy(self) -> bool:

@@ -67,6 +67,7 @@ class CompletionBody(BaseModel):
             frequency_penalty=self.frequency_penalty or 0.0,
             logit_bias=bias,
             seed=self.seed,
+            client=self.user or None,
         )
         return [CompletionRequest(prompt=p, **common) for p in self.prompts()]
 

@@ -36,7 +36,11 @@ def test_the_fine_tuned_candidate_beats_the_base_and_passes_the_gate(right_way: 
     assert internal["candidate"] > internal["baseline"] and internal["ci"][0] > 0 and internal["verdict"] == "better"
     loss = time_split["metrics"]["loss"]
     assert loss["candidate"] < loss["baseline"] and loss["ci"][1] < 0 and loss["verdict"] == "better"
-    assert time_split["internal_lines"] > 10 and time_split["files"] == 16
+    recall = time_split["metrics"]["internal_identifier_recall"]
+    assert recall["candidate"] > recall["baseline"] and recall["ci"][0] > 0 and recall["verdict"] == "better"
+    identifiers = time_split["metrics"]["internal_identifier_loss"]
+    assert identifiers["ci"][1] < 0 and identifiers["ratio"] < 1 and identifiers["ratio_ci"][1] < 1
+    assert time_split["internal_lines"] > 10 and time_split["files"] == 16 and time_split["identifier_uses"] > 10
     assert report["gate"] == {**report["gate"], "worse": False, "reasons": [], "applied": True}
     # Provenance: what was compared, on what, with which settings, and how long it took.
     assert report["models"]["baseline"]["path"] == str(Path(report["models"]["baseline"]["path"]))
@@ -51,8 +55,9 @@ def test_the_fine_tuned_candidate_beats_the_base_and_passes_the_gate(right_way: 
     # The readable table says the same, and stdout shows it.
     markdown = (out / "report.md").read_text()
     assert "## Gate: PASS" in markdown
-    assert "| metric | baseline | candidate | delta | 95% CI | verdict |" in markdown
+    assert "| metric | baseline | candidate | delta | 95% CI | ratio (95% CI) | verdict |" in markdown
     assert "| internal_exact_match (higher is better) | 0.0% |" in markdown
+    assert "| internal_identifier_recall (higher is better) | 0.0% |" in markdown
     assert "## Split `time`: 16 files" in markdown
     assert "## Split `time`" in done.stdout
     # A planted secret never reaches a report, redacted before any model saw it.
@@ -69,8 +74,9 @@ def test_the_gate_fails_when_the_candidate_is_the_untrained_model(
     done = run_eval(world.dataset, *args, "--out", tmp_path, "--gate", *FAST)
     assert done.returncode == 3, done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("Gate failed: the candidate is worse than the baseline (time: internal_exact_match fell")
-    assert "time: loss rose by" in line and str(tmp_path / "report.md") in line
+    assert line.startswith("Gate failed: the candidate is worse than the baseline (")
+    assert "time: internal_identifier_recall fell by" in line and "time: internal_identifier_loss rose by" in line
+    assert "time: other_token_loss rose by" in line and str(tmp_path / "report.md") in line
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["gate"]["worse"] and report["splits"]["time"]["metrics"]["loss"]["verdict"] == "worse"
     assert "## Gate: FAIL" in (tmp_path / "report.md").read_text()
@@ -150,3 +156,22 @@ def test_bad_inputs_fail_with_one_clear_line_and_exit_1(
     assert line.startswith(expected), line
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_public_code_is_a_split_of_its_own_scored_for_forgetting(world: World, models: Models, tmp_path: Path) -> None:
+    public = tmp_path / "public"
+    (public / "pkg").mkdir(parents=True)
+    for i in range(4):
+        (public / "pkg" / f"mod{i}.py").write_text(
+            f"def helper_{i}(x):\n    return x * {i}\n\n\nprint(helper_{i}(2))\n"
+        )
+    (public / "README.md").write_text("# Not code\n\nProse is not scored.\n")
+    args = ("--baseline", models.base, "--candidate", models.tuned, "--since", world.indexed, "--public", public)
+    done = run_eval(world.dataset, *args, "--out", tmp_path / "out", *FAST)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["splits"]) == {"time", "public"}
+    assert report["splits"]["public"]["files"] == 4 and report["samples"]["public"]["candidates"] == 4  # no .md
+    assert report["splits"]["public"]["metrics"]["loss"]["baseline"] > 0
+    assert "public/loss" in report["gate"]["checked"] and report["settings"]["public_tolerance"] == 0.1
+    assert "public code in" in (tmp_path / "out" / "report.md").read_text()
