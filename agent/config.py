@@ -60,10 +60,10 @@ class TrainingConfig:
 
     base_model: str = "Salesforce/codegen-350M-multi"
     """Hugging Face id or local path of the CodeGen model to fine-tune."""
-    max_steps: int = 1000
-    """Optimizer steps per training run."""
-    learning_rate: float = 5e-5
-    """Peak learning rate."""
+    max_steps: int = 0
+    """Optimizer steps per training run; 0: by the dataset's size (1 to 4 passes, see pipelines/finetune/recipe.py)."""
+    learning_rate: float = 0.0
+    """Peak learning rate; 0: by the model's size (5e-5 for CodeGen-350M, more for smaller models)."""
     batch_size: int = 8
     """Sequences per optimizer step, across all GPUs."""
     lora: bool = False
@@ -79,10 +79,12 @@ class TrainingConfig:
         problems: Problems = []
         if not self.base_model.strip():
             problems.append(("base_model", "must not be empty"))
-        if self.max_steps < 1:
-            problems.append(("max_steps", f"must be at least 1, got {self.max_steps}"))
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            problems.append(("learning_rate", f"must be a positive number, got {self.learning_rate}"))
+        if self.max_steps < 0:
+            problems.append(("max_steps", f"must be 0 (by the dataset's size) or more, got {self.max_steps}"))
+        if not (math.isfinite(self.learning_rate) and 0 <= self.learning_rate < 1):
+            problems.append(
+                ("learning_rate", f"must be 0 (by the model's size) or in (0, 1), got {self.learning_rate}")
+            )
         if self.batch_size < 1:
             problems.append(("batch_size", f"must be at least 1, got {self.batch_size}"))
         return problems

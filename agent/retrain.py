@@ -80,8 +80,12 @@ def pending_retrain(agent: Agent) -> Job | None:
 
 
 def train_args(t: TrainingConfig) -> list[str]:
-    args = ["--base-model", t.base_model, "--max-steps", str(t.max_steps), "--learning-rate", str(t.learning_rate)]
-    args += ["--micro-batch-size", str(t.batch_size), "--grad-accum", "1", "--lora" if t.lora else "--no-lora"]
+    args = ["--base-model", t.base_model, "--micro-batch-size", str(t.batch_size), "--grad-accum", "1"]
+    args += ["--lora" if t.lora else "--no-lora"]
+    if t.max_steps:
+        args += ["--max-steps", str(t.max_steps)]
+    if t.learning_rate:
+        args += ["--learning-rate", str(t.learning_rate)]
     return [*args, *t.train_args]
 
 

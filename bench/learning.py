@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,7 +48,7 @@ REPORTED = (
     "internal_exact_match",
     "exact_match",
 )
-FULL = dict(layers=6, width=256, heads=8, vocab=8192, context=512, steps=2400, batch=16, files=None)
+FULL = dict(layers=4, width=256, heads=8, vocab=4096, context=384, steps=240, batch=16, files=None)  # ~12 min here
 QUICK = dict(layers=2, width=64, heads=4, vocab=1024, context=256, steps=40, batch=8, files=300)
 
 
@@ -119,6 +120,28 @@ def pretrain(texts: list[str], out: Path, shape: dict, seed: int = 0) -> dict:
     return {"tokens": len(ids), "steps": steps, "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 3)}
 
 
+def public_dataset(work: Path, key: str, root: Path, files: list[Path]) -> Path:
+    """The public training files as a repopilot dataset (a git repository of them, then `repopilot dataset
+    build`): what ``repopilot train --mix-dataset`` takes."""
+    data = work / f"public-data-{key}"
+    if (data / "manifest.json").exists():
+        return data
+    repo = work / f"public-repo-{key}"
+    shutil.rmtree(repo, ignore_errors=True)
+    for path in files:
+        target = repo / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    for step in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=bench", "-c", "user.email=b@x", "commit", "-qm", "public"],
+    ):
+        git(repo, *step)
+    cli("pipelines.dataset", "build", str(data), f"public={repo}", "--force", "--progress", "none", "--json")
+    return data
+
+
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
@@ -127,6 +150,13 @@ def cut_commit(repo: Path, share: float) -> tuple[str, str, int]:
     """(the commit at ``share`` of the first-parent history, the head, number of commits)."""
     commits = git(repo, "rev-list", "--first-parent", "--reverse", "HEAD").split()
     return commits[min(len(commits) - 1, int(share * len(commits)))], commits[-1], len(commits)
+
+
+def repo_name(path: Path) -> str:
+    """A dataset name for the repository: its folder's (its parent's for a bare ``repo`` or ``.git``)."""
+    path = path.resolve()
+    name = path.parent.name if path.name in ("repo", ".git") else path.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "repo"
 
 
 def cli(*args: str, timeout: float = 7200) -> dict:
@@ -163,10 +193,13 @@ def goal(metrics: dict) -> dict:
     ident = time_split.get("internal_identifier_loss", {})
     public_loss = public.get("loss", {})
     rise = public_loss["candidate"] / public_loss["baseline"] - 1 if public_loss.get("baseline") else None
+    ratio = recall.get("ratio")
+    if not recall.get("baseline") and recall.get("candidate"):
+        ratio = "inf"  # the base recalled none of them
     return {
-        "recall_ratio": recall.get("ratio"),
+        "recall_ratio": ratio,
         "recall_at_least_2x_and_gain_ci_above_0": bool(
-            recall.get("ratio") and recall["ratio"] >= 2 and recall.get("ci") and recall["ci"][0] > 0
+            ratio and (ratio == "inf" or ratio >= 2) and recall.get("ci") and recall["ci"][0] > 0
         ),
         "identifier_loss_lower_with_ci_below_0": bool(ident.get("ci") and ident["ci"][1] < 0),
         "public_loss_rise": None if rise is None else round(rise, 4),
@@ -180,8 +213,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "bench-out" / "learning", help="where to work")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a minute or two")
     parser.add_argument("--cut", type=float, default=0.8, help="share of the history the model learns from")
+    parser.add_argument("--cut-commit", help="learn from this commit instead (the time split starts there)")
     parser.add_argument("--public", type=Path, default=Path(sysconfig.get_paths()["stdlib"]), help="public code")
     parser.add_argument("--base-steps", type=int, help="pretraining steps of the public base")
+    parser.add_argument("--mix", action="store_true", help="mix the public training files into fine-tuning")
     parser.add_argument("--recipe", nargs=argparse.REMAINDER, default=[], help="more `repopilot train` flags")
     parser.add_argument("--max-files", type=int, default=200, help="held-out files per split (default 200)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -209,13 +244,18 @@ def main() -> None:
         result["base"] = pretrain(read(train_files), base, shape)
     else:
         result["base"] = {"reused": str(base)}
+    recipe = list(args.recipe)
+    if args.mix:
+        recipe += ["--mix-dataset", str(public_dataset(work, key, args.public, train_files))]
+    result["recipe"] = recipe
     seconds["public_base"] = time.perf_counter() - started
 
     started = time.perf_counter()
     cut, head, commits = cut_commit(args.repo, args.cut)
+    cut = git(args.repo, "rev-parse", args.cut_commit).strip() if args.cut_commit else cut
     result["history"] = {"commits": commits, "cut": cut, "head": head}
     data = work / "data"
-    built = cli("pipelines.dataset", "build", str(data), f"{args.repo.name}={args.repo}#{cut}", "--force",
+    built = cli("pipelines.dataset", "build", str(data), f"{repo_name(args.repo)}={args.repo}#{cut}", "--force",
                 "--progress", "none", "--json")  # fmt: skip
     result["dataset"] = {k: built.get(k) for k in ("files_kept", "bytes_kept", "records") if k in built}
     seconds["dataset"] = time.perf_counter() - started
@@ -223,16 +263,17 @@ def main() -> None:
     started = time.perf_counter()
     run = work / "run"
     shutil.rmtree(run, ignore_errors=True)
-    trained = cli("pipelines.finetune", "train", str(data), "-o", str(run), "--base-model", str(base), "--json",
-                  *args.recipe)  # fmt: skip
+    trained = cli("pipelines.finetune", str(data), "-o", str(run), "--base-model", str(base), "--json",
+                  *recipe)  # fmt: skip
     result["finetune"] = {k: trained.get(k) for k in ("train_loss", "steps", "tokens", "train_seconds") if k in trained}
     seconds["finetune"] = time.perf_counter() - started
 
     started = time.perf_counter()
     report = cli(
         "pipelines.evaluate", str(data), "--baseline", str(base), "--candidate", str(run / "model"),
-        "--split", "time", "--since", cut, "--public", str(held_dir), "--max-files", str(args.max_files),
-        "--public-files", str(args.max_files), "--out", str(work / "eval"), "--progress", "none", "--json",
+        "--split", "time", "--since", cut, "--until", head, "--public", str(held_dir),
+        "--max-files", str(args.max_files), "--public-files", str(args.max_files),
+        "--out", str(work / "eval"), "--progress", "none", "--json",
     )  # fmt: skip
     seconds["evaluate"] = time.perf_counter() - started
     result["metrics"] = metrics_of(report)

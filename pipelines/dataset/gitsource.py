@@ -268,6 +268,13 @@ class GitSource:
             proc.wait()
             writer.join(timeout=5)
 
+    def is_ancestor(self, ancestor: str, commit: str) -> bool:
+        """Whether ``ancestor`` is ``commit`` or one of its ancestors."""
+        return (
+            subprocess.run(self._git("merge-base", "--is-ancestor", ancestor, commit), capture_output=True).returncode
+            == 0
+        )
+
     def _git(self, *args: str) -> list[str]:
         return ["git", f"--git-dir={self.git_dir}", *args]
 

@@ -239,7 +239,7 @@ def time_range(view: DatasetView, repo: str, since: str | None, until: str | Non
         since = view.repos[repo]["commit"]  # what the model was trained on
     since_name, since_sha = _resolve(source, since, "--since")
     until_name, until_sha = _resolve(source, until or spec.ref, "--until")
-    if since_sha != until_sha and not source.repo.is_ancestor(since_sha, until_sha):
+    if since_sha != until_sha and not source.is_ancestor(since_sha, until_sha):
         raise InputError(
             f"--since {since_name} is not an ancestor of {until_name} in {source.path}. "
             "Pass an older commit of the same history (e.g. the one the dataset indexed).",

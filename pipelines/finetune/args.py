@@ -31,16 +31,22 @@ class TrainArgs:
     """Local HF model folder, a hub name (needs network), or ``tiny`` (made here, tokenizer trained on the data)."""
     block_size: int | None = None
     """Tokens per training block; default: the model's context (2048 for CodeGen)."""
-    epochs: float = 1.0
-    """Passes over the training blocks (ignored when max_steps > 0)."""
+    epochs: float | None = None
+    """Passes over the training blocks; default: until about a million tokens were seen, 1 to 4 passes
+    (ignored when max_steps > 0; see pipelines/finetune/recipe.py)."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
     micro_batch_size: int = 1
     """Blocks per device per forward pass."""
     grad_accum: int = 8
     """Micro batches per optimizer step."""
+    mix_dataset: str | None = None
+    """A repopilot dataset of public code (``repopilot dataset build`` over public repositories) whose
+    training records are mixed in against forgetting ordinary code."""
+    mix_share: float = 0.25
+    """With ``mix_dataset``: the share of the training blocks taken from it."""
     learning_rate: float | None = None
-    """Peak learning rate; default 5e-5, 2e-4 with LoRA, 1e-3 for a tiny base."""
+    """Peak learning rate; default by model size: 5e-5 at 350M parameters (x4 with LoRA), more for smaller ones."""
     warmup_ratio: float = 0.03
     """Share of steps spent warming the learning rate up."""
     weight_decay: float = 0.0
@@ -118,13 +124,20 @@ class TrainArgs:
             found.append(f"--resume given but {out} does not exist")
         if self.block_size is not None and self.block_size < 8:
             found.append("block_size must be at least 8")
-        if self.epochs <= 0 and self.max_steps <= 0:
+        if self.epochs is not None and self.epochs <= 0 and self.max_steps <= 0:
             found.append("give epochs > 0 or max_steps > 0")
         for name in ("micro_batch_size", "grad_accum", "save_steps", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 found.append(f"{name} must be at least 1")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             found.append("learning_rate must be in (0, 1)")
+        if not 0 <= self.mix_share < 1:
+            found.append("mix_share must be in [0, 1)")
+        if self.mix_dataset is not None and not (Path(self.mix_dataset) / "manifest.json").is_file():
+            found.append(
+                f"mix_dataset {self.mix_dataset} is not a dataset folder (no manifest.json): build it with "
+                "`repopilot dataset build`"
+            )
         if not 0 <= self.warmup_ratio < 1:
             found.append("warmup_ratio must be in [0, 1)")
         if self.precision not in PRECISIONS:
@@ -155,14 +168,6 @@ class TrainArgs:
         found = self.problems()
         if found:
             raise InputError("; ".join(found) + ".", title="Invalid training arguments")
-
-    @property
-    def lr(self) -> float:
-        if self.learning_rate:
-            return self.learning_rate
-        if self.base_model == TINY:
-            return 1e-3
-        return 2e-4 if self.lora else 5e-5
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -130,18 +130,28 @@ def pack(
 
 
 class BlockDataset:
-    """A torch-style dataset over packed blocks (dicts of tensors, as HF Trainer wants)."""
+    """A torch-style dataset over packed blocks (dicts of tensors, as HF Trainer wants).
 
-    def __init__(self, packed: Packed) -> None:
+    With ``mix`` (public code), ``share`` of the blocks are the mix's, chosen with ``seed`` (the same ones every
+    epoch), so a model learning the team's code keeps seeing ordinary code and forgets less of it."""
+
+    def __init__(self, packed: Packed, mix: Packed | None = None, share: float = 0.0, seed: int = 0) -> None:
         self.packed = packed
+        self.mix = mix
+        extra = round(share / (1 - share) * packed.blocks) if mix is not None and mix.blocks and share > 0 else 0
+        rng = np.random.default_rng(seed)
+        self.mixed = np.resize(rng.permutation(mix.blocks), extra) if extra else np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
-        return self.packed.blocks
+        return self.packed.blocks + len(self.mixed)
 
     def __getitem__(self, index: int) -> dict:
         import torch
 
-        ids, labels, mask = self.packed.block(index)
+        if index < self.packed.blocks:
+            ids, labels, mask = self.packed.block(index)
+        else:
+            ids, labels, mask = self.mix.block(int(self.mixed[index - self.packed.blocks]))
         return {
             "input_ids": torch.from_numpy(ids),
             "labels": torch.from_numpy(labels),

@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(resolved["model_path"])
     block = resolved["block_size"]
-    train_set = BlockDataset(pack(Path(args.dataset), "train", tokenizer, block, resolved["cache_dir"])[0])
+    mix = pack(Path(args.mix_dataset), "train", tokenizer, block)[0] if args.mix_dataset else None
+    train = pack(Path(args.dataset), "train", tokenizer, block, resolved["cache_dir"])[0]
+    train_set = BlockDataset(train, mix, args.mix_share, args.seed)
     val_packed = pack(Path(args.dataset), "validation", tokenizer, block, resolved["cache_dir"])[0]
     model = AutoModelForCausalLM.from_pretrained(resolved["model_path"], dtype=torch.float32)
     rows = model.get_input_embeddings().weight.shape[0]
@@ -117,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         per_device_train_batch_size=args.micro_batch_size,
         per_device_eval_batch_size=args.micro_batch_size,
         gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.lr,
-        num_train_epochs=args.epochs,
+        learning_rate=resolved["learning_rate"],
+        num_train_epochs=resolved["epochs"],
         max_steps=args.max_steps,
         warmup_steps=args.warmup_ratio,  # a float in [0, 1) is a share of the total steps
         weight_decay=args.weight_decay,

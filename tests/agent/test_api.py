@@ -196,7 +196,7 @@ def test_errors_arrive_with_their_class_title_and_message(api: Api, tmp_path: Pa
     )
 
     with pytest.raises(InputError) as bad:
-        api.client.update_settings({"training": {"max_steps": 0}})
+        api.client.update_settings({"training": {"max_steps": -1}})
     assert bad.value.title == "Invalid configuration" and "max_steps" in bad.value.message
 
 

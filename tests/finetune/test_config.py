@@ -65,3 +65,22 @@ def test_launcher_command_and_nccl_workarounds(tmp_path: Path) -> None:
     assert env["NCCL_DEBUG"] == "INFO" and env["NCCL_SHM_DISABLE"] == "1" and "TORCH_EXTENSIONS_DIR" in env
     plain = launch_command(TrainArgs(dataset=".", output="."), tmp_path, use_deepspeed=False, cuda=False)
     assert plain[1:] == ["-m", "pipelines.finetune.worker", str(tmp_path)]
+
+
+def test_default_learning_rate_follows_the_model_size_and_epochs_the_dataset_size() -> None:
+    from types import SimpleNamespace
+
+    from pipelines.finetune import recipe
+
+    codegen_350m = SimpleNamespace(n_embd=1024, n_layer=20, vocab_size=51200)
+    params = recipe.parameters_of(codegen_350m)
+    assert 300e6 < params < 400e6
+    assert recipe.learning_rate(params, lora=False) == pytest.approx(5e-5, rel=0.1)  # the recipe's value at 350M
+    assert recipe.learning_rate(params, lora=True) == pytest.approx(2e-4, rel=0.1)
+    small = recipe.learning_rate(7_000_000, lora=False)
+    assert 2e-4 < small < 1e-3  # a small model takes larger steps ...
+    assert recipe.learning_rate(10_000, lora=False) == 1e-3  # ... within bounds
+    assert recipe.learning_rate(None, lora=False) == 5e-5
+    assert recipe.epochs(10_000_000) == 1.0  # a large dataset: one pass
+    assert recipe.epochs(250_000) == 4.0  # a small repository: several, at most four
+    assert recipe.epochs(500_000) == 2.0

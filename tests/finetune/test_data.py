@@ -40,3 +40,20 @@ def test_second_pack_comes_from_the_cache(dataset: Path, tmp_path: Path) -> None
     assert second.blocks == -(-len(second.tokens) // 256)
     other = train_tokenizer((r["text"] for r in iter_records(dataset, "train")), vocab_size=400)
     assert pack(dataset, "train", other, 64, cache_dir=tmp_path)[1]["cached"] is False
+
+
+def test_a_share_of_public_blocks_is_mixed_in_the_same_every_epoch() -> None:
+    import numpy as np
+
+    from pipelines.finetune.data import BlockDataset, Packed
+
+    team = Packed(np.arange(80, dtype=np.uint32), block_size=8, pad_id=0, files=1, source_bytes=80)  # 10 blocks
+    public = Packed(np.arange(1000, 1024, dtype=np.uint32), block_size=8, pad_id=0, files=1, source_bytes=24)
+    mixed = BlockDataset(team, public, share=1 / 6, seed=3)  # 2 public blocks beside the 10: a sixth of 12
+    assert len(mixed) == 12
+    firsts = [int(mixed[i]["input_ids"][0]) for i in range(len(mixed))]
+    assert firsts[:10] == list(range(0, 80, 8))  # the team's blocks, all of them
+    assert all(f >= 1000 for f in firsts[10:])  # then public ones
+    again = BlockDataset(team, public, share=1 / 6, seed=3)
+    assert [int(again[i]["input_ids"][0]) for i in range(len(again))] == firsts
+    assert len(BlockDataset(team)) == 10 and len(BlockDataset(team, public, share=0.0)) == 10
