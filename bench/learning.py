@@ -7,7 +7,9 @@
    trained on the same files. Built once per settings and kept in ``WORK/base-<hash>``.
 2. **History cut**: the repository's first-parent history is cut at 80% of its commits; the dataset is built
    there with ``repopilot dataset build`` (what the team had then).
-3. **Fine-tune** with ``repopilot train`` and the product's defaults (``--recipe`` adds flags, to try others).
+3. **Fine-tune** with ``repopilot train`` and the product's defaults (``--recipe`` adds flags, to try others),
+   except that the public code mixed in is the base's training files, not the whole standard library (the
+   held-out files must stay unseen).
 4. **Evaluate** with ``repopilot eval --split time --since CUT`` (files added or changed in the last 20% of
    the history, which the model never saw) and ``--public`` (the held-out standard library: forgetting).
 5. Prints one JSON object: each step's seconds, and per split every metric with baseline, candidate, delta,
@@ -37,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "turtledemo", "__pycache__", "ensurepip"}
+from pipelines.finetune.data import public_files  # noqa: E402
+
 HELD_OUT_PERCENT = 5
 REPORTED = (
     "internal_identifier_recall",
@@ -52,12 +55,13 @@ FULL = dict(layers=4, width=256, heads=8, vocab=4096, context=384, steps=240, ba
 QUICK = dict(layers=2, width=64, heads=4, vocab=1024, context=256, steps=40, batch=8, files=300)
 
 
-def public_files(stdlib: Path, limit: int | None) -> tuple[list[Path], list[Path]]:
-    """(training files, held-out files) of the public corpus, split by a hash of the path."""
-    files = sorted(p for p in stdlib.rglob("*.py") if not SKIP_DIRS.intersection(p.relative_to(stdlib).parts[:-1]))
+def split_public(root: Path, limit: int | None) -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files) of the public corpus (the files fine-tuning would mix in from it),
+    split by a hash of the path."""
+    files = [p for p in public_files(root) if p.suffix == ".py"]
     if limit:
         files = files[:: max(1, len(files) // limit)][:limit]
-    held = [p for p in files if zlib.crc32(str(p.relative_to(stdlib)).encode()) % 100 < HELD_OUT_PERCENT]
+    held = [p for p in files if zlib.crc32(str(p.relative_to(root)).encode()) % 100 < HELD_OUT_PERCENT]
     return [p for p in files if p not in set(held)], held
 
 
@@ -120,26 +124,19 @@ def pretrain(texts: list[str], out: Path, shape: dict, seed: int = 0) -> dict:
     return {"tokens": len(ids), "steps": steps, "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 3)}
 
 
-def public_dataset(work: Path, key: str, root: Path, files: list[Path]) -> Path:
-    """The public training files as a repopilot dataset (a git repository of them, then `repopilot dataset
-    build`): what ``repopilot train --mix-dataset`` takes."""
-    data = work / f"public-data-{key}"
-    if (data / "manifest.json").exists():
-        return data
-    repo = work / f"public-repo-{key}"
-    shutil.rmtree(repo, ignore_errors=True)
-    for path in files:
-        target = repo / path.relative_to(root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-    for step in (
-        ["init", "-q"],
-        ["add", "-A"],
-        ["-c", "user.name=bench", "-c", "user.email=b@x", "commit", "-qm", "public"],
-    ):
-        git(repo, *step)
-    cli("pipelines.dataset", "build", str(data), f"public={repo}", "--force", "--progress", "none", "--json")
-    return data
+def public_training_folder(work: Path, key: str, root: Path, files: list[Path]) -> Path:
+    """The public training files in a folder of their own: what fine-tuning mixes in (``--public-mix``), so
+    the held-out files the forgetting check scores stay unseen."""
+    folder = work / f"public-train-{key}"
+    if not folder.exists():
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for path in files:
+            target = tmp / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        tmp.rename(folder)
+    return folder
 
 
 def git(repo: Path, *args: str) -> str:
@@ -216,7 +213,6 @@ def main() -> None:
     parser.add_argument("--cut-commit", help="learn from this commit instead (the time split starts there)")
     parser.add_argument("--public", type=Path, default=Path(sysconfig.get_paths()["stdlib"]), help="public code")
     parser.add_argument("--base-steps", type=int, help="pretraining steps of the public base")
-    parser.add_argument("--mix", action="store_true", help="mix the public training files into fine-tuning")
     parser.add_argument("--recipe", nargs=argparse.REMAINDER, default=[], help="more `repopilot train` flags")
     parser.add_argument("--max-files", type=int, default=200, help="held-out files per split (default 200)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -231,7 +227,7 @@ def main() -> None:
     result: dict = {"repo": str(args.repo), "quick": args.quick, "base_shape": shape, "recipe": args.recipe}
 
     started = time.perf_counter()
-    train_files, held_files = public_files(args.public, shape["files"])
+    train_files, held_files = split_public(args.public, shape["files"])
     key = hashlib.sha256(json.dumps([shape, str(args.public), len(train_files)]).encode()).hexdigest()[:12]
     base, held_dir = work / f"base-{key}", work / f"public-heldout-{key}"
     if not held_dir.exists():
@@ -244,9 +240,7 @@ def main() -> None:
         result["base"] = pretrain(read(train_files), base, shape)
     else:
         result["base"] = {"reused": str(base)}
-    recipe = list(args.recipe)
-    if args.mix:
-        recipe += ["--mix-dataset", str(public_dataset(work, key, args.public, train_files))]
+    recipe = ["--public-mix", str(public_training_folder(work, key, args.public, train_files)), *args.recipe]
     result["recipe"] = recipe
     seconds["public_base"] = time.perf_counter() - started
 

@@ -40,11 +40,12 @@ class TrainArgs:
     """Blocks per device per forward pass."""
     grad_accum: int = 8
     """Micro batches per optimizer step."""
-    mix_dataset: str | None = None
-    """A repopilot dataset of public code (``repopilot dataset build`` over public repositories) whose
-    training records are mixed in against forgetting ordinary code."""
-    mix_share: float = 0.25
-    """With ``mix_dataset``: the share of the training blocks taken from it."""
+    public_mix: str = "stdlib"
+    """Public code mixed into training against forgetting ordinary code: ``stdlib`` (the Python standard
+    library of the interpreter that trains: on every machine), a repopilot dataset folder, a folder of source
+    files, or ``none``."""
+    public_share: float = 0.25
+    """The share of the training blocks taken from ``public_mix``."""
     learning_rate: float | None = None
     """Peak learning rate; default by model size: 5e-5 at 350M parameters (x4 with LoRA), more for smaller ones."""
     warmup_ratio: float = 0.03
@@ -131,13 +132,10 @@ class TrainArgs:
                 found.append(f"{name} must be at least 1")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             found.append("learning_rate must be in (0, 1)")
-        if not 0 <= self.mix_share < 1:
-            found.append("mix_share must be in [0, 1)")
-        if self.mix_dataset is not None and not (Path(self.mix_dataset) / "manifest.json").is_file():
-            found.append(
-                f"mix_dataset {self.mix_dataset} is not a dataset folder (no manifest.json): build it with "
-                "`repopilot dataset build`"
-            )
+        if not 0 <= self.public_share < 1:
+            found.append("public_share must be in [0, 1)")
+        if self.public_mix not in ("stdlib", "none") and not Path(self.public_mix).expanduser().is_dir():
+            found.append(f"public_mix {self.public_mix} is no folder: give stdlib, none, a dataset or a folder of code")
         if not 0 <= self.warmup_ratio < 1:
             found.append("warmup_ratio must be in [0, 1)")
         if self.precision not in PRECISIONS:

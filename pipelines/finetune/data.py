@@ -11,18 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sysconfig
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.dataset.languages import language_of
 from pipelines.dataset.output import read_manifest
 from pipelines.errors import DatasetError
 from pipelines.fsutil import atomic_write, write_json_atomic
 
 IGNORE_INDEX = -100
+STDLIB, NO_MIX = "stdlib", "none"
+SKIP_DIRS = frozenset(
+    {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "turtledemo", "ensurepip", "__pycache__"}
+)
 
 
 def iter_records(dataset: Path, split: str) -> Iterator[dict]:
@@ -92,8 +98,20 @@ def pack(
         return Packed(tokens, block_size, eos, meta["files"], meta["bytes"]), {**meta, "cached": True}
     if workers > 0:
         os.environ["RAYON_NUM_THREADS"] = str(workers)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     started = time.perf_counter()
+    tokens, files, nbytes = _tokenize(
+        (record["text"] for record in iter_records(dataset, split)), tokenizer, batch_files
+    )
+    meta = _meta(files, nbytes, len(tokens), time.perf_counter() - started)
+    meta["dataset_version"] = manifest["dataset_version"]
+    _save(cache_dir, tokens_path, meta_path, tokens, meta)
+    return Packed(tokens, block_size, eos, files, nbytes), {**meta, "cached": False}
+
+
+def _tokenize(texts: Iterable[str], tokenizer, batch_files: int = 256) -> tuple[np.ndarray, int, int]:
+    """One token stream of ``texts``, each followed by EOS, tokenized in batches; with files and bytes read."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    eos = tokenizer.eos_token_id
     parts: list[np.ndarray] = []
     files = nbytes = 0
     batch: list[str] = []
@@ -105,28 +123,79 @@ def pack(
                 parts.append(np.asarray([*ids, eos], dtype=np.uint32))
             batch.clear()
 
-    for record in iter_records(dataset, split):
-        batch.append(record["text"])
+    for text in texts:
+        batch.append(text)
         files += 1
-        nbytes += len(record["text"].encode("utf-8"))
+        nbytes += len(text.encode("utf-8"))
         if len(batch) >= batch_files:
             flush()
     flush()
-    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
-    seconds = time.perf_counter() - started
-    meta = {
-        "files": files,
-        "bytes": nbytes,
-        "tokens": len(tokens),
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(nbytes / 1e6 / seconds, 2) if seconds > 0 else None,
-        "dataset_version": manifest["dataset_version"],
-    }
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)), files, nbytes
+
+
+def _meta(files: int, nbytes: int, tokens: int, seconds: float) -> dict:
+    mb_per_s = round(nbytes / 1e6 / seconds, 2) if seconds > 0 else None
+    return {"files": files, "bytes": nbytes, "tokens": tokens, "seconds": round(seconds, 3), "mb_per_s": mb_per_s}
+
+
+def _save(cache_dir: Path, tokens_path: Path, meta_path: Path, tokens: np.ndarray, meta: dict) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(tokens_path, "wb") as handle:
         np.save(handle, tokens)
     write_json_atomic(meta_path, meta)
-    return Packed(tokens, block_size, eos, files, nbytes), {**meta, "cached": False}
+
+
+def public_files(folder: Path) -> list[Path]:
+    """The source files of a folder of public code (tests, vendored packages and tools left out)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not SKIP_DIRS.intersection(p.relative_to(folder).parts[:-1])
+        and language_of(p.name) is not None
+        and p.stat().st_size <= 1_000_000
+    )
+
+
+def pack_public(source: str, tokenizer, block_size: int, cache_dir: Path, wanted: int) -> tuple[Packed | None, dict]:
+    """The public code mixed into training (``--public-mix``): ``stdlib`` (the Python standard library of the
+    interpreter that trains, on every machine), a repopilot dataset folder, a folder of source files, or
+    ``none``. From a folder, files in a fixed shuffled order until about ``wanted`` tokens (no more is mixed)."""
+    if source == NO_MIX:
+        return None, {}
+    folder = Path(sysconfig.get_paths()["stdlib"]) if source == STDLIB else Path(source).expanduser()
+    if (folder / "manifest.json").is_file():
+        return pack(folder, "train", tokenizer, block_size)
+    if not folder.is_dir():
+        raise DatasetError(f"--public-mix {source}: no such folder. Give stdlib, none, a dataset or a folder of code.")
+    files = public_files(folder)
+    files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
+    identity = f"{folder.resolve()}|{len(files)}|{wanted}|{tokenizer_fingerprint(tokenizer)}"
+    key = "public-" + hashlib.sha256(identity.encode()).hexdigest()[:20]
+    tokens_path, meta_path = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json"
+    eos = tokenizer.eos_token_id
+    if tokens_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        return Packed(np.load(tokens_path, mmap_mode="r"), block_size, eos, meta["files"], meta["bytes"]), meta
+    started = time.perf_counter()
+    tokens, count, nbytes = _tokenize(_readable(files, wanted * 4), tokenizer)  # about 3-4 bytes a token
+    meta = {**_meta(count, nbytes, len(tokens), time.perf_counter() - started), "folder": str(folder)}
+    _save(Path(cache_dir), tokens_path, meta_path, tokens, meta)
+    return Packed(tokens, block_size, eos, count, nbytes), meta
+
+
+def _readable(paths: Iterable[Path], budget: int) -> Iterator[str]:
+    """The texts of ``paths`` until about ``budget`` characters were read."""
+    for path in paths:
+        if budget <= 0:
+            return
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text.strip():
+            budget -= len(text)
+            yield text
 
 
 class BlockDataset:

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from pipelines.errors import InputError, RepopilotError
 from pipelines.finetune import recipe
 from pipelines.finetune.args import TINY, TrainArgs
-from pipelines.finetune.data import iter_records, pack
+from pipelines.finetune.data import iter_records, pack, pack_public
 from pipelines.finetune.dsconfig import deepspeed_config, launch_command, launch_env, resolve_precision
 from pipelines.finetune.layout import RunLayout, append_event, read_events
 from pipelines.fsutil import write_json_atomic
@@ -109,15 +109,18 @@ def setup(args: TrainArgs, layout: RunLayout, stream: TextIO) -> dict[str, Any]:
         print(
             f"{split}: {packed.files} files, {len(packed.tokens)} tokens, {packed.blocks} blocks ({state})", file=stream
         )
-    if args.mix_dataset:
-        mixed, facts["mix"] = pack(Path(args.mix_dataset), "train", tokenizer, block, None, args.tokenizer_workers)
-        print(f"mixed in: {mixed.files} files of public code, {args.mix_share:.0%} of the blocks", file=stream)
+    public_tokens = round(args.public_share / (1 - args.public_share) * facts["train"]["tokens"])
+    if public_tokens:
+        mixed, facts["public"] = pack_public(args.public_mix, tokenizer, block, Path(cache_dir), public_tokens)
+        if mixed is not None:
+            print(f"public code mixed in: {mixed.files} files, {args.public_share:.0%} of the blocks", file=stream)
     if not facts["train"]["tokens"]:
         raise InputError(f"The dataset {dataset} has no training records. Add repositories with code in them.")
     world = _world_size(args) if use_deepspeed else 1
     parameters = recipe.parameters_of(config)
     resolved = {
         "parameters": parameters,
+        "public_tokens": public_tokens,
         "learning_rate": args.learning_rate or recipe.learning_rate(parameters, args.lora),
         "epochs": args.epochs if args.epochs is not None else recipe.epochs(facts["train"]["tokens"]),
         "model_path": model_path,

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from pipelines.finetune.args import TrainArgs
-from pipelines.finetune.data import BlockDataset, pack
+from pipelines.finetune.data import BlockDataset, pack, pack_public
 from pipelines.finetune.layout import RunLayout, append_event, last_checkpoint
 
 _stop_requested = False
@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(resolved["model_path"])
     block = resolved["block_size"]
-    mix = pack(Path(args.mix_dataset), "train", tokenizer, block)[0] if args.mix_dataset else None
+    wanted = resolved.get("public_tokens", 0)
+    public = pack_public(args.public_mix, tokenizer, block, Path(resolved["cache_dir"]), wanted)[0] if wanted else None
     train = pack(Path(args.dataset), "train", tokenizer, block, resolved["cache_dir"])[0]
-    train_set = BlockDataset(train, mix, args.mix_share, args.seed)
+    train_set = BlockDataset(train, public, args.public_share, args.seed)
     val_packed = pack(Path(args.dataset), "validation", tokenizer, block, resolved["cache_dir"])[0]
     model = AutoModelForCausalLM.from_pretrained(resolved["model_path"], dtype=torch.float32)
     rows = model.get_input_embeddings().weight.shape[0]
