@@ -9,9 +9,13 @@ import traceback
 from collections.abc import Callable
 
 from pipelines.errors import RepopilotError
+from pipelines.procutil import Terminated, terminate_unwinds
 
 
 def run_main(body: Callable[[], int]) -> int:
+    """Run a command: errors become ``title: message`` and an exit code; Ctrl-C and SIGTERM unwind it (pools,
+    temporary files and child processes are cleaned up on the way out)."""
+    terminate_unwinds()
     try:
         return body()
     except RepopilotError as exc:
@@ -20,6 +24,9 @@ def run_main(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("Interrupted: nothing was lost; run the same command again to continue.", file=sys.stderr)
         return 130
+    except Terminated:
+        print("Terminated: nothing was lost; run the same command again to continue.", file=sys.stderr)
+        return 143
     except Exception as exc:  # a bug: say so briefly, with the details only on request
         if os.environ.get("REPOPILOT_DEBUG"):
             traceback.print_exc()

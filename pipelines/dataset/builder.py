@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from pipelines.dataset.output import (
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
 from pipelines.dataset.state import CachedBlob, FileRow, Key, LshIndex, Store
 from pipelines.errors import DatasetError
+from pipelines.procutil import worker_pool
 from pipelines.progress import Progress
 
 STATE = "state.sqlite"
@@ -284,18 +284,20 @@ class _Work:
         self.progress.start("analysing", total)
         pending: list[tuple[str, str | None, int, str, bytes | None]] = []
         last_flush = time.monotonic()
-        for sha, data, result in self._analysed(missing, parallel=total >= _PARALLEL_FROM):
-            cached = CachedBlob(
-                result.reason, result.text_bytes, [list(r) for r in result.redactions], result.signature
-            )
-            self.blobs[sha] = cached
-            pending.append((sha, result.reason, result.text_bytes, result.redactions_json(), cached.signature))
-            if result.reason is None and data is not None:
-                self._remember_text(sha, redact_spans(data.decode("utf-8"), result.redactions))
-            self.progress.advance(1, len(data or b""))
-            if len(pending) >= _CACHE_FLUSH_ROWS or time.monotonic() - last_flush > 5:
-                self.store.cache_blobs(self.akey, pending)
-                pending, last_flush = [], time.monotonic()
+        # closed at once on an error or a signal, so the worker pool stops before this returns
+        with contextlib.closing(self._analysed(missing, parallel=total >= _PARALLEL_FROM)) as analysed:
+            for sha, data, result in analysed:
+                cached = CachedBlob(
+                    result.reason, result.text_bytes, [list(r) for r in result.redactions], result.signature
+                )
+                self.blobs[sha] = cached
+                pending.append((sha, result.reason, result.text_bytes, result.redactions_json(), cached.signature))
+                if result.reason is None and data is not None:
+                    self._remember_text(sha, redact_spans(data.decode("utf-8"), result.redactions))
+                self.progress.advance(1, len(data or b""))
+                if len(pending) >= _CACHE_FLUSH_ROWS or time.monotonic() - last_flush > 5:
+                    self.store.cache_blobs(self.akey, pending)
+                    pending, last_flush = [], time.monotonic()
         self.store.cache_blobs(self.akey, pending)
         self.progress.finish()
 
@@ -309,11 +311,11 @@ class _Work:
                 yield sha, data, analyze(data, self.config)
             return
         workers = max(1, min(os.cpu_count() or 1, 8))
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with worker_pool(workers) as pool:
             in_flight: collections.deque = collections.deque()
             for batch in _batches(blobs):
                 in_flight.append((batch, pool.submit(_analyse_batch, [d for _, d in batch], self.config)))
+                _failpoint("pool-running")
                 while len(in_flight) > 2 * workers:
                     yield from _finished(in_flight.popleft())
             while in_flight:

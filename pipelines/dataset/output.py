@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,10 @@ def collect_garbage(out_dir: Path, store: Store) -> None:
 
 
 def _failpoint(name: str) -> None:
-    """Die here, as a kill would, when the tests ask for it (REPOPILOT_FAILPOINT=name)."""
-    if os.environ.get("REPOPILOT_FAILPOINT") == name:
+    """Die here, as a kill would, when the tests ask for it (REPOPILOT_FAILPOINT=name); with ``name:hang``,
+    wait here (for a signal)."""
+    point = os.environ.get("REPOPILOT_FAILPOINT")
+    if point == name:
         os._exit(86)
+    if point == f"{name}:hang":
+        time.sleep(3600)

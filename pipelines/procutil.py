@@ -1,0 +1,79 @@
+"""Child processes that never outlive the command that started them.
+
+- :func:`worker_pool`: a process pool whose workers are shut down (pending work cancelled) however the block
+  ends, ignore Ctrl-C (the parent handles it and stops them), and are killed by the kernel if the parent
+  dies without cleaning up (SIGKILL, a crash: Linux ``PR_SET_PDEATHSIG``).
+- :func:`terminate_unwinds`: SIGTERM unwinds the main thread like Ctrl-C (``finally`` blocks run, pools and
+  temporary files are cleaned up) instead of killing the process where it stands.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+PR_SET_PDEATHSIG = 1
+DEFERRED = {signal.SIGINT, signal.SIGTERM}
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised in the main thread so that everything unwinds (not an Exception: nothing that
+    catches errors may swallow it)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def terminate_unwinds() -> None:
+    """Make SIGTERM raise :class:`Terminated` in the main thread, unless a handler is already installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent exits (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def _init_worker(parent: int) -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED)  # started while the parent deferred them
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died while this worker was starting: too late for the kernel
+        os._exit(1)
+
+
+class _Pool(concurrent.futures.ProcessPoolExecutor):
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """As ProcessPoolExecutor's, with Ctrl-C and SIGTERM held until it returns: one arriving while it starts
+        workers and its manager thread would leave a pool that can neither run nor shut down."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
+        try:
+            return super().submit(fn, *args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """A spawn-started process pool of ``workers``; on leaving, pending work is cancelled and every worker has
+    exited (a normal end, an error, Ctrl-C or SIGTERM with :func:`terminate_unwinds`)."""
+    context = multiprocessing.get_context("spawn")
+    pool = _Pool(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
