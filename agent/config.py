@@ -22,6 +22,7 @@ import platformdirs
 from agent.policy import parse_quiet_hours
 from pipelines.errors import InputError
 from pipelines.fsutil import write_bytes_atomic
+from pipelines.serve.exposure import DEFAULT_HOST, check_address, exposure_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -142,7 +143,11 @@ class ServerConfig:
     gpus: int = 1
     """GPUs Triton splits the model over (1, 2, 4 or 8); the conversion is made for this many."""
     api_key: str = ""
-    """If set, clients must send it as a bearer token."""
+    """If set, clients must send it as a bearer token (`repopilot server vscode` prints the IDE setting)."""
+    host: str = DEFAULT_HOST
+    """Address the completion API listens on (docker: is published on). The default serves this machine only;
+    any other address (e.g. ``"0.0.0.0"``) exposes completions of internal code to the network and needs
+    ``api_key``."""
     start_on_deploy: bool = True
     """Start the server when a model is deployed and none runs."""
     triton_image: str = ""
@@ -168,6 +173,9 @@ class ServerConfig:
                 problems.append((key, f"must be a port from 1 to 65535, got {getattr(self, key)}"))
         if self.gpus not in (1, 2, 4, 8):
             problems.append(("gpus", f"must be 1, 2, 4 or 8, got {self.gpus}"))
+        exposure = check_address(self.host) or exposure_problem(self.host, self.api_key)
+        if exposure:
+            problems.append(("host", exposure))
         return problems
 
 

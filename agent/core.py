@@ -46,6 +46,7 @@ from agent.store import Repo, Store, StoreError
 from agent.views import agent_status, dataset_info, job_info, model_info, repo_info, unique_name
 from agent.watcher import RepoWatch, Watcher, default_ref, find_git_dir, resolve
 from pipelines.errors import InputError, RepoError, RepopilotError
+from pipelines.fsutil import make_private
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,8 @@ class Agent:
         self.config_file = config_path(config_file)
         self.config = config or load_config(self.config_file)
         self.paths = AgentPaths(Path(self.config.agent.data_dir).expanduser())
-        self.paths.root.mkdir(parents=True, exist_ok=True)
-        self.paths.jobs.mkdir(exist_ok=True)
+        self.paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.paths.jobs.mkdir(exist_ok=True, mode=0o700)
         self.store = Store(self.paths.state_db)
         self.queue = JobQueue(self.store)
         self.events = EventLog()
@@ -91,6 +92,9 @@ class Agent:
                 title="Agent already running",
             ) from None
         log_to(self.paths.log_file)
+        opened = make_private(self.paths.root)  # it holds internal code: datasets, checkpoints, models
+        if opened:
+            log.warning("made %d files and folders in %s readable by this user only", opened, self.paths.root)
         for job in self.queue.recover_after_restart():
             stop_orphan(self.paths.job_pid(job.id), job.id)
             if job.kind == JobKind.TRAIN:

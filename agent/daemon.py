@@ -57,6 +57,7 @@ def run_foreground(config_file: str | os.PathLike[str] | None = None, port: int 
         ) from None
     from agent.api.server import ApiServer, ensure_token, remove_endpoint, write_endpoint
 
+    os.umask(0o077)  # everything the agent and its jobs write is internal code: this user only
     config = load_config(config_file)
     agent = Agent(config, config_file=config_file)
     stop_requested = threading.Event()
@@ -114,7 +115,7 @@ def start_background(config_file: str | os.PathLike[str] | None = None, timeout:
     """
     config_file = config_path(config_file).expanduser().resolve()
     paths = data_paths(config_file)
-    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     env = {**os.environ, CONFIG_ENV: str(config_file)}
     package_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)

@@ -201,9 +201,8 @@ class ServerControl:
         self.stack_dir.mkdir(parents=True, exist_ok=True)
         (self.stack_dir / "runtime").write_text(runtime)
         if runtime == "embedded":
-            self._embedded().up(
-                self._embedded_dir(model), server.port, api_key=server.api_key, extra_args=server.serve_args
-            )
+            target = self._embedded_dir(model)
+            self._embedded().up(target, server.port, server.host, api_key=server.api_key, extra_args=server.serve_args)
             return
         from agent.stack.cli import has_nvidia_gpu
 
@@ -221,6 +220,7 @@ class ServerControl:
             gpu=has_nvidia_gpu(),
             triton_image=server.triton_image or TRITON_IMAGE,
             api_key=server.api_key,
+            bind=server.host,
         )
         self._docker().up(settings)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,3 +64,26 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def make_private(root: Path) -> int:
+    """Take group and other permissions off ``root`` and everything under it (folders end up 0700, files
+    0600, executables 0700); returns how many entries changed. Symbolic links are left alone."""
+    changed = 0
+    for folder, dirs, files in os.walk(root):
+        for entry in [folder, *(os.path.join(folder, name) for name in (*dirs, *files))]:
+            try:
+                info = os.lstat(entry)
+            except OSError:
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            mode = stat.S_IMODE(info.st_mode)
+            wanted = (mode & 0o700) | (0o700 if stat.S_ISDIR(info.st_mode) else 0o600)
+            if entry != folder and stat.S_ISDIR(info.st_mode):
+                continue  # a folder is handled as the ``folder`` of its own walk step
+            if mode != wanted:
+                with contextlib.suppress(OSError):
+                    os.chmod(entry, wanted)
+                    changed += 1
+    return changed

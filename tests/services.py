@@ -6,6 +6,8 @@ REPOPILOT_REQUIRE_SERVICES=1 (set by scripts/test.sh, so CI fails instead of ski
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import socket
@@ -35,6 +37,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def listening_on(port: int) -> set[str]:
+    """Addresses with a TCP socket listening on ``port`` in this network namespace (from /proc/net/tcp*)."""
+    found = set()
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with contextlib.suppress(OSError), open(table) as handle:
+            for line in handle.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    raw = bytes.fromhex(address)
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, size, 4))  # little-endian words
+                    ip = ipaddress.ip_address(words)
+                    found.add(str(getattr(ip, "ipv4_mapped", None) or ip))  # ::ffff:127.0.0.1 is 127.0.0.1
+    return found
 
 
 def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):

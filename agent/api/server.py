@@ -28,6 +28,8 @@ import os
 import secrets
 import threading
 import time
+import types
+import typing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from agent.api import API_PREFIX, RPC_METHODS
 from agent.models import to_json
 from pipelines.errors import InputError, RepopilotError
 from pipelines.fsutil import write_json_atomic
+from pipelines.jsonbody import MalformedJson, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +200,55 @@ class ApiServer:
             inspect.signature(func).bind(**kwargs)
         except TypeError as exc:
             raise InputError(f"{method}: {exc}", title="Bad request") from None
+        check_arguments(method, func, kwargs)
         return func(**kwargs)
+
+
+def check_arguments(method: str, func: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse arguments whose JSON type is not the one the method declares (a 400 naming the argument, instead
+    of an error deep inside the agent)."""
+    hints = typing.get_type_hints(func)
+    for name, value in kwargs.items():
+        hint = hints.get(name, Any)
+        if not _matches(value, hint):
+            raise InputError(
+                f"{method}: {name} must be {_describe(hint)}, not {json.dumps(value)[:60]}", title="Bad request"
+            )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str) and "\0" not in value
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0] if args else Any) for v in value)
+    if origin is dict:
+        key, item = args if args else (Any, Any)
+        return isinstance(value, dict) and all(_matches(k, key) and _matches(v, item) for k, v in value.items())
+    return True  # a type JSON cannot carry: the method checks it
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    names = {str: "a string (without NUL)", int: "a 64-bit integer", float: "a number", bool: "true or false"}
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) in (list, dict):
+        return "an array" if typing.get_origin(hint) is list else "an object"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -283,9 +334,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not raw.strip():
             return {}
         try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise InputError(f"the body is not JSON: {exc}", title="Bad request") from None
+            return parse_json(raw)
+        except MalformedJson as exc:
+            raise InputError(exc.message, title="Bad request") from None
 
     def _get(self) -> None:
         parts = urlsplit(self.path)

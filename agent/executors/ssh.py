@@ -12,6 +12,7 @@ is fetched and the paths in ``result.json`` are made local.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import shlex
 import time
@@ -52,6 +53,8 @@ SOURCE_ITEMS = ("agent", "pipelines", "scripts", "pyproject.toml")
 DATASET_EXCLUDES = ["--exclude=/cache/", "--exclude=/candidate/"]  # the token cache; a dataset update's work area
 DATASET_FILES = ("manifest.json", "stats.json")
 FETCH_EXCLUDES = ["--exclude=/checkpoints/", "--exclude=/trained/", "--exclude=/result.json", "--exclude=/.*lock"]
+
+log = logging.getLogger(__name__)
 
 
 class SshExecutor(Executor):
@@ -137,6 +140,12 @@ class SshExecutor(Executor):
             f"{{\nW={expr}\n"
             'err=$(mkdir -p "$W/src" "$W/datasets" "$W/runs" "$W/jobs" 2>&1) || '
             '{ printf "NOWORK %s\\n" "$err"; exit 0; }\n'
+            # internal code lives in these; the folder itself is made private too unless it is the home folder
+            'set -- "$W/src" "$W/datasets" "$W/runs" "$W/jobs"\n'
+            '[ "$(cd "$W" && pwd -P)" = "$(cd && pwd -P)" ] || set -- "$W" "$@"\n'
+            'if [ -n "$({ find "$@" -maxdepth 0 -perm /077; find "$@" -mindepth 1 ! -type l -perm /077; } 2>/dev/null '
+            '| head -n 1)" ]; then chmod go-rwx "$@"; chmod -R go-rwx "$W/src" "$W/datasets" "$W/runs" "$W/jobs"; '
+            "echo OPENED; fi 2>/dev/null\n"
             'printf "WORK %s\\nHOME %s\\n" "$(cd "$W" && pwd -P)" "$HOME"\n'
             "command -v rsync >/dev/null 2>&1 || echo NORSYNC\n"
             'ls -t "$W/datasets" | sed "s/^/DATASET /"\n} </dev/null',
@@ -153,6 +162,8 @@ class SshExecutor(Executor):
                 f"rsync is not installed on {self.target.label}. Install it there (apt-get install rsync)."
             )
         self._work, self._home = lines["WORK"], lines["HOME"]
+        if "OPENED" in out.split():
+            log.warning("made the work folder %s on %s readable by its user only", self._work, self.target.label)
         self._datasets = [line[8:] for line in out.splitlines() if line.startswith("DATASET ")]
 
     def _python(self) -> str:

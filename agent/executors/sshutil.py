@@ -27,6 +27,8 @@ else:  # pragma: no cover - Python 3.10
 
 RSYNC_LOST = {10, 12, 30, 35, 255}
 """rsync exit codes that mean the connection broke (socket I/O, protocol stream, timeouts, ssh failed)."""
+PRIVATE = "umask 077\n"
+"""Prefix of every script on a box: what the jobs write there (code, datasets, models) is this user's only."""
 
 
 FALLBACK_REQUIREMENTS = ["numpy>=1.24", "platformdirs>=4", "torch>=2.2", "transformers>=4.40", "deepspeed>=0.14",
@@ -117,7 +119,7 @@ class SshTarget:
     def run_raw(self, script: str, timeout: float = 60.0) -> bytes:
         cmd = [*self.options(), self.destination, "sh -s"]
         try:
-            proc = subprocess.run(cmd, input=script.encode(), capture_output=True, timeout=timeout)
+            proc = subprocess.run(cmd, input=(PRIVATE + script).encode(), capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ConnectionLost(f"{self.label} did not answer within {timeout:.0f} s.") from None
         except FileNotFoundError:
@@ -136,7 +138,7 @@ class SshTarget:
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
         ) as proc:
             assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(script)
+            proc.stdin.write(PRIVATE + script)
             proc.stdin.close()
             lines = []
             for line in proc.stdout:
@@ -148,7 +150,7 @@ class SshTarget:
 
     def rsync(self, args: list[str], timeout: float | None = None) -> dict[str, int]:
         """rsync with this target's ssh; the transfer statistics (files and bytes moved)."""
-        cmd = ["rsync", "-e", shlex.join(self.options()), "--stats", *args]
+        cmd = ["rsync", "-e", shlex.join(self.options()), "--stats", "--chmod=go-rwx", *args]  # internal code
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:

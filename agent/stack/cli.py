@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--num-gpus", type=int, default=1)
     up.add_argument("--gpus", default="0", help="docker: CUDA_VISIBLE_DEVICES for Triton, e.g. 0,1")
     up.add_argument("--port", type=int, default=5000, help="API port")
+    up.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1; any other needs --api-key)")
     up.add_argument("--triton-port", type=int, default=8001)
     up.add_argument("--triton-http-port", type=int, default=8000)
     up.add_argument("--triton-metrics-port", type=int, default=8002)
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if runtime == "embedded":
             (stack_dir / "runtime").write_text("embedded")
             status = EmbeddedRuntime(stack_dir).up(
-                Path(args.model), args.port, api_key=args.api_key, timeout=args.timeout
+                Path(args.model), args.port, args.host, api_key=args.api_key, timeout=args.timeout
             )
             _print([status])
             print(f'VS Code FauxPilot: "fauxpilot.server": "http://localhost:{args.port}/v1"')
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             gpu=has_nvidia_gpu() and not args.cpu_standin,
             triton_image=TRITON_CPU_STANDIN_IMAGE if args.cpu_standin else TRITON_IMAGE,
             api_key=args.api_key,
+            bind=args.host,
         )
         (stack_dir / "runtime").write_text("docker")
         _print(DockerStack(stack_dir / "compose").up(settings, args.timeout))

@@ -6,24 +6,35 @@ The files are what FauxPilot's setup.sh would write, so a user can also run the 
 - ``triton``: Triton with the FasterTransformer backend (FauxPilot's image), the converted model folder
   ``MODEL_DIR`` (``<models_root>/<name>-<N>gpu``) mounted at ``/model``, GPU reservation when there is a GPU;
 - ``copilot_proxy``: repopilot's completion API (``repopilot serve --engine triton``), on ``API_EXTERNAL_PORT``.
+
+Nothing is published beyond this machine unless asked: the API on ``API_BIND`` (default 127.0.0.1; another
+address needs an API key), Triton on 127.0.0.1 only (the API container reaches it over the project network).
+Every ``.env`` value is single-quoted, which compose reads literally (no ``$`` interpolation, no ``#``
+comments); a value that cannot be written so (a quote or a line break) is refused.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import InputError
 from pipelines.fsutil import write_bytes_atomic
+from pipelines.serve.exposure import DEFAULT_HOST, check_address, exposure_problem
 
 TRITON_IMAGE = "repopilot/triton-ft:22.09"
 TRITON_CPU_STANDIN_IMAGE = "repopilot/triton-cpu-standin:latest"
 API_IMAGE = "repopilot/api:latest"
 API_COMMAND = (
-    "repopilot serve /hf --engine triton --host 0.0.0.0 --port 5000 --triton-host ${TRITON_HOST} "
+    "repopilot serve /hf --engine triton --host ${API_BIND} --port ${API_EXTERNAL_PORT} --triton-host ${TRITON_HOST} "
     "--triton-port ${TRITON_PORT}"
 )
+LOOPBACK_ONLY = "--grpc-address=127.0.0.1 --http-address=127.0.0.1 --allow-metrics=false"
+ENV_KEY = re.compile(r"[A-Z_][A-Z0-9_]*\Z")
+UNWRITABLE = {"'": "a single quote", "\n": "a line break", "\r": "a carriage return", "\0": "a NUL character"}
 
 
 @dataclass
@@ -49,6 +60,9 @@ class StackSettings:
     triton_image: str = TRITON_IMAGE
     api_image: str = API_IMAGE
     api_key: str = ""
+    """Clients must send it as a bearer token (passed to the API container as REPOPILOT_API_KEY)."""
+    bind: str = DEFAULT_HOST
+    """Host address the API is published on; anything but loopback needs ``api_key``."""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -74,18 +88,42 @@ class StackSettings:
             "HF_CACHE_DIR": self.hf_cache_dir,
             "TRITON_IMAGE": self.triton_image,
             "API_IMAGE": self.api_image,
-            "API_KEY": self.api_key,
+            "API_BIND": self.bind,
         }
+        if self.api_key:
+            values["REPOPILOT_API_KEY"] = self.api_key
         values.update(self.extra)
         return values
+
+    def check(self) -> None:
+        """Refuse what would expose internal code or cannot be written to ``.env``."""
+        problem = check_address(self.bind) or exposure_problem(self.bind, self.api_key, "the docker stack")
+        if problem:
+            raise InputError(problem, title="Stack not started")
+        for key, value in self.env().items():
+            env_line(key, value)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def env_line(key: str, value: str) -> str:
+    """``KEY='value'``: compose takes a single-quoted value literally. Raises InputError for what it cannot."""
+    if not ENV_KEY.match(key):
+        raise InputError(f"{key!r} cannot be a compose .env key: use capitals, digits and _ only.")
+    bad = next((name for char, name in UNWRITABLE.items() if char in value), None)
+    if bad:
+        raise InputError(
+            f"The value of {key} ({value[:60]!r}) holds {bad}, which a compose .env file cannot carry literally. "
+            "Change the setting it comes from (a path, image name, model name or API key) to one without it.",
+            title="Stack not started",
+        )
+    return f"{key}='{value}'"
+
+
 def render_env(settings: StackSettings) -> str:
     lines = ["# Written by repopilot (FauxPilot's keys). `repopilot stack swap` edits MODEL and MODEL_DIR."]
-    lines += [f"{key}={value}" for key, value in settings.env().items()]
+    lines += [env_line(key, value) for key, value in settings.env().items()]
     return "\n".join(lines) + "\n"
 
 
@@ -113,14 +151,20 @@ def render_compose(settings: StackSettings) -> str:
     }
     if settings.host_network:
         triton["network_mode"] = api["network_mode"] = "host"
-        api["command"][api["command"].index("5000")] = "${API_EXTERNAL_PORT}"
+        triton["command"][2] += " " + LOOPBACK_ONLY
     else:
-        triton["ports"] = ["${TRITON_HTTP_PORT}:8000", "${TRITON_PORT}:8001", "${TRITON_METRICS_PORT}:8002"]
+        loopback = "127.0.0.1:"
+        triton["ports"] = [f"{loopback}${{TRITON_HTTP_PORT}}:8000", f"{loopback}${{TRITON_PORT}}:8001"]
         triton["command"][2] = (
-            "CUDA_VISIBLE_DEVICES=${GPUS} /opt/tritonserver/bin/tritonserver --model-repository=/model"
+            "CUDA_VISIBLE_DEVICES=${GPUS} /opt/tritonserver/bin/tritonserver --model-repository=/model "
+            "--allow-metrics=false"
         )
-        api["ports"] = ["${API_EXTERNAL_PORT}:5000"]
-        api["command"][api["command"].index("${TRITON_PORT}")] = "8001"
+        api["ports"] = ["${API_BIND}:${API_EXTERNAL_PORT}:5000"]
+        command = api["command"]
+        command[command.index("${API_BIND}")] = "0.0.0.0"  # inside its container; published on API_BIND only
+        command[command.index("${API_EXTERNAL_PORT}")] = "5000"
+        command[command.index("${TRITON_PORT}")] = "8001"
+        command.append("--insecure-no-key")  # where no key is set, Docker publishes on loopback only (check())
     if settings.gpu:
         triton["deploy"] = {
             "resources": {"reservations": {"devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}
@@ -131,8 +175,10 @@ def render_compose(settings: StackSettings) -> str:
 
 
 def write_project(project_dir: Path, settings: StackSettings) -> None:
-    """Write (atomically) the compose project and the settings it was made from."""
-    project_dir.mkdir(parents=True, exist_ok=True)
+    """Write (atomically, readable by this user only: the .env may hold the API key) the compose project and the
+    settings it was made from."""
+    settings.check()
+    project_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_bytes_atomic(project_dir / ".env", render_env(settings).encode())
     write_bytes_atomic(project_dir / "docker-compose.yaml", render_compose(settings).encode())
     write_bytes_atomic(project_dir / "stack.json", json.dumps(settings.to_json(), indent=2).encode())

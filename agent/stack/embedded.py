@@ -20,7 +20,8 @@ from pathlib import Path
 from agent.procs import pid_alive
 from agent.stack.health import Probe, api_health, test_completion, wait_for
 from pipelines.errors import RepopilotError
-from pipelines.fsutil import write_json_atomic
+from pipelines.fsutil import write_bytes_atomic, write_json_atomic
+from pipelines.serve.exposure import exposure_problem
 
 
 class StackError(RepopilotError):
@@ -47,6 +48,9 @@ class EmbeddedRuntime:
     def up(self, model_dir: Path, port: int = 5000, host: str = "127.0.0.1", api_key: str = "",
            extra_args: list[str] | None = None, timeout: float = 180) -> ServiceStatus:  # fmt: skip
         """Start serving ``model_dir``; a running server is left as it is if it serves the same model."""
+        refusal = exposure_problem(host, api_key)
+        if refusal:
+            raise StackError(refusal, title="Exposed without an API key")
         current = self._state()
         if current and self._alive(current["pid"]):
             if current["model_dir"] == str(Path(model_dir).resolve()) and current["port"] == port:
@@ -142,8 +146,7 @@ class EmbeddedRuntime:
         env = dict(os.environ)
         if api_key:
             key_file = self.state_dir / "api-key"
-            key_file.write_text(api_key)
-            key_file.chmod(0o600)
+            write_bytes_atomic(key_file, api_key.encode())  # 0600 from its first byte
             cmd += ["--api-key-file", str(key_file)]
         with open(self.log_file, "ab") as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {model_dir}\n".encode())

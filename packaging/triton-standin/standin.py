@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--grpc-address", default=None, help="as tritonserver's (default: every interface)")
+    parser.add_argument("--http-address", default=None, help="as tritonserver's (default: every interface)")
+    parser.add_argument("--allow-metrics", default="true", choices=("true", "false"), help="as tritonserver's")
     args, _unknown = parser.parse_known_args(argv)
 
     from pytriton.decorators import batch
@@ -153,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     folder = checkpoint_dir(args.model_repository)
     model = FTModel.load(folder)
     logging.info("serving %s (NumPy reference forward, CPU stand-in for FasterTransformer)", folder)
-    config = TritonConfig(grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
+    config = TritonConfig(
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        grpc_address=args.grpc_address,
+        http_address=args.http_address,
+        allow_metrics=args.allow_metrics == "true",
+    )
     with Triton(config=config) as triton:
         # FauxPilot's two model names: the FT backend's (uint32 ids) and the python backend's (int32 ids).
         for name, ids in (("fastertransformer", np.uint32), ("py-model", np.int32)):

@@ -3,7 +3,9 @@
 Routes: ``POST /v1/engines/codegen/completions``, ``POST /v1/engines/copilot-codex/completions`` and
 ``POST /v1/completions`` (one handler), ``GET /v1/models``, ``GET /copilot_internal/v2/token`` (copilot.vim's
 stub), ``GET /health`` and ``/healthz``. Errors are OpenAI-shaped: 400 for a bad request or an over-long
-prompt, 401 for a wrong API key, 503 when the engine cannot answer — never 200 without choices.
+prompt, 401 for a wrong API key, 413 for a body over ``max_body_bytes``, 503 when the engine cannot answer —
+never 200 without choices. Hostile bodies (not UTF-8, lone surrogates, deep nesting) are 400s
+(``pipelines/jsonbody.py``); the engines tokenize in a thread, so one huge prompt never holds up the others.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from pipelines.errors import RepopilotError
+from pipelines.jsonbody import MalformedJson, parse_json
 from pipelines.serve.engine import BadRequest, CompletionRequest, Engine, EngineUnavailable, Piece
 from pipelines.serve.schema import (
     chunk_json,
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 COMPLETION_ROUTES = ("/v1/engines/codegen/completions", "/v1/engines/copilot-codex/completions", "/v1/completions")
 OPEN_PATHS = ("/health", "/healthz")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+DEFAULT_MAX_BODY = 1 << 20  # the IDE sends ~10 KB; a full 2,048-token context of code is ~10-50 KB
 
 
 def create_app(
@@ -46,10 +50,11 @@ def create_app(
     api_key: str | None = None,
     allowed_hosts: Sequence[str] | None = None,
     manage_engine: bool = True,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
     """The API over ``engine``. ``api_key``: require ``Authorization: Bearer KEY``. ``allowed_hosts``: accept
     only these Host headers (DNS-rebinding guard for a server on loopback). ``manage_engine``: start and
-    close the engine with the app."""
+    close the engine with the app. ``max_body_bytes``: refuse longer request bodies (413) without reading them."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -98,9 +103,9 @@ def create_app(
 
     async def complete(request: Request) -> Response:
         try:
-            data = json.loads(await request.body() or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("The body is not valid JSON.") from None
+            data = parse_json(await read_body(request, max_body_bytes) or b"{}")
+        except MalformedJson as exc:
+            raise BadRequest(exc.message) from None
         body = parse_body(data)
         requests = body.requests()
         model = engine.model_id
@@ -119,7 +124,8 @@ def create_app(
         except BaseException:
             await events.aclose()
             raise
-        prompt_tokens = sum(engine.count_tokens(r.prompt) for r in requests) if body.include_usage else 0
+        count = engine.count_tokens
+        prompt_tokens = sum([await asyncio.to_thread(count, r.prompt) for r in requests]) if body.include_usage else 0
         sse = _sse(events, first, completion_id(), model, requests[0].n, echoes, prompt_tokens, body.include_usage)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
@@ -143,6 +149,21 @@ def create_app(
     for path in OPEN_PATHS:
         app.add_api_route(path, health, methods=["GET"], include_in_schema=False)
     return app
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or HTTP 413 as soon as it is known to be longer than ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    too_large = HTTPException(413, f"The request body is larger than this server accepts ({limit:,} bytes).")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Guard:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import ipaddress
 import os
 import socket
 import sys
@@ -13,9 +12,10 @@ from pathlib import Path
 
 from pipelines.cli_util import standalone_main
 from pipelines.errors import InputError, RepopilotError
-from pipelines.serve.app import LOOPBACK_HOSTS, create_app
+from pipelines.serve.app import DEFAULT_MAX_BODY, LOOPBACK_HOSTS, create_app
 from pipelines.serve.embedded import DEFAULT_PREFIX_CACHE_MB
 from pipelines.serve.engine import Engine
+from pipelines.serve.exposure import exposure_problem, is_loopback
 
 API_KEY_ENV = "REPOPILOT_API_KEY"
 
@@ -28,7 +28,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "through a Triton server running FauxPilot's fastertransformer model.",
     )
     p.add_argument("model_dir", type=Path, help="the model folder (RUN_DIR/model); for --engine triton, its tokenizer")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only); any other address needs an API key",
+    )
+    p.add_argument(
+        "--insecure-no-key",
+        action="store_true",
+        help="listen beyond loopback without an API key: only where something else limits who can connect "
+        "(the compose stack's API container, whose port Docker publishes on 127.0.0.1)",
+    )
     p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000, as FauxPilot)")
     p.add_argument("--engine", choices=("embedded", "triton"), default="embedded", help="default: embedded")
     p.add_argument("--triton-host", default="localhost", help="Triton's gRPC host (default localhost)")
@@ -67,6 +77,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="embedded engine: the IDE's sliding window (FauxPilot's maxLines, default 150); while idle, prefill "
         "what it will send once the cursor moves down a line (0: off)",
     )
+    p.add_argument(
+        "--max-body-kb",
+        type=int,
+        default=DEFAULT_MAX_BODY // 1024,
+        help=f"refuse request bodies over this size (default {DEFAULT_MAX_BODY // 1024}; the IDE sends about 10)",
+    )
     p.add_argument("--batch-window-ms", type=float, default=0.0, help="embedded engine: wait this long for more")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -84,15 +100,6 @@ def read_api_key(args: argparse.Namespace) -> str | None:
     if key is not None and not key.strip():
         raise InputError("The API key is empty. Give a non-empty --api-key or leave it out.")
     return key.strip() if key else None
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -122,6 +129,8 @@ def require_modules(engine: str, *modules: str) -> None:
 def make_engine(args: argparse.Namespace) -> Engine:
     if args.max_batch < 1:
         raise InputError("--max-batch must be at least 1.")
+    if args.max_body_kb < 1:
+        raise InputError("--max-body-kb must be at least 1.")
     if args.prefix_cache_mb < 0 or args.window_lines < 0:
         raise InputError("--prefix-cache-mb and --window-lines must be 0 or more.")
     if args.engine == "triton":
@@ -159,21 +168,19 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     api_key = read_api_key(args)
+    refusal = None if args.insecure_no_key else exposure_problem(args.host, api_key)
+    if refusal:
+        raise InputError(refusal, title="Exposed without an API key")
     check_port_free(args.host, args.port)
     engine = make_engine(args)
     local = is_loopback(args.host)
-    if not local and not api_key:
-        print(
-            f"Warning: listening on {args.host} without an API key: anyone who can reach this port can read "
-            "completions of your internal code. Add --api-key-file.",
-            file=sys.stderr,
-        )
     embedded = engine.kind == "embedded"
     app = create_app(
         engine,
         api_key=api_key,
         allowed_hosts=(*LOOPBACK_HOSTS, args.host) if local else None,
         manage_engine=not embedded,  # the embedded model is already loaded
+        max_body_bytes=args.max_body_kb * 1024,
     )
     url = f"http://{'localhost' if local else args.host}:{args.port}/v1"
     print(f"Serving {engine.model_id} ({engine.kind}) at {url} — VS Code: fauxpilot.server = {url}", file=sys.stderr)

@@ -26,6 +26,7 @@ from pipelines.serve.engine import (
     Superseded,
     model_id_for,
 )
+from pipelines.serve.lookahead import next_line_prefix
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class EmbeddedEngine(Engine):
         eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.device, self.dtype = device, dtype
         decoder = Decoder(runner, PrefixCache(self.prefix_cache_bytes))
-        return Worker(decoder, self.decode, self.encode, eos_ids, usable, self.context_length, self.settings)
+        return Worker(decoder, self.decode, eos_ids, usable, self.context_length, self.settings)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.load)
@@ -214,17 +215,26 @@ class EmbeddedEngine(Engine):
 
     # ---- requests ------------------------------------------------------------------------------------------
 
+    def _tokenize(self, request: CompletionRequest) -> tuple[list[int], list[int] | None]:
+        """The prompt's ids (validated, see :meth:`prepare`) and those of the prompt the IDE will send after the
+        cursor moves down a line, when this one is a sliding-window prompt."""
+        ids = self.prepare(request)
+        prompt, window = request.prompt, self.settings.window_lines
+        ahead = next_line_prefix(prompt, window) if isinstance(prompt, str) and window > 1 else None
+        return ids, self.encode(ahead) if ahead else None
+
     async def stream(self, request: CompletionRequest) -> AsyncIterator[Piece]:
         from pipelines.serve.worker import Job
 
         if self.failure or self._worker is None:
             raise EngineUnavailable(self.failure or "The model has not been loaded yet.")
-        prompt_ids = self.prepare(request)
+        # tokenizing takes CPU time proportional to the prompt: in a thread, never on the event loop or the worker
+        prompt_ids, lookahead_ids = await asyncio.to_thread(self._tokenize, request)
         if request.max_tokens == 0:
             for i in range(request.n):
                 yield Piece(i, "", Finish.LENGTH, 0)
             return
-        job = Job(request, prompt_ids, asyncio.get_running_loop(), asyncio.Queue())
+        job = Job(request, prompt_ids, asyncio.get_running_loop(), asyncio.Queue(), lookahead_ids)
         self._worker.submit(job, list(self._live))
         self._live.add(job)
         open_choices = set(range(request.n))

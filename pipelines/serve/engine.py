@@ -7,8 +7,10 @@ HTTP layer (``app.py``) only translates; engines never see HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -259,12 +261,16 @@ class Engine(ABC):
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def count_tokens(self, prompt: str | Sequence[int]) -> int:
-        return max(1, len(prompt) if not isinstance(prompt, str) else len(self.encode(prompt)))
+        if not isinstance(prompt, str):
+            return max(1, len(prompt))
+        self._check_length(prompt)
+        return max(1, len(self.encode(prompt)))
 
     def prepare(self, request: CompletionRequest) -> list[int]:
         """Validate ``request`` and return its prompt ids; raises :class:`BadRequest` or :class:`PromptTooLong`."""
         request.validate()
         if isinstance(request.prompt, str):
+            self._check_length(request.prompt)
             ids = self.encode(request.prompt)
         else:
             ids = list(request.prompt)
@@ -281,6 +287,23 @@ class Engine(ABC):
             raise BadRequest(f"logit_bias names token ids outside [0, {vocab}): {bad[:5]}.", param="logit_bias")
         return ids
 
+    @functools.cached_property
+    def max_prompt_chars(self) -> int:
+        """No prompt longer than this fits the context: a token spells at most as many characters as its longest
+        entry in the vocabulary has bytes. Checked before tokenizing, which costs time in proportion."""
+        longest = max((len(token) for token in self.tokenizer.get_vocab()), default=1)
+        return self.context_length * max(1, longest)
+
+    def _check_length(self, prompt: str) -> None:
+        if len(prompt) > self.max_prompt_chars:
+            raise BadRequest(
+                f"The prompt has {len(prompt):,} characters, more than this model's {self.context_length}-token "
+                f"context can hold (at most {self.max_prompt_chars:,}). Send the end of the document only (VS Code "
+                "FauxPilot: a lower fauxpilot.maxLines).",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+
     def start_id(self) -> int:
         """The token that starts a document (CodeGen: <|endoftext|>), used for an empty prompt."""
         tok = self.tokenizer
@@ -293,7 +316,7 @@ class Engine(ABC):
 
     async def generate(self, request: CompletionRequest) -> Completion:
         """All choices at once (collects :meth:`stream`)."""
-        prompt_tokens = self.count_tokens(request.prompt)
+        prompt_tokens = await asyncio.to_thread(self.count_tokens, request.prompt)  # CPU work: off the event loop
         texts: dict[int, list[str]] = {i: [] for i in range(request.n)}
         done: dict[int, Choice] = {}
         async with contextlib.aclosing(self.stream(request)) as pieces:  # a cancelled caller frees its rows at once

@@ -33,6 +33,7 @@ from pipelines.serve.engine import (
 
 CODEGEN_END_ID = 50256
 MAX_STOP_WORD_TOKENS = 1024  # length L of stop_words_list: FT checks every entry at every step
+MAX_CACHED_STOPS = 4096  # stop strings whose matching tokens are remembered
 
 # Input datatypes of FauxPilot's model configs, used until the server's model metadata has been read.
 _INT_INPUTS = ("input_ids", "input_lengths", "request_output_len", "runtime_top_k", "beam_width", "start_id", "end_id")
@@ -248,6 +249,9 @@ class TritonEngine(Engine):
             self._types = {i["name"]: triton_to_np_dtype(i["datatype"]) for i in meta.get("inputs", [])}
         return self._types
 
+    def _encode_request(self, request: CompletionRequest) -> tuple[list[int], list[list[int]]]:
+        return self.prepare(request), self.stop_word_ids(request.stop)
+
     def stop_word_ids(self, stops: Sequence[str]) -> list[list[int]]:
         """Each stop string's own encoding, plus every single token whose text contains it, so FT stops early
         however the model spells it; the text-level trimming decides what is returned."""
@@ -268,6 +272,8 @@ class TritonEngine(Engine):
         if self._texts is None:
             self._texts = self._decode_vocabulary()
         if stop not in self._containing:
+            if len(self._containing) >= MAX_CACHED_STOPS:  # clients choose the strings: bound what is kept
+                self._containing.clear()
             self._containing[stop] = tuple(i for i, text in enumerate(self._texts) if stop in text)
         return self._containing[stop]
 
@@ -284,7 +290,8 @@ class TritonEngine(Engine):
     async def _run(self, request: CompletionRequest) -> tuple[Completion, list[tuple[list[str], Choice]]]:
         from tritonclient.grpc import InferInput, InferRequestedOutput
 
-        prompt_ids = self.prepare(request)
+        # tokenizing (and matching stop strings against the vocabulary) costs CPU: in a thread, not on the loop
+        prompt_ids, stop_words = await asyncio.to_thread(self._encode_request, request)
         if request.max_tokens == 0:
             results = [([], Choice(i, "", Finish.LENGTH, 0)) for i in range(request.n)]
             return Completion([c for _, c in results], len(prompt_ids)), results
@@ -298,7 +305,7 @@ class TritonEngine(Engine):
                 request,
                 model_name=self.triton_model,
                 end_id=self.end_id,
-                stop_words=self.stop_word_ids(request.stop),
+                stop_words=stop_words,
                 bad_words=bad,
                 types=types,
             )

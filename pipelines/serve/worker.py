@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from pipelines.serve.batching import Decoder, Prefill, Row, adjust_logits, choose_tokens
 from pipelines.serve.engine import CompletionRequest, EngineUnavailable, Finish, Piece, StopTracker, Superseded
-from pipelines.serve.lookahead import next_line_prefix
 from pipelines.serve.speculation import NgramDrafter
 
 log = logging.getLogger(__name__)
@@ -39,6 +38,9 @@ class Job:
     prompt_ids: list[int]
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
+    lookahead_ids: list[int] | None = None
+    """What the IDE will send after the cursor moves down a line (``lookahead.py``), tokenized by the caller:
+    no tokenizing on this thread, which every request waits for."""
     cancelled: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
@@ -75,13 +77,12 @@ class Worker:
         self,
         decoder: Decoder,
         decode: Callable[[Sequence[int]], str],
-        encode: Callable[[str], list[int]],
         eos_ids: set[int],
         usable: int,
         context_length: int,
         settings: WorkerSettings,
     ) -> None:
-        self.decoder, self.decode, self.encode, self.eos_ids = decoder, decode, encode, eos_ids
+        self.decoder, self.decode, self.eos_ids = decoder, decode, eos_ids
         self.usable, self.context_length, self.settings = usable, context_length, settings
         self.failure: str | None = None
         self._pending: collections.deque[Job] = collections.deque()
@@ -348,7 +349,7 @@ class Worker:
         job.tokens += len(row.generated)
         if job.remaining:
             return
-        self._plan_lookahead(job.request.prompt)
+        self._plan_lookahead(job.lookahead_ids)
         log.info(
             "completion: %d prompt tokens (%d reused from the prefix cache), prefill %.2f s, %d tokens in %.2f s",
             len(job.prompt_ids),
@@ -360,12 +361,10 @@ class Worker:
 
     # ---- background prefill of the next line's prompt ------------------------------------------------------
 
-    def _plan_lookahead(self, prompt: str | tuple[int, ...]) -> None:
+    def _plan_lookahead(self, ids: list[int] | None) -> None:
         """After a request, start (while idle) the prefix the IDE will send once the cursor moves down a line."""
-        text = next_line_prefix(prompt, self.settings.window_lines) if isinstance(prompt, str) else None
-        if text is None:
+        if not ids or self.settings.window_lines <= 1:
             return
-        ids = self.encode(text)
         if ids == self._lookahead_ids or len(ids) + 2 > self.context_length:
             return
         self._lookahead_ids = ids

@@ -45,7 +45,7 @@ def test_the_deploy_job_serves_the_new_model_through_triton(docker_agent: Agent,
     assert server.runtime == "docker" and server.healthy and server.model == version
     assert {s.name for s in server.services if s.healthy} == {"triton", "copilot_proxy"}
     env = (agent.paths.stack / "compose" / ".env").read_text()
-    assert f"MODEL={version}" in env and "NUM_GPUS=1" in env
+    assert f"MODEL='{version}'" in env and "NUM_GPUS='1'" in env
     assert agent.test_completion("def settle_account_4(client", max_tokens=8)
     stopped = agent.stop_server()
     assert not stopped.running and not agent.server_status().running

@@ -97,6 +97,20 @@ def test_all_problems_reported_together(tmp_path):
     assert "10 problems" in err.message
 
 
+def test_exposing_the_completion_server_needs_an_api_key(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[server]\nhost = "0.0.0.0"\n')
+    with pytest.raises(InputError, match="server.host: Listening on 0.0.0.0") as info:
+        load_config(path)
+    assert "no API key is set" in info.value.message
+    path.write_text('[server]\nhost = "my-laptop"\napi_key = "k"\n')
+    with pytest.raises(InputError, match="not an IP address"):
+        load_config(path)
+    path.write_text('[server]\nhost = "0.0.0.0"\napi_key = "k"\n')
+    assert load_config(path).server.host == "0.0.0.0"
+    assert load_config(tmp_path / "none.toml").server.host == "127.0.0.1"
+
+
 def test_malformed_toml_names_file(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text("[agent\n")

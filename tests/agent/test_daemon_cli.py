@@ -115,6 +115,32 @@ def test_start_status_stop(fresh: Cli) -> None:
     )
 
 
+def readable_by_others(root: Path) -> list[str]:
+    return [str(p) for p in [root, *root.rglob("*")] if not p.is_symlink() and p.stat().st_mode & 0o077]
+
+
+def test_the_data_folder_is_private_to_its_user(fresh: Cli, tmp_path: Path) -> None:
+    """It holds internal code: what an older version left open is closed at start, and what the agent and its
+    jobs write later (the dataset of a watched repo here) is created private."""
+    old = fresh.data / "datasets" / "old"
+    old.mkdir(parents=True)
+    (old / "train.jsonl").write_text('{"text": "internal"}\n')
+    for path in (fresh.data, fresh.data / "datasets", old):
+        path.chmod(0o755)
+    (old / "train.jsonl").chmod(0o644)
+    fresh.ok("agent", "start")
+    assert readable_by_others(fresh.data) == []
+    assert "readable by this user only" in (fresh.data / "agent.log").read_text()
+    repo = Repo(tmp_path / "project")
+    repo.commit({"app.py": python_file("app")})
+    fresh.ok("repo", "add", str(repo.path))
+    deadline = time.monotonic() + 120
+    while not list((fresh.data / "datasets").rglob("manifest.json")):
+        assert time.monotonic() < deadline, "the agent built no dataset"
+        time.sleep(0.5)
+    assert readable_by_others(fresh.data) == []
+
+
 def test_connect_or_start_starts_the_agent_once(fresh: Cli) -> None:
     client = connect_or_start(fresh.config, timeout=60)
     pid = client.status().pid

@@ -157,6 +157,24 @@ def test_check_describes_the_ready_box(box: SshBox, tmp_path: Path) -> None:
     assert f"127.0.0.1:{box.port}" in line and "ready" in line and "torch" in line and "0 GPUs" in line
 
 
+def private(root: Path) -> list[str]:
+    """Entries under ``root`` (itself included) that another user could read, write or enter."""
+    entries = [root, *root.rglob("*")]
+    return [str(p) for p in entries if not p.is_symlink() and p.stat().st_mode & 0o077]
+
+
+def test_an_open_work_folder_is_made_private(box: SshBox, tmp_path: Path) -> None:
+    work = tmp_path / "open-box"
+    (work / "datasets" / "old").mkdir(parents=True)
+    (work / "datasets" / "old" / "train.jsonl").write_text('{"text": "internal"}\n')
+    for path in (work, work / "datasets", work / "datasets" / "old"):
+        path.chmod(0o755)
+    (work / "datasets" / "old" / "train.jsonl").chmod(0o644)
+    line = executor(box, tmp_path / "local", box_fields={"work_dir": str(work)}).check()
+    assert "ready" in line
+    assert private(work / "datasets") == [] and (work.stat().st_mode & 0o777) == 0o700
+
+
 def test_a_tiny_training_runs_on_the_box_and_its_result_comes_back(box: SshBox, first_run) -> None:
     ex, job, result, reports, _ = first_run
     run = job.run_dir
@@ -182,6 +200,9 @@ def test_a_tiny_training_runs_on_the_box_and_its_result_comes_back(box: SshBox, 
     assert "copying dataset" in reports.messages() and "started the training" in reports.messages()
     log = job.log_file.read_text()
     assert "training: step 0 of 30" in log and "model saved to" in log
+    # Internal code, on the box and fetched back, is readable by its user only.
+    assert [private(box.work_dir / name) for name in ("src", "datasets", "runs", "jobs")] == [[], [], [], []]
+    assert private(run) == []
     # Asking again just returns the fetched result, without the box.
     assert ex.train(job, Reports(), lambda: False) == result
 

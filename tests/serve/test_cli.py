@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.serve.conftest import free_port
+from tests.services import listening_on
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,10 +51,7 @@ def test_serve_binds_loopback_requires_its_key_and_stops_cleanly(tiny_model: Pat
         assert httpx.post(url, json=body, headers={"Authorization": "Bearer dummy"}).status_code == 401
         done = httpx.post(url, json=body, headers={"Authorization": "Bearer k-123"}, timeout=30)
         assert done.status_code == 200 and done.json()["choices"][0]["text"]
-        with socket.socket() as probe:  # bound to 127.0.0.1 only
-            outside = [a for a in socket.gethostbyname_ex(socket.gethostname())[2] if not a.startswith("127.")]
-            if outside:
-                assert probe.connect_ex((outside[0], port)) != 0
+        assert listening_on(port) == {"127.0.0.1"}  # this machine only
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -80,3 +78,25 @@ def test_errors_are_one_line_with_what_to_do(tmp_path: Path, tiny_model: Path) -
             cwd=ROOT, env=ENV, capture_output=True, text=True,
         )  # fmt: skip
     assert taken.returncode == 1 and "--port" in taken.stderr and "Traceback" not in taken.stderr
+
+
+def test_listening_beyond_loopback_needs_a_key(tiny_model: Path) -> None:
+    port = free_port()
+    opened = serve(str(tiny_model), "--host", "0.0.0.0", "--port", str(port))
+    _, err = opened.communicate(timeout=120)
+    assert opened.returncode == 1 and "Traceback" not in err
+    assert err.startswith("Exposed without an API key:") and "no API key is set" in err and "--api-key-file" in err
+    assert listening_on(port) == set()
+    keyed = serve(str(tiny_model), "--host", "0.0.0.0", "--port", str(port), "--api-key", "k-9", "--device", "cpu")
+    try:
+        deadline = time.monotonic() + 90
+        while not listening_on(port):
+            assert keyed.poll() is None and time.monotonic() < deadline, keyed.communicate()[1]
+            time.sleep(0.2)
+        assert listening_on(port) == {"0.0.0.0"}
+        body = {"prompt": "def ", "max_tokens": 2}
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=30)
+        assert answer.status_code == 401  # exposed, and the key is required
+    finally:
+        keyed.send_signal(signal.SIGINT)
+        keyed.communicate(timeout=30)

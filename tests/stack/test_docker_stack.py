@@ -18,7 +18,7 @@ from agent.stack.compose import TRITON_CPU_STANDIN_IMAGE, StackSettings
 from agent.stack.docker_stack import DockerStack, docker_available
 from agent.stack.embedded import StackError
 from pipelines.convert import ConvertOptions, convert
-from tests.services import ROOT, complete, free_port, require, trained_tiny
+from tests.services import ROOT, complete, free_port, listening_on, require, trained_tiny
 
 
 def build_images() -> None:
@@ -66,17 +66,20 @@ def test_up_serves_a_completion_through_triton(stack) -> None:
     status, body = complete(settings.api_port, "def add(a, b):\n")
     assert status == 200 and body["choices"][0]["text"]
     env = (docker.project_dir / ".env").read_text()
-    assert "MODEL=v1" in env and "NUM_GPUS=1" in env
+    ports = (settings.api_port, settings.triton_port, settings.triton_http_port)
+    assert {port: listening_on(port) for port in ports} == {port: {"127.0.0.1"} for port in ports}  # nothing more
+    assert listening_on(settings.triton_metrics_port) == set()
+    assert "MODEL='v1'" in env and "NUM_GPUS='1'" in env
 
 
 def test_swap_then_failed_swap_rolls_back(stack) -> None:
     docker, settings = stack
     docker.swap("v2", timeout=240)
-    assert "MODEL=v2" in (docker.project_dir / ".env").read_text() and healthy(docker)
+    assert "MODEL='v2'" in (docker.project_dir / ".env").read_text() and healthy(docker)
     with pytest.raises(StackError) as err:
         docker.swap("v3", timeout=90)
     assert "rolled back to v2" in str(err.value)
-    assert "MODEL=v2" in (docker.project_dir / ".env").read_text()
+    assert "MODEL='v2'" in (docker.project_dir / ".env").read_text()
     assert healthy(docker)
     assert complete(settings.api_port, "import os\n")[0] == 200
 
