@@ -143,12 +143,15 @@ def choose_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
             sub[j] = sub[j].masked_fill(sub[j] < kth, float("-inf"))
     probs = torch.softmax(sub, dim=-1)
     top_p = torch.tensor([rows[i].request.top_p for i in sampled], device=sub.device).unsqueeze(1)
+    top_p = top_p.clamp(min=torch.finfo(top_p.dtype).tiny)  # 1e-320 is 0 in float32: keep the likeliest token
     if bool((top_p < 1.0).any()):
         sorted_p, order = probs.sort(dim=-1, descending=True)
         before = sorted_p.cumsum(dim=-1) - sorted_p  # probability of the more likely tokens
         sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     probs = probs.cpu()
+    usable = (torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)).tolist()
     for j, i in enumerate(sampled):
-        chosen[i] = int(torch.multinomial(probs[j], 1, generator=rows[i].generator).item())
+        if usable[j]:  # else (extreme settings overflowed) the argmax stands
+            chosen[i] = int(torch.multinomial(probs[j], 1, generator=rows[i].generator).item())
     return chosen

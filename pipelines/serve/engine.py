@@ -20,6 +20,7 @@ from typing import Any
 from pipelines.errors import InputError, RepopilotError
 
 MAX_STOPS = 32
+MIN_TEMPERATURE = 1e-4
 
 
 class EngineUnavailable(RepopilotError):
@@ -102,7 +103,9 @@ class CompletionRequest:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0 or self.top_k == 1
+        """Argmax decoding: temperature 0, or so close to it that sampling is argmax anyway (and dividing the
+        logits by it would overflow to infinity), or top_k 1."""
+        return self.temperature < MIN_TEMPERATURE or self.top_k == 1
 
     def validate(self) -> None:
         """Reject settings no engine can honour (the API checks ranges first; this guards direct callers)."""

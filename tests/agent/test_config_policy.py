@@ -100,7 +100,7 @@ def test_all_problems_reported_together(tmp_path):
 def test_exposing_the_completion_server_needs_an_api_key(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text('[server]\nhost = "0.0.0.0"\n')
-    with pytest.raises(InputError, match="server.host: Listening on 0.0.0.0") as info:
+    with pytest.raises(InputError, match=r"server\.host: Listening on 0\.0\.0\.0") as info:
         load_config(path)
     assert "no API key is set" in info.value.message
     path.write_text('[server]\nhost = "my-laptop"\napi_key = "k"\n')
