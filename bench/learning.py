@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench.report import finish  # noqa: E402
 from pipelines.finetune.data import public_files  # noqa: E402
 
 HELD_OUT_PERCENT = 5
@@ -274,10 +275,7 @@ def main() -> None:
     result["gate"] = {k: report.get("gate", {}).get(k) for k in ("worse", "reasons")}
     result["goal"] = goal(result["metrics"])
     result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    finish(result, args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench.report import finish  # noqa: E402
 from pipelines.serve.embedded import cpu_has_amx_bf16  # noqa: E402
 from pipelines.serve.engine import CompletionRequest  # noqa: E402
 
@@ -259,7 +259,7 @@ def main() -> None:
             from typing_bench import run_typing
 
             result["typing"] = run_typing(model_dir, args)
-            return finish(result, args)
+            return finish(result, args.out)
         result["cpu_float32"] = bench_device(model_dir, "cpu", "float32", args)
         if cpu_has_amx_bf16():  # bf16 is fast only where the CPU multiplies it natively
             result["cpu_bfloat16_amx"] = bench_device(model_dir, "cpu", "bfloat16", args, baseline=False)
@@ -269,14 +269,7 @@ def main() -> None:
             result["gpu"]["name"] = torch.cuda.get_device_name(0)
         else:
             result["gpu"] = "not measured: torch sees no CUDA GPU on this machine"
-    finish(result, args)
-
-
-def finish(result: dict, args: argparse.Namespace) -> None:
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    finish(result, args.out)
 
 
 if __name__ == "__main__":
