@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields
@@ -35,6 +36,7 @@ ERROR_TITLE = "Invalid configuration"
 GPU_BOX_KINDS = ("local", "ssh")
 
 Problems = list[tuple[str, str]]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -122,6 +124,9 @@ class GpuBox:
             problems.append(("kind", f'must be "local" or "ssh", got {self.kind!r}'))
         if self.kind == "ssh" and not self.host.strip():
             problems.append(("host", 'is required when kind = "ssh"'))
+        for key in ("host", "user"):
+            if getattr(self, key).startswith("-"):  # ssh would read it as an option
+                problems.append((key, f"must not start with '-', got {getattr(self, key)!r}"))
         if not 1 <= self.port <= 65535:
             problems.append(("port", f"must be a port from 1 to 65535, got {self.port}"))
         if any(gpu < 0 for gpu in self.gpus):
@@ -329,6 +334,10 @@ def _load_table(cls: type, table: dict[str, Any], where: str, problems: Problems
         converted = _convert(value, hints[key])
         if converted is None:
             problems.append((f"{where}.{key}", f"must be {_type_name(hints[key])}, got {value!r}"))
+            continue
+        texts = converted if isinstance(converted, list) else [converted]
+        if any(isinstance(t, str) and _CONTROL.search(t) for t in texts):  # they reach files, commands, .env
+            problems.append((f"{where}.{key}", "must not contain control characters (line breaks, tabs, NUL...)"))
             continue
         kwargs[key] = converted
     obj = cls(**kwargs)

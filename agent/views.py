@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -274,6 +275,15 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A repository's name: it becomes part of paths, file names and dataset URLs."""
+
+
+def repo_name_from(folder_name: str) -> str:
+    """A valid repository name made from a folder's name (other characters become ``-``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", folder_name).strip("-._")[:64] or "repo"
 
 
 def unique_name(base: str, taken: set[str]) -> str:

@@ -109,12 +109,12 @@ def start_api(model_dir: Path, log: Path, *extra: str) -> tuple[subprocess.Popen
     return proc, port
 
 
-def complete(port: int, prompt: str, **fields) -> tuple[int, dict]:
+def complete(port: int, prompt: str, key: str = "dummy", **fields) -> tuple[int, dict]:
     body = {"model": "fastertransformer", "prompt": prompt, "max_tokens": 16, "temperature": 0.0, **fields}
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/engines/codegen/completions",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": "Bearer dummy"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:

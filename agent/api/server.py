@@ -103,7 +103,8 @@ def remove_endpoint(path: Path) -> None:
 
 # -- errors as HTTP ----------------------------------------------------------------------------------------
 
-_STATUS_BY_CLASS = {"InputError": 400, "JobError": 409, "AgentError": 409}
+_STATUS_BY_CLASS = {"InputError": 400, "JobError": 409, "AgentError": 409, "StackError": 409, "ExecutorError": 409}
+MAX_CONNECTIONS = 64
 
 
 def http_status(exc: RepopilotError) -> int:
@@ -257,11 +258,28 @@ class _HttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
     api: ApiServer
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, at most MAX_CONNECTIONS at once: more are closed at once."""
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "repopilot-agent"
-    timeout = 300  # an idle keep-alive connection frees its thread after this
+    timeout = 60  # a connection idle (or slow to send its request) this long frees its thread
     server: _HttpServer
 
     # -- plumbing ----------------------------------------------------------------------------------------------
@@ -328,6 +346,8 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             raise _Refused(400, "BadRequest", "Bad request", "Content-Length is not a number") from None
+        if length < 0:
+            raise _Refused(400, "BadRequest", "Bad request", "Content-Length must not be negative")
         if length > MAX_BODY:
             raise _Refused(413, "TooLarge", "Request too large", f"the body may be {MAX_BODY} bytes at most")
         raw = self.rfile.read(length) if length else b""

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import tempfile
@@ -117,7 +118,7 @@ class SshTarget:
         return self.run_raw(script, timeout).decode(errors="replace")
 
     def run_raw(self, script: str, timeout: float = 60.0) -> bytes:
-        cmd = [*self.options(), self.destination, "sh -s"]
+        cmd = [*self.options(), "--", self.destination, "sh -s"]
         try:
             proc = subprocess.run(cmd, input=(PRIVATE + script).encode(), capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -133,7 +134,7 @@ class SshTarget:
 
     def stream(self, script: str, on_line: Callable[[str], None]) -> int:
         """Run a script, passing each output line (stdout and stderr) to ``on_line``; its exit code."""
-        cmd = [*self.options(), self.destination, "sh -s"]
+        cmd = [*self.options(), "--", self.destination, "sh -s"]
         with subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
         ) as proc:
@@ -180,7 +181,9 @@ class SshTarget:
         """End the shared connection (a later call opens a new one)."""
         if self.control_dir is None:
             return
-        subprocess.run([*self.options(), "-O", "exit", self.destination], capture_output=True, timeout=15, check=False)
+        subprocess.run(
+            [*self.options(), "-O", "exit", "--", self.destination], capture_output=True, timeout=15, check=False
+        )
 
     def explain(self, stderr: str) -> str:
         """What an ssh failure means for the user, and what to do about it."""
@@ -220,6 +223,12 @@ def control_dir_for(local_work_dir: Path) -> Path:
         digest = hashlib.sha1(str(local_work_dir).encode()).hexdigest()[:10]
         folder = Path(tempfile.gettempdir()) / f"repopilot-ssh-{os.getuid()}-{digest}"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = folder.lstat()  # in /tmp another user could have made it first: use it only if it is ours alone
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise ExecutorError(
+            f"The folder for SSH control sockets {folder} is not a private folder of this user. Remove it (or set "
+            "a shorter data_dir so that the sockets stay inside it) and retry."
+        )
     return folder
 
 
@@ -301,7 +310,7 @@ class RemoteRun:
             "{\n" + self.prelude() + 'if alive "$pid"; then echo "RUNNING $pid"; exit 0; fi\n'
             '[ -f "$R/config.json" ] || rm -rf "$R"\n'  # a set-up that did not finish: nothing worth keeping
             'rm -f "$J.pid" "$J.exit"\n'
-            f"cat >\"$J.sh\" <<'REPOPILOT_JOB_EOF'\n{job}REPOPILOT_JOB_EOF\n"
+            f'printf "%s" {q(job)} >"$J.sh"\n'  # one quoted word: no value can end it early (no heredoc)
             f'{env} {q(python)} -c {q(DETACH)} "$J.sh" </dev/null >>"$J.log" 2>&1 &\n'
             'i=0; while [ ! -s "$J.pid" ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i + 1)); done\n'
             'if [ -s "$J.pid" ]; then echo "STARTED $(cat "$J.pid")"; else echo NOSTART; tail -n 20 "$J.log"; fi\n'

@@ -131,6 +131,21 @@ _OWN_RULES = [
         literal=True,
     ),
     _Rule("jwt", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
+    _Rule("huggingface-token", re.compile(r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{34,}(?![A-Za-z0-9])")),
+    _Rule(  # mysql -p<password> (no space: with one, mysql asks for it), also mysqldump/mysqladmin
+        "password-argument",
+        re.compile(r"\bmysql(?:dump|admin|import|sh)?\b[^\n]*?[ \t]-p([^\s\"'`-][^\s\"'`]{2,})"),
+        group=1,
+        gates=(re.compile("mysql"),),
+        literal=True,
+    ),
+    _Rule(  # curl -u user:password, --user user:password
+        "password-argument",
+        re.compile(r"\bcurl\b[^\n]*?[ \t](?:-u|--user)[ \t=]*[\"']?[^\s:\"']+:([^\s\"'`]{3,})"),
+        group=1,
+        gates=(re.compile("curl"),),
+        literal=True,
+    ),
 ]
 _TOKEN_RULES = _OWN_RULES + _plugin_rules()
 
@@ -219,7 +234,8 @@ def _token_spans(text: str, low: str) -> Iterator[_Span]:
                     s = prefix.end()
             while e < n and text[e] in _TOKEN_CHARS:
                 e += 1
-            if s == e or (s and text[s - 1] in _ALNUM) or _MASKED.search(text, s, e):
+            inside_word = rule.group == 0 and s and text[s - 1] in _ALNUM  # a group may follow a flag (-pSECRET)
+            if s == e or inside_word or _MASKED.search(text, s, e):
                 continue
             if not rule.literal or _plausible(text[s:e]):
                 yield s, e, rule.kind, rule.prio

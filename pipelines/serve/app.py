@@ -102,6 +102,10 @@ def create_app(
         return JSONResponse(error_body(str(exc.detail), kind), exc.status_code, headers=exc.headers)
 
     async def complete(request: Request) -> Response:
+        kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if kind != "application/json":  # a web page may POST text/plain cross-site without a preflight
+            message = f"Send the body as application/json (not {kind or 'no type'})."
+            return JSONResponse(error_body(message, "invalid_request_error", code="unsupported_media_type"), 415)
         try:
             data = parse_json(await read_body(request, max_body_bytes) or b"{}")
         except MalformedJson as exc:

@@ -9,6 +9,7 @@ after it (prompt-lookup speculation) — plus the next chunk of a prompt being p
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,5 +154,6 @@ def choose_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
     usable = (torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)).tolist()
     for j, i in enumerate(sampled):
         if usable[j]:  # else (extreme settings overflowed) the argmax stands
-            chosen[i] = int(torch.multinomial(probs[j], 1, generator=rows[i].generator).item())
+            with contextlib.suppress(RuntimeError):  # one row's settings never fail the batch it shares
+                chosen[i] = int(torch.multinomial(probs[j], 1, generator=rows[i].generator).item())
     return chosen

@@ -45,7 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--triton-port", type=int, default=8001, help="Triton's gRPC port (default 8001)")
     p.add_argument("--triton-model", default="fastertransformer", help="fastertransformer (default) or py-model")
     key = p.add_mutually_exclusive_group()
-    key.add_argument("--api-key", help=f"require `Authorization: Bearer KEY` (or set {API_KEY_ENV})")
+    key.add_argument(
+        "--api-key",
+        help=f"require `Authorization: Bearer KEY`; other users see it in `ps`: prefer --api-key-file or {API_KEY_ENV}",
+    )
     key.add_argument("--api-key-file", type=Path, help="read the API key from this file (first line)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="embedded engine: where to run")
     p.add_argument(

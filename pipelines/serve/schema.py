@@ -49,6 +49,13 @@ class CompletionBody(BaseModel):
         return list(self.prompt)
 
     def requests(self) -> list[CompletionRequest]:
+        prompts = self.prompts()
+        if len(prompts) * (self.n or 1) > MAX_N:  # every prompt gets n choices: the cap is on all of them
+            raise BadRequest(
+                f"{len(prompts)} prompts x n={self.n or 1} asks for more than {MAX_N} choices in one request; "
+                "send fewer prompts per request.",
+                param="prompt",
+            )
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])  # a string is one stop word
         bias: dict[int, float] = {}
         for key, value in (self.logit_bias or {}).items():
@@ -69,7 +76,7 @@ class CompletionBody(BaseModel):
             seed=self.seed,
             client=self.user or None,
         )
-        return [CompletionRequest(prompt=p, **common) for p in self.prompts()]
+        return [CompletionRequest(prompt=p, **common) for p in prompts]
 
     @property
     def include_usage(self) -> bool:

@@ -200,6 +200,30 @@ def test_errors_arrive_with_their_class_title_and_message(api: Api, tmp_path: Pa
     assert bad.value.title == "Invalid configuration" and "max_steps" in bad.value.message
 
 
+def test_hostile_arguments_get_400s_and_server_errors_409(api: Api, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "project")
+    post = lambda method, body: api.raw("POST", f"/api/v1/{method}", body, api.good_headers())  # noqa: E731
+    status, answer = post("add_repo", json.dumps({"path": str(repo.path), "include": "src/**"}).encode())
+    assert status == 400 and "include must be an array" in answer["error"]["message"]  # not a list of letters
+    for name in ("../../x", "a\nb", "-rf", "." * 3):
+        status, answer = post("add_repo", json.dumps({"path": str(repo.path), "name": name}).encode())
+        assert status == 400 and "cannot be a repository name" in answer["error"]["message"], name
+    assert api.client.list_repos() == []
+    status, answer = post("test_completion", b'{"prompt": "def "}')
+    assert status == 409 and answer["error"]["type"] == "StackError"  # no server runs: a state, not a bug
+    headers = {**api.good_headers(), "Content-Length": "-1"}
+    connection = http.client.HTTPConnection("127.0.0.1", api.server.port, timeout=10)
+    connection.putrequest("POST", "/api/v1/status", skip_host=True, skip_accept_encoding=True)
+    for key, value in headers.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    response = connection.getresponse()  # answered at once, not a handler waiting for bytes that never come
+    assert response.status == 400 and b"negative" in response.read()
+    connection.close()
+    with pytest.raises(InputError, match="control characters"):
+        api.client.update_settings({"server": {"api_key": "k\nTRITON_IMAGE=attacker/evil:latest"}})
+
+
 def test_an_unexpected_failure_is_a_500_without_traceback(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken() -> None:
         raise ZeroDivisionError("division by zero")

@@ -94,6 +94,21 @@ def _samples() -> list[Sample]:
         "aws-secret-key",
         "aws_secret_access_key = ",
     )
+    add("hf-token", "login(@@)\nrun()\n", "h" + "f_" + _rand(_ALNUM, 34), "huggingface-token", "run()")
+    add(
+        "mysql-password",
+        "mysql -h db -u app -p@@ shop < dump.sql\necho ok\n",
+        _rand(_ALNUM, 14),
+        "password-argument",
+        "echo ok",
+    )
+    add(
+        "curl-user",
+        "curl -u deploy:@@ https://ci.internal/api\nexit 0\n",
+        _rand(_ALNUM, 16),
+        "password-argument",
+        "exit 0",
+    )
     add(
         "github-classic",
         'GH = "@@"  # CI bot\n',

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import threading
 import time
@@ -268,3 +269,30 @@ def test_a_client_that_leaves_stops_its_generation(tiny_model) -> None:
         stats = engine.stats()
         assert post(srv.url, {"prompt": "def get_", "max_tokens": 3}).status_code == 200  # still serving
     assert stats["rows"] == 0 and stats["tokens"] < 16 * 230
+
+
+def test_only_json_bodies_and_at_most_16_choices_per_request(server: str) -> None:
+    url = server + "/v1/completions"
+    plain = httpx.post(url, content=json.dumps({"prompt": "def "}), headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415 and "application/json" in plain.json()["error"]["message"]
+    many = httpx.post(url, json={"prompt": ["def "] * 10, "n": 2, "max_tokens": 1})
+    assert many.status_code == 400 and "more than 16 choices" in many.json()["error"]["message"]
+    fine = httpx.post(url, json={"prompt": ["def "] * 8, "n": 2, "max_tokens": 1}, timeout=60)
+    assert fine.status_code == 200 and len(fine.json()["choices"]) == 16
+
+
+def test_extreme_sampling_settings_do_not_break_a_shared_batch(server: str) -> None:
+    """temperature/top_p of 1e-300 are 0 in float32: such a request is greedy, and a stream decoded in the
+    same batch carries on."""
+    url = server + "/v1/completions"
+    body = {"prompt": "def get_total(self, count):\n", "max_tokens": 24, "temperature": 0, "stream": True}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        stream = pool.submit(lambda: httpx.post(url, json=body, timeout=60).text)
+        hostile = [
+            pool.submit(httpx.post, url, json={"prompt": "def ", "max_tokens": 8, **extreme}, timeout=60)
+            for extreme in ({"temperature": 1e-300}, {"top_p": 1e-300}, {"temperature": 5e-324, "top_p": 5e-324})
+        ]
+        answers = [f.result() for f in hostile]
+        events = stream.result()
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert events.rstrip().endswith("data: [DONE]") and '"error"' not in events

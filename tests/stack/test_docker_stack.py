@@ -20,6 +20,8 @@ from agent.stack.embedded import StackError
 from pipelines.convert import ConvertOptions, convert
 from tests.services import ROOT, complete, free_port, listening_on, require, trained_tiny
 
+KEY = "stack-key-1"  # [server] api_key: the served API must require it
+
 
 def build_images() -> None:
     base = subprocess.run(["bash", "packaging/docker/make-base-image.sh"], cwd=ROOT, capture_output=True, text=True)
@@ -45,7 +47,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     settings = StackSettings(
         models_root=str(models), model="v1", gpu=False, host_network=True, triton_host="127.0.0.1",
         api_port=free_port(), triton_port=free_port(), triton_http_port=free_port(),
-        triton_metrics_port=free_port(), triton_image=TRITON_CPU_STANDIN_IMAGE,
+        triton_metrics_port=free_port(), triton_image=TRITON_CPU_STANDIN_IMAGE, api_key=KEY,
     )  # fmt: skip
     docker = DockerStack(root / "compose")
     try:
@@ -63,8 +65,10 @@ def test_up_serves_a_completion_through_triton(stack) -> None:
     docker, settings = stack
     statuses = {s.name: s for s in docker.status()}
     assert statuses["triton"].healthy and statuses["copilot_proxy"].healthy
-    status, body = complete(settings.api_port, "def add(a, b):\n")
+    status, body = complete(settings.api_port, "def add(a, b):\n", KEY)
     assert status == 200 and body["choices"][0]["text"]
+    assert complete(settings.api_port, "def add(a, b):\n")[0] == 401  # a wrong key
+    assert complete(settings.api_port, "def add(a, b):\n", key="")[0] == 401  # none
     env = (docker.project_dir / ".env").read_text()
     ports = (settings.api_port, settings.triton_port, settings.triton_http_port)
     assert {port: listening_on(port) for port in ports} == {port: {"127.0.0.1"} for port in ports}  # nothing more
@@ -81,7 +85,7 @@ def test_swap_then_failed_swap_rolls_back(stack) -> None:
     assert "rolled back to v2" in str(err.value)
     assert "MODEL='v2'" in (docker.project_dir / ".env").read_text()
     assert healthy(docker)
-    assert complete(settings.api_port, "import os\n")[0] == 200
+    assert complete(settings.api_port, "import os\n", KEY)[0] == 200
 
 
 def test_service_restarts_after_a_crash(stack) -> None:
@@ -96,7 +100,7 @@ def test_service_restarts_after_a_crash(stack) -> None:
         time.sleep(1)
     else:
         pytest.fail(f"copilot_proxy did not come back: {docker.logs('copilot_proxy', 20)}")
-    assert complete(settings.api_port, "def ")[0] == 200
+    assert complete(settings.api_port, "def ", KEY)[0] == 200
 
 
 def test_down_removes_the_containers(stack) -> None:
@@ -104,6 +108,6 @@ def test_down_removes_the_containers(stack) -> None:
     docker.down()
     assert docker._containers() == []
     with pytest.raises(OSError):
-        complete(settings.api_port, "def ")
+        complete(settings.api_port, "def ", KEY)
     docker.up(settings, timeout=240)  # up again from nothing; the module fixture tears it down
     assert healthy(docker)
