@@ -21,9 +21,11 @@ import pytest
 
 from agent.executors.base import ExecutorError, TrainTask
 from agent.executors.ssh import SshExecutor, install_script, training_requirements
+from agent.executors.sshutil import PRIVATE, RemoteRun
 from agent.jobs import JobCancelled
 from pipelines.dataset.builder import build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
+from pipelines.errors import InputError
 from tests.dataset.conftest import Repo
 from tests.finetune.conftest import TINY_FAST, events, internal_module
 from tests.services import free_port
@@ -376,3 +378,34 @@ def test_the_install_uses_the_projects_training_requirements() -> None:
     script = install_script("/srv/box", reqs)
     assert '"$PY3" -m venv /srv/box/venv' in script
     assert "/srv/box/venv/bin/python -m pip install" in script and "'transformers>=4.40'" in script
+
+
+def test_no_argument_can_end_the_job_script_early(tmp_path: Path) -> None:
+    """A training argument with a line break and the old heredoc delimiter stays an argument: nothing after it
+    runs as shell on the box."""
+    work = tmp_path / "box"
+    for name in ("src", "jobs", "runs"):
+        (work / name).mkdir(parents=True)
+    marker = tmp_path / "injected"
+    hostile = f"x\nREPOPILOT_JOB_EOF\ntouch {marker}\n"
+    run = RemoteRun(str(work), TrainTask(7, tmp_path / "ds", tmp_path / "runs" / "m7", [], log_file=tmp_path / "l"))
+    script = run.start_script(sys.executable, ["echo", hostile], ["echo", hostile])
+    started = subprocess.run(["sh", "-s"], input=PRIVATE + script, capture_output=True, text=True, timeout=60)
+    assert "STARTED" in started.stdout, started.stdout + started.stderr
+    deadline = time.monotonic() + 30
+    while not (work / "jobs" / "7.exit").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (work / "jobs" / "7.exit").read_text().strip() == "0"
+    assert not marker.exists()
+    assert hostile in (work / "jobs" / "7.log").read_text()  # it reached the command whole, as one argument
+
+
+def test_ssh_options_cannot_hide_in_a_host_or_user(tmp_path: Path) -> None:
+    from agent.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[[gpu_boxes]]\nname = "a"\nkind = "ssh"\nhost = "-oProxyCommand=touch /tmp/x"\nuser = "-l"\n')
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    assert "gpu_boxes[0].host: must not start with '-'" in caught.value.message
+    assert "gpu_boxes[0].user: must not start with '-'" in caught.value.message
