@@ -224,6 +224,22 @@ def test_hostile_arguments_get_400s_and_server_errors_409(api: Api, tmp_path: Pa
         api.client.update_settings({"server": {"api_key": "k\nTRITON_IMAGE=attacker/evil:latest"}})
 
 
+def test_connections_past_the_cap_are_closed_at_once(api: Api) -> None:
+    from agent.api.server import MAX_CONNECTIONS
+
+    held = [socket.create_connection(("127.0.0.1", api.server.port), timeout=10) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.5)  # each has its thread, waiting for a request
+        extra = socket.create_connection(("127.0.0.1", api.server.port), timeout=10)
+        assert extra.recv(1) == b""  # closed by the server, no thread for it
+        extra.close()
+    finally:
+        for connection in held:
+            connection.close()
+    time.sleep(0.5)
+    assert api.client.status().pid == os.getpid()  # the slots came back
+
+
 def test_an_unexpected_failure_is_a_500_without_traceback(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken() -> None:
         raise ZeroDivisionError("division by zero")

@@ -21,7 +21,7 @@ import pytest
 
 from agent.executors.base import ExecutorError, TrainTask
 from agent.executors.ssh import SshExecutor, install_script, training_requirements
-from agent.executors.sshutil import PRIVATE, RemoteRun
+from agent.executors.sshutil import PRIVATE, RemoteRun, control_dir_for
 from agent.jobs import JobCancelled
 from pipelines.dataset.builder import build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
@@ -409,3 +409,15 @@ def test_ssh_options_cannot_hide_in_a_host_or_user(tmp_path: Path) -> None:
         load_config(path)
     assert "gpu_boxes[0].host: must not start with '-'" in caught.value.message
     assert "gpu_boxes[0].user: must not start with '-'" in caught.value.message
+
+
+def test_control_sockets_only_in_a_folder_of_this_user_alone(tmp_path: Path) -> None:
+    long_dir = tmp_path / ("x" * 80)  # too long for socket paths: the sockets go to a folder in /tmp
+    first = control_dir_for(long_dir)
+    assert (first.stat().st_mode & 0o777) == 0o700 and first.stat().st_uid == os.getuid()
+    first.chmod(0o777)  # as if another user had made it first, open to all
+    try:
+        with pytest.raises(ExecutorError, match="not a private folder"):
+            control_dir_for(long_dir)
+    finally:
+        shutil.rmtree(first)
