@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16", "int8")
 DEFAULT_PREFIX_CACHE_MB = 2048
+INLINE_TOKENIZE_CHARS = 256  # tokenized in well under a millisecond; longer prompts are tokenized in a thread
 
 
 def check_model_dir(model_dir: Path) -> Path:
@@ -228,8 +229,12 @@ class EmbeddedEngine(Engine):
 
         if self.failure or self._worker is None:
             raise EngineUnavailable(self.failure or "The model has not been loaded yet.")
-        # tokenizing takes CPU time proportional to the prompt: in a thread, never on the event loop or the worker
-        prompt_ids, lookahead_ids = await asyncio.to_thread(self._tokenize, request)
+        # tokenizing takes CPU time in proportion to the prompt: a long one in a thread, never on the event loop or
+        # the worker; a short one at once, so that concurrent requests keep their order (and prefix reuse)
+        if isinstance(request.prompt, str) and len(request.prompt) > INLINE_TOKENIZE_CHARS:
+            prompt_ids, lookahead_ids = await asyncio.to_thread(self._tokenize, request)
+        else:
+            prompt_ids, lookahead_ids = self._tokenize(request)
         if request.max_tokens == 0:
             for i in range(request.n):
                 yield Piece(i, "", Finish.LENGTH, 0)
