@@ -319,7 +319,6 @@ class Engine(ABC):
 
     async def generate(self, request: CompletionRequest) -> Completion:
         """All choices at once (collects :meth:`stream`)."""
-        prompt_tokens = await asyncio.to_thread(self.count_tokens, request.prompt)  # CPU work: off the event loop
         texts: dict[int, list[str]] = {i: [] for i in range(request.n)}
         done: dict[int, Choice] = {}
         async with contextlib.aclosing(self.stream(request)) as pieces:  # a cancelled caller frees its rows at once
@@ -328,6 +327,8 @@ class Engine(ABC):
                 if piece.finish_reason is not None:
                     text = "".join(texts[piece.index])
                     done[piece.index] = Choice(piece.index, text, piece.finish_reason, piece.tokens)
+        # counted after the stream started it, so concurrent requests reach the engine in the order they came
+        prompt_tokens = await asyncio.to_thread(self.count_tokens, request.prompt)  # CPU work: off the event loop
         missing = [i for i in range(request.n) if i not in done]
         if missing:
             raise EngineUnavailable(f"The {self.kind} engine ended without finishing choices {missing}.")
