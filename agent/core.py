@@ -43,16 +43,7 @@ from agent.retrain import RESOURCES
 from agent.server import ServerControl
 from agent.steps import STEPS, StepContext, disk_full
 from agent.store import Repo, Store, StoreError
-from agent.views import (
-    REPO_NAME,
-    agent_status,
-    dataset_info,
-    job_info,
-    model_info,
-    repo_info,
-    repo_name_from,
-    unique_name,
-)
+from agent.views import agent_status, dataset_info, job_info, model_info, repo_info, repo_name
 from agent.watcher import RepoWatch, Watcher, default_ref, find_git_dir, resolve
 from pipelines.errors import InputError, RepoError, RepopilotError
 from pipelines.fsutil import make_private
@@ -191,14 +182,7 @@ class Agent:
         ref = ref or default_ref(git_dir)
         if resolve(git_dir, ref) is None:
             raise RepoError(f"{folder} has no commit on {ref!r}. Commit something first, or pick another ref.")
-        if name is not None and not REPO_NAME.fullmatch(name):
-            raise InputError(
-                f"{name!r} cannot be a repository name: use letters, digits, '.', '_' and '-' (up to 64, starting "
-                "with a letter or digit).",
-                title="Invalid repository name",
-            )
-        taken = {r.name for r in self.store.list_repos()}
-        name = name or unique_name(repo_name_from(folder.name.removesuffix(".git")), taken)
+        name = repo_name(name, folder, {r.name for r in self.store.list_repos()})
         if any(r.path == str(folder) and r.ref == ref for r in self.store.list_repos()):
             raise InputError(f"{folder} ({ref}) is already watched.", title="Already watched")
         repo = self.store.add_repo(

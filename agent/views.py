@@ -20,6 +20,7 @@ from agent.models import AgentState, AgentStatus, DatasetInfo, ErrorInfo, JobInf
 from agent.policy import models_to_prune, should_retrain
 from agent.store import Model, Repo, StoreError
 from agent.watcher import find_git_dir, resolve
+from pipelines.errors import InputError
 
 if TYPE_CHECKING:
     from agent.core import Agent
@@ -281,13 +282,19 @@ REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """A repository's name: it becomes part of paths, file names and dataset URLs."""
 
 
-def repo_name_from(folder_name: str) -> str:
-    """A valid repository name made from a folder's name (other characters become ``-``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", folder_name).strip("-._")[:64] or "repo"
-
-
-def unique_name(base: str, taken: set[str]) -> str:
-    name, n = base or "repo", 2
+def repo_name(asked: str | None, folder: Path, taken: set[str]) -> str:
+    """The name a new repository gets: ``asked`` if it is a valid name, else (None) one made from the folder's
+    name (other characters become ``-``) that no repository in ``taken`` has."""
+    if asked is not None:
+        if not REPO_NAME.fullmatch(asked):
+            raise InputError(
+                f"{asked!r} cannot be a repository name: use letters, digits, '.', '_' and '-' (up to 64, starting "
+                "with a letter or digit).",
+                title="Invalid repository name",
+            )
+        return asked
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name.removesuffix(".git")).strip("-._")[:64] or "repo"
+    name, n = base, 2
     while name in taken:
         name, n = f"{base}-{n}", n + 1
     return name

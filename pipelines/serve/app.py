@@ -73,33 +73,7 @@ def create_app(
 
     app.add_middleware(Guard, hosts=hosts, api_key=api_key)
 
-    @app.exception_handler(BadRequest)
-    async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, "invalid_request_error", exc.param, exc.code, exc.title), 400)
-
-    @app.exception_handler(EngineUnavailable)
-    async def unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
-        body = error_body(exc.message, "server_error", code="engine_unavailable", title=exc.title)
-        return JSONResponse(body, 503, headers={"Retry-After": "5"})
-
-    @app.exception_handler(RepopilotError)
-    async def other_error(_: Request, exc: RepopilotError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, "server_error", title=exc.title), 500)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body(f"Invalid request: {exc.errors()}", "invalid_request_error"), 400)
-
-    @app.exception_handler(Exception)
-    async def bug(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        message = f"Unexpected server error ({type(exc).__name__}: {exc}). This is a bug in repopilot; see its log."
-        return JSONResponse(error_body(message, "server_error"), 500)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(error_body(str(exc.detail), kind), exc.status_code, headers=exc.headers)
+    add_error_handlers(app)
 
     async def complete(request: Request) -> Response:
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -153,6 +127,38 @@ def create_app(
     for path in OPEN_PATHS:
         app.add_api_route(path, health, methods=["GET"], include_in_schema=False)
     return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """OpenAI-shaped errors: 400 for bad requests, 503 when the engine cannot answer, 500 only for bugs."""
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, "invalid_request_error", exc.param, exc.code, exc.title), 400)
+
+    @app.exception_handler(EngineUnavailable)
+    async def unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
+        body = error_body(exc.message, "server_error", code="engine_unavailable", title=exc.title)
+        return JSONResponse(body, 503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(RepopilotError)
+    async def other_error(_: Request, exc: RepopilotError) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, "server_error", title=exc.title), 500)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(f"Invalid request: {exc.errors()}", "invalid_request_error"), 400)
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        message = f"Unexpected server error ({type(exc).__name__}: {exc}). This is a bug in repopilot; see its log."
+        return JSONResponse(error_body(message, "server_error"), 500)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(exc.detail), kind), exc.status_code, headers=exc.headers)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
