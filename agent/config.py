@@ -166,6 +166,9 @@ class ServerConfig:
     triton_metrics_port: int = 8002
     serve_args: list[str] = field(default_factory=list)
     """embedded: extra `repopilot serve` arguments, e.g. ``["--dtype", "int8", "--prefix-cache-mb", "1024"]``."""
+    context: bool = True
+    """Put repository context (definitions and similar code of the watched repositories, from the agent's dataset,
+    followed as it updates) before every prompt; a request's ``repo_context`` field overrides it."""
 
     def check(self) -> Problems:
         problems: Problems = []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+CURRENT_DATASET = "current"
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,19 @@ class AgentPaths:
     def datasets(self) -> Path:
         """One dataset folder per set of watched repos (``<key>/``) and frozen copies per version."""
         return self.root / "datasets"
+
+    @property
+    def current_dataset(self) -> Path:
+        """A relative link to the dataset folder of the repositories watched now (what the completion server reads
+        repository context from; relative, so it also resolves where ``datasets`` is mounted in a container)."""
+        return self.datasets / CURRENT_DATASET
+
+    def point_current_dataset(self, folder: Path) -> None:
+        """Point :attr:`current_dataset` at ``folder`` (atomically: a reader sees the old or the new one)."""
+        tmp = self.datasets / f".{CURRENT_DATASET}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path(folder).name)
+        os.replace(tmp, self.current_dataset)
 
     def snapshot(self, version: str) -> Path:
         """The frozen dataset a model trains and evaluates on (hard links; immutable)."""

@@ -200,9 +200,12 @@ class ServerControl:
         runtime = self.runtime() if (self.stack_dir / "runtime").exists() else self._configured_runtime()
         self.stack_dir.mkdir(parents=True, exist_ok=True)
         (self.stack_dir / "runtime").write_text(runtime)
+        current = self.agent.paths.current_dataset
+        context = current if server.context and (current / "manifest.json").exists() else None
         if runtime == "embedded":
             target = self._embedded_dir(model)
-            self._embedded().up(target, server.port, server.host, api_key=server.api_key, extra_args=server.serve_args)
+            extra = [*server.serve_args, *(["--context-dataset", str(context)] if context else [])]
+            self._embedded().up(target, server.port, server.host, api_key=server.api_key, extra_args=extra)
             return
         from agent.stack.cli import has_nvidia_gpu
 
@@ -221,6 +224,7 @@ class ServerControl:
             triton_image=server.triton_image or TRITON_IMAGE,
             api_key=server.api_key,
             bind=server.host,
+            context_dir=str(context.parent) if context else "",
         )
         self._docker().up(settings)
 

@@ -135,6 +135,7 @@ def run_dataset(ctx: StepContext) -> dict[str, Any]:
         code = ctx.run_cli("dataset", "build", str(folder), "--repos-json", str(spec_file), "--progress", "json")
     if code != 0:
         raise ctx.fail("`repopilot dataset`", code)
+    paths.point_current_dataset(folder)  # the completion server's repository context follows it
     manifest = json.loads((folder / "manifest.json").read_text())
     version = manifest["dataset_version"]
     snapshot = freeze(folder, paths.snapshot(version))

@@ -43,6 +43,7 @@ from bench.report import finish  # noqa: E402
 from pipelines.finetune.data import public_files  # noqa: E402
 
 HELD_OUT_PERCENT = 5
+STAMP = "bench-stamp.json"  # what a WORK/run was trained from: reused when a later run asks for the same
 REPORTED = (
     "internal_identifier_recall",
     "internal_identifier_loss",
@@ -185,7 +186,39 @@ def _round(value):
     return round(value, 4) if isinstance(value, float) else value
 
 
-def goal(metrics: dict) -> dict:
+def _trained_as(run: Path, stamp: dict) -> bool:
+    """Whether ``run`` holds a finished fine-tune of the same base, dataset version and recipe."""
+    try:
+        done = json.loads((run / "result.json").read_text()).get("status") == "done"
+        return done and json.loads((run / STAMP).read_text()) == stamp and (run / "model" / "config.json").exists()
+    except (OSError, ValueError):
+        return False
+
+
+def four_way(context: dict) -> dict:
+    """Identifier recall of base, base + context, fine-tuned, fine-tuned + context, and the gains with their CIs."""
+    recall = "internal_identifier_recall"
+    base, tuned, served = (context[k]["metrics"][recall] for k in ("baseline", "candidate", "served"))
+    table = _arms(context, recall)
+    gains = {
+        "context_on_base": base,
+        "context_on_fine_tuned": tuned,
+        "fine_tuned_vs_base_both_with_context": served,
+    }
+    return {
+        "internal_identifier_recall": {k: _round(v) for k, v in table.items()},
+        "gains": {k: {f: _round(v.get(f)) for f in ("delta", "ci", "verdict")} for k, v in gains.items()},
+        "exact_match_internal": {k: _round(v) for k, v in _arms(context, "internal_exact_match").items()},
+    }
+
+
+def _arms(context: dict, metric: str) -> dict:
+    base, tuned = context["baseline"]["metrics"][metric], context["candidate"]["metrics"][metric]
+    return {"base": base["baseline"], "base+context": base["candidate"], "fine-tuned": tuned["baseline"],
+            "fine-tuned+context": tuned["candidate"]}  # fmt: skip
+
+
+def goal(metrics: dict, context: dict | None = None) -> dict:
     time_split, public = metrics.get("time", {}), metrics.get("public", {})
     recall = time_split.get("internal_identifier_recall", {})
     ident = time_split.get("internal_identifier_loss", {})
@@ -202,6 +235,24 @@ def goal(metrics: dict) -> dict:
         "identifier_loss_lower_with_ci_below_0": bool(ident.get("ci") and ident["ci"][1] < 0),
         "public_loss_rise": None if rise is None else round(rise, 4),
         "public_loss_rise_below_10_percent": rise is not None and rise < 0.10,
+        **(_context_goal(context) if context else {}),
+    }
+
+
+def _context_goal(context: dict) -> dict:
+    """#14: context helps both models (CI of the gain above 0), and fine-tuned + context is the best of the four."""
+    gains, table = context["gains"], context["internal_identifier_recall"]
+    best = max(table, key=lambda k: table[k] if table[k] is not None else -1)
+    return {
+        "context_gain_on_base_ci_above_0": bool(
+            gains["context_on_base"]["ci"] and gains["context_on_base"]["ci"][0] > 0
+        ),
+        "context_gain_on_fine_tuned_ci_above_0": bool(
+            gains["context_on_fine_tuned"]["ci"] and gains["context_on_fine_tuned"]["ci"][0] > 0
+        ),
+        "fine_tuned_with_context_is_best": best == "fine-tuned+context"
+        and bool(gains["fine_tuned_vs_base_both_with_context"]["ci"])
+        and gains["fine_tuned_vs_base_both_with_context"]["ci"][0] > 0,
     }
 
 
@@ -217,6 +268,17 @@ def main() -> None:
     parser.add_argument("--recipe", nargs=argparse.REMAINDER, default=[], help="more `repopilot train` flags")
     parser.add_argument("--max-files", type=int, default=200, help="held-out files per split (default 200)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--context",
+        choices=("repo", "none"),
+        default="repo",
+        help="also evaluate with repository context (default repo: the four-way table)",
+    )
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="fine-tune again even when WORK/run was trained from the same base, data and recipe",
+    )
     args = parser.parse_args()
 
     shape = dict(QUICK if args.quick else FULL)
@@ -257,10 +319,16 @@ def main() -> None:
 
     started = time.perf_counter()
     run = work / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    trained = cli("pipelines.finetune", str(data), "-o", str(run), "--base-model", str(base), "--json",
-                  *recipe)  # fmt: skip
-    result["finetune"] = {k: trained.get(k) for k in ("train_loss", "steps", "tokens", "train_seconds") if k in trained}
+    stamp = {"base": str(base), "dataset_version": built.get("dataset_version"), "recipe": recipe}
+    if args.retrain or not _trained_as(run, stamp):
+        shutil.rmtree(run, ignore_errors=True)
+        trained = cli("pipelines.finetune", str(data), "-o", str(run), "--base-model", str(base), "--json",
+                      *recipe)  # fmt: skip
+        (run / STAMP).write_text(json.dumps(stamp))
+    else:
+        trained = {**json.loads((run / "result.json").read_text()), "reused": str(run)}
+    keys = ("train_loss", "steps", "tokens", "train_seconds", "reused")
+    result["finetune"] = {k: trained.get(k) for k in keys if k in trained}
     seconds["finetune"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -268,12 +336,14 @@ def main() -> None:
         "pipelines.evaluate", str(data), "--baseline", str(base), "--candidate", str(run / "model"),
         "--split", "time", "--since", cut, "--until", head, "--public", str(held_dir),
         "--max-files", str(args.max_files), "--public-files", str(args.max_files),
-        "--out", str(work / "eval"), "--progress", "none", "--json",
+        "--out", str(work / "eval"), "--progress", "none", "--json", "--context", args.context,
     )  # fmt: skip
     seconds["evaluate"] = time.perf_counter() - started
     result["metrics"] = metrics_of(report)
+    if args.context == "repo":
+        result["context"] = four_way(report["splits"]["time"]["context"])
     result["gate"] = {k: report.get("gate", {}).get(k) for k in ("worse", "reasons")}
-    result["goal"] = goal(result["metrics"])
+    result["goal"] = goal(result["metrics"], result.get("context"))
     result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     finish(result, args.out)
 

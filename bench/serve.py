@@ -241,6 +241,8 @@ def main() -> None:
     )
     typing.add_argument("--exact-requests", type=int, default=6, help="requests compared in float32 (default 6)")
     typing.add_argument("--ctranslate2", action="store_true", help="also replay the trace on CTranslate2")
+    typing.add_argument("--context", action="store_true", help="also replay it with repository context (stdlib)")
+    typing.add_argument("--context-only", action="store_true", help="only the default engine without and with it")
     typing.add_argument("--long", type=int, default=0, help="also replay this many requests with a small cache")
     typing.add_argument("--long-cache-mb", type=float, default=512, help="the prefix cache of the long replay")
     args = parser.parse_args()

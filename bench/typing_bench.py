@@ -53,17 +53,22 @@ def rss_mb() -> float:
 class Served:
     """An embedded engine behind a real HTTP server (uvicorn on 127.0.0.1), closed on exit."""
 
-    def __init__(self, model_dir: Path, dtype: str, **settings) -> None:
+    def __init__(self, model_dir: Path, dtype: str, context_index=None, **settings) -> None:
         from serve import ServerThread
 
-        from pipelines.serve.app import create_app
+        from pipelines.context.provider import ContextProvider
+        from pipelines.serve.app import RepoContext, create_app
         from pipelines.serve.embedded import EmbeddedEngine
 
         self.engine = EmbeddedEngine(model_dir, device="cpu", max_batch=8, dtype=dtype, **settings)
         self.engine.load()
         if self.engine.failure:
             raise SystemExit(self.engine.failure)
-        self.server = ServerThread(create_app(self.engine, manage_engine=False))
+        self.context = None
+        if context_index is not None:
+            provider = ContextProvider(lambda: context_index, self.engine.count_tokens, self.engine.context_length)
+            self.context = RepoContext(provider)
+        self.server = ServerThread(create_app(self.engine, manage_engine=False, context=self.context))
 
     def __enter__(self) -> Served:
         self.server.__enter__()
@@ -219,6 +224,36 @@ def ctranslate2_side_by_side(model_dir: Path, trace, args) -> dict | str:
     }
 
 
+def stdlib_index():
+    """Repository context for the trace: the index of the standard library the trace's files come from (the file
+    being typed included, as the server's index holds the saved version of the file being edited)."""
+    from pipelines.context.index import IndexedFile, RepoIndex
+    from pipelines.finetune.data import public_files
+
+    files = []
+    for path in public_files(STDLIB):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        record = {"repo": "stdlib", "path": str(path.relative_to(STDLIB)), "text": text, "lang": "python"}
+        files.append(IndexedFile.from_record(record))
+    return RepoIndex(files, "stdlib")
+
+
+def with_context(model_dir: Path, trace, args, extra: dict) -> dict:
+    """The default engine with repository context before every prompt, on the same trace."""
+    started = time.perf_counter()
+    index = stdlib_index()
+    indexed_s = time.perf_counter() - started
+    settings = {"prefix_cache_mb": args.prefix_cache_mb}
+    with Served(model_dir, args.dtype, context_index=index, **settings) as srv:
+        out = one_typist(srv, trace, args, extra)
+        out.pop("texts")
+        out["context"] = {**srv.context.stats(), **index.stats(), "index_build_s": round(indexed_s, 1)}
+    return out
+
+
 def run_typing(model_dir: Path, args) -> dict:
     extra = {"logit_bias": {"50256": -100}}  # no end-of-text: every answer has 32 tokens
     trace = typing_trace(STDLIB / FILES[0], args.requests)
@@ -233,6 +268,13 @@ def run_typing(model_dir: Path, args) -> dict:
         },
         "rss_before_engines_mb": rss_mb(),
     }
+    if args.context_only:  # #14's side by side: the default engine without and with repository context
+        with Served(model_dir, args.dtype, prefix_cache_mb=args.prefix_cache_mb) as srv:
+            result["default"] = one_typist(srv, trace, args, extra)
+            result["default"].pop("texts")
+        result["default+context"] = with_context(model_dir, trace, args, extra)
+        result["goal"] = {name: result[name]["keystroke"]["p50_s"] for name in ("default", "default+context")}
+        return result
     texts = {}
     for name, settings in CONFIGS.items():
         settings = {"prefix_cache_mb": args.prefix_cache_mb, **settings}
@@ -247,9 +289,12 @@ def run_typing(model_dir: Path, args) -> dict:
         gc.collect()
     same = sum(a == b for a, b in zip(texts["default"], texts["plain"], strict=True))
     result["identical_completions_default_vs_plain"] = f"{same}/{len(trace)}"
+    if args.context:
+        result["default+context"] = with_context(model_dir, trace, args, extra)
     single = result["default"]["keystroke"]["p50_s"]
     result["goal"] = {
         "single_typist_p50_s": single,
+        "single_typist_with_context_p50_s": result.get("default+context", {}).get("keystroke", {}).get("p50_s"),
         "eight_typists_p95_s": result["eight_typists"]["keystroke"]["p95_s"],
         "eight_typists_p95_over_single_p50": round(result["eight_typists"]["keystroke"]["p95_s"] / single, 2),
     }

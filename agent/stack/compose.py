@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.paths import CURRENT_DATASET
 from pipelines.errors import InputError
 from pipelines.fsutil import write_bytes_atomic
 from pipelines.serve.exposure import DEFAULT_HOST, check_address, exposure_problem
@@ -63,6 +64,9 @@ class StackSettings:
     """Clients must send it as a bearer token (passed to the API container as REPOPILOT_API_KEY)."""
     bind: str = DEFAULT_HOST
     """Host address the API is published on; anything but loopback needs ``api_key``."""
+    context_dir: str = ""
+    """A folder of datasets mounted read-only in the API container; its ``current`` entry gives repository
+    context (``repopilot serve --context-dataset``). Empty: no context."""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -92,6 +96,8 @@ class StackSettings:
         }
         if self.api_key:
             values["REPOPILOT_API_KEY"] = self.api_key
+        if self.context_dir:
+            values["CONTEXT_DIR"] = self.context_dir
         values.update(self.extra)
         return values
 
@@ -149,6 +155,9 @@ def render_compose(settings: StackSettings) -> str:
         "depends_on": ["triton"],
         "restart": "unless-stopped",
     }
+    if settings.context_dir:
+        api["volumes"].append("${CONTEXT_DIR}:/datasets:ro")
+        api["command"] += ["--context-dataset", f"/datasets/{CURRENT_DATASET}"]
     if settings.host_network:
         triton["network_mode"] = api["network_mode"] = "host"
         triton["command"][2] += " " + LOOPBACK_ONLY

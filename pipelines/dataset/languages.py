@@ -57,3 +57,27 @@ def language_of(path: str, extra: dict[str, str] | None = None) -> str | None:
     if extra and suffix in extra:
         return extra[suffix]
     return LANGUAGES.get(suffix)
+
+
+#: Languages whose line comments start with ``#``, and with ``--``; the C family uses ``//``.
+HASH_COMMENT_LANGS: frozenset[str] = frozenset(
+    {
+        "python", "shell", "ruby", "perl", "r", "yaml", "toml", "julia", "elixir", "makefile",
+        "dockerfile", "cmake", "powershell", "nim", "starlark", "terraform", "ini", "graphql",
+    }
+)  # fmt: skip
+DASH_COMMENT_LANGS: frozenset[str] = frozenset({"sql", "lua", "haskell"})
+_NO_LINE_COMMENT = frozenset({"json", "markdown", "restructuredtext", "html", "css", "xml", "vue", "svelte"})
+
+
+def line_comment(lang: str | None) -> str | None:
+    """What starts a line comment in ``lang`` (``#``, ``--``, ``//``, ``%`` for TeX), or None when it has none."""
+    if lang in HASH_COMMENT_LANGS:
+        return "#"
+    if lang in DASH_COMMENT_LANGS:
+        return "--"
+    if lang == "tex":
+        return "%"
+    if lang in _NO_LINE_COMMENT:
+        return None
+    return "//"

@@ -254,6 +254,24 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
         raise DatasetError(f"{path} is damaged ({exc}). Run `repopilot dataset update` to rewrite it.") from None
 
 
+def shard_names(manifest: dict[str, Any], splits: Iterable[str] = SPLITS) -> list[str]:
+    """The shard files (``train/<hash>.jsonl``, ...) a manifest lists, in manifest order. A shard's name is the hash of
+    its content: an unchanged name is an unchanged shard."""
+    return [shard["file"] for split in splits for shard in manifest.get("shards", {}).get(split, [])]
+
+
+def read_shard(out_dir: Path, name: str) -> list[dict[str, Any]]:
+    """The records of one shard the manifest lists."""
+    path = Path(out_dir) / name
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    except FileNotFoundError:
+        raise DatasetError(f"{path} is listed in the manifest but missing. Run `repopilot dataset update`.") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is damaged ({exc}). Rebuild the dataset with --force.") from None
+
+
 def file_index(out_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """repo -> path -> {sha, status, commit[, shard, line, split, lang | dup_of]} for every file seen."""
     files: dict[str, dict[str, dict[str, Any]]] = {}

@@ -89,6 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0.1,
         help="relative rise of the loss on --public the gate tolerates (default 0.1: 10%%)",
     )
+    add_context_options(parser)
     parser.add_argument("--gate", action="store_true", help="exit 3 when the candidate is worse than the baseline")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the models")
     parser.add_argument(
@@ -100,6 +101,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--progress", choices=MODES, default="auto", help="progress on stderr (json for machines)")
     parser.add_argument("--json", action="store_true", help="print report.json instead of the table")
+
+
+def add_context_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--context",
+        choices=("none", "repo"),
+        default="none",
+        help="repo: also score the completions with repository context before each prompt, as `repopilot serve "
+        "--context-dataset` adds it (definitions and similar code from the dataset, never the held-out file "
+        "itself), and compare each model with and without it (default none)",
+    )
+    parser.add_argument(
+        "--context-tokens",
+        type=int,
+        metavar="N",
+        default=256,
+        help="most tokens of repository context per prompt (default 256, at most a quarter of the model's window)",
+    )
 
 
 def _models(args: argparse.Namespace) -> dict[str, Path]:
@@ -123,6 +142,8 @@ def _models(args: argparse.Namespace) -> dict[str, Path]:
         problems.append("--public-files must be at least 1")
     if args.threads is not None and args.threads < 1:
         problems.append("--threads must be at least 1")
+    if args.context_tokens < 1:
+        problems.append("--context-tokens must be at least 1")
     if args.out.exists() and not args.out.is_dir():
         problems.append(f"--out {args.out} is a file; give a folder")
     if problems:
@@ -164,6 +185,8 @@ def evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         for split in splits
         if (split_of == split).any()
     }
+    if work.context is not None:
+        _add_context(summaries, results, work, split_of, args)
     built: dict[str, Any] = {
         "format": report.FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -183,6 +206,8 @@ def evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             "public": None if args.public is None else str(args.public),
             "public_tolerance": args.public_tolerance,
             "decoding": "greedy",
+            "context": args.context,
+            "context_tokens": args.context_tokens if args.context == "repo" else None,
         },
         "samples": infos,
         "splits": summaries,
@@ -196,6 +221,46 @@ def evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     built["wall_seconds"] = round(time.monotonic() - started, 2)
     report.write_report(args.out, built)
     return built
+
+
+def _add_context(summaries: dict, results: dict, work: Any, split_of: np.ndarray, args: argparse.Namespace) -> None:
+    """Per split of the repository, each model without vs with repository context (and the pair as served)."""
+    from pipelines.evaluate import compare
+
+    def table(result: Any) -> dict:
+        return compare.file_table(result, work.tasks, work.identifiers, len(work.samples))
+
+    plain = {role: table(result) for role, result in results.items()}
+    served = {role: table(result.with_context) for role, result in results.items()}
+    for split, summary in summaries.items():
+        if split == "public":
+            continue
+        mask = split_of == split
+        summary["context"] = {
+            name: compare.summarize_split(
+                pair, mask, args.bootstrap, args.seed, args.loss_tolerance, compare.CONTEXT_METRICS
+            )
+            for name, pair in compare.context_pairs(plain, served).items()
+        }
+
+
+def _context_work(args: argparse.Namespace, view: Any, found: list, line_tasks: list, identifiers: list, progress):
+    """What repository context each prompt gets (``--context repo``): from every file of the dataset, never the
+    prompt's own file, and only its own repository."""
+    from pipelines.context.provider import ContextSettings, choose
+    from pipelines.context.source import load_index
+    from pipelines.evaluate.metrics import ContextWork
+
+    index = load_index(view.out_dir)
+    progress.event("context_index", **index.stats())
+    settings = ContextSettings(max_tokens=args.context_tokens)
+
+    def chosen(task: Any) -> tuple[list, str | None]:
+        sample = found[task.file]
+        items, lang = choose(index, task.prompt, settings, repo=sample.repo, skip_path=sample.path)
+        return items, sample.lang or lang
+
+    return ContextWork([chosen(t) for t in line_tasks], [chosen(t) for t in identifiers], settings)
 
 
 def _workload(args: argparse.Namespace, view: Any, splits: list[str], progress: Progress) -> tuple[Any, dict, list]:
@@ -217,6 +282,7 @@ def _workload(args: argparse.Namespace, view: Any, splits: list[str], progress: 
     line_tasks = tasks.make_tasks(found, definitions, args.max_lines_per_file, args.seed)
     identifiers = tasks.identifier_tasks(found, definitions, line_tasks)
     spans = [(definitions.get(s.repo) or DefinitionIndex()).spans(s.text, s.path) for s in found]
+    context = _context_work(args, view, found, line_tasks, identifiers, progress) if args.context == "repo" else None
     if args.public is not None:  # after the repository's files: the tasks' file numbers stay valid
         public, sample_set.splits[samples.PUBLIC] = samples.public_samples(args.public, args.public_files, args.seed)
         found, spans, splits = found + public, spans + [[] for _ in public], [*splits, samples.PUBLIC]
@@ -227,7 +293,7 @@ def _workload(args: argparse.Namespace, view: Any, splits: list[str], progress: 
         internal_lines=sum(t.internal for t in line_tasks),
         identifier_uses=len(identifiers),
     )
-    return metrics.Workload(found, spans, line_tasks, identifiers), sample_set.splits, splits
+    return metrics.Workload(found, spans, line_tasks, identifiers, context), sample_set.splits, splits
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,7 +39,9 @@ when, in the repository's splits (``validation``, ``time``),
 3. the 95% interval of Δ ``other_token_loss`` lies entirely above the same tolerance: the model got worse
    at the code around the team's names;
 
-or, in the ``public`` split (public code, ``--public``), the 95% interval of Δ ``loss`` lies entirely above
+or, with ``--context repo``, the 95% interval of Δ ``internal_identifier_recall`` of the two models as they are
+served (both with repository context) lies entirely below 0; or, in the ``public`` split (public code,
+``--public``), the 95% interval of Δ ``loss`` lies entirely above
 ``public_tolerance × baseline`` (default 0.1): it forgot general code. Per-token losses of different
 tokenizers measure different things, so when the two tokenizers differ ``bits_per_byte`` replaces
 ``other_token_loss`` and ``loss``, and check 2 is skipped.
@@ -97,6 +99,10 @@ METRICS = (
     Metric("internal_edit_similarity", "internal_edit", "internal_lines", higher_is_better=True),
 )
 BY_NAME = {m.name: m for m in METRICS}
+#: What repository context can change: the completions (the losses score the files as they are).
+CONTEXT_METRICS = (
+    "internal_identifier_recall", "exact_match", "edit_similarity", "internal_exact_match", "internal_edit_similarity"
+)  # fmt: skip
 
 
 def file_table(
@@ -175,9 +181,15 @@ def verdict(metric: Metric, delta_ci: list[float] | None, baseline: float | None
 
 
 def summarize_split(
-    tables: dict[str, dict[str, np.ndarray]], mask: np.ndarray, resamples: int, seed: int, tolerance: float
+    tables: dict[str, dict[str, np.ndarray]],
+    mask: np.ndarray,
+    resamples: int,
+    seed: int,
+    tolerance: float,
+    names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one split for one model (``tables`` has ``model``) or a pair (``baseline``, ``candidate``)."""
+    """Metrics (all, or ``names``) of one split for one model (``tables`` has ``model``) or a pair (``baseline``,
+    ``candidate``)."""
     roles = list(tables)
     sub = {role: {key: col[mask] for key, col in table.items()} for role, table in tables.items()}
     first = sub[roles[0]]
@@ -192,7 +204,7 @@ def summarize_split(
         "tokens": {role: int(sub[role]["tokens"].sum()) for role in roles},
         "metrics": {},
     }
-    for metric in METRICS:
+    for metric in METRICS if names is None else [BY_NAME[n] for n in names]:
         point = {role: _number(_value(metric, sub[role], ones)) for role in roles}
         draws = {role: _value(metric, sub[role], weights) for role in roles}
         if len(roles) == 1:
@@ -216,6 +228,15 @@ def summarize_split(
     return summary
 
 
+def context_pairs(tables: dict[str, dict], with_context: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """The comparisons repository context adds: each model without vs with it, and (for a pair) the two models
+    as they would be served, both with it (``served``)."""
+    pairs = {role: {"baseline": tables[role], "candidate": with_context[role]} for role in tables}
+    if "candidate" in tables:
+        pairs["served"] = {"baseline": with_context["baseline"], "candidate": with_context["candidate"]}
+    return pairs
+
+
 def gate(splits: dict[str, dict[str, Any]], same_tokenizer: bool, tolerance: float, public_tolerance: float) -> dict:
     """Apply the gate (see the module docstring) to the summaries of a pair; says why when worse."""
     loss_metric = "other_token_loss" if same_tokenizer else "bits_per_byte"
@@ -234,6 +255,13 @@ def gate(splits: dict[str, dict[str, Any]], same_tokenizer: bool, tolerance: flo
             reason = _regression(metrics[name], BY_NAME[name], allowed)
             if reason:
                 reasons.append(f"{split}: {name} {reason}")
+        served = summary.get("context", {}).get("served")
+        if served:  # the two models as the server would use them
+            checked.append(f"{split}/context/internal_identifier_recall")
+            recall = "internal_identifier_recall"
+            reason = _regression(served["metrics"][recall], BY_NAME[recall], 0.0)
+            if reason:
+                reasons.append(f"{split}: with repository context, {recall} {reason}")
     rule = (
         "worse when, in any split, the 95% CI of the change of internal_identifier_recall is entirely below 0, "
         f"or that of internal_identifier_loss or {loss_metric} (every token that is not an internal identifier) "

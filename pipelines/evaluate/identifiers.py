@@ -24,6 +24,7 @@ another file of the repository's training data and that the line does not define
 from __future__ import annotations
 
 import ast
+import bisect
 import builtins
 import keyword
 import re
@@ -95,9 +96,9 @@ def is_candidate(name: str) -> bool:
     )
 
 
-def _target_names(target: ast.expr) -> Iterator[str]:
+def _target_names(target: ast.expr) -> Iterator[tuple[str, int]]:
     if isinstance(target, ast.Name):
-        yield target.id
+        yield target.id, target.lineno
     elif isinstance(target, (ast.Tuple, ast.List)):
         for element in target.elts:
             yield from _target_names(element)
@@ -105,12 +106,12 @@ def _target_names(target: ast.expr) -> Iterator[str]:
         yield from _target_names(target.value)
 
 
-def _python_body(body: Iterable[ast.stmt]) -> Iterator[str]:
+def _python_body(body: Iterable[ast.stmt]) -> Iterator[tuple[str, int]]:
     for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield node.name
+            yield node.name, node.lineno
         elif isinstance(node, ast.ClassDef):
-            yield node.name
+            yield node.name, node.lineno
             yield from _python_body(node.body)  # methods and class attributes
         elif isinstance(node, ast.Assign):
             for target in node.targets:
@@ -126,21 +127,45 @@ def _python_body(body: Iterable[ast.stmt]) -> Iterator[str]:
                 yield from _python_body(handler.body)
 
 
-def python_definitions(text: str) -> set[str] | None:
-    """Names a Python module defines at module and class level; None when it does not parse."""
+def python_sites(text: str) -> list[tuple[str, int]] | None:
+    """(name, 0-based line) of what a Python module defines at module and class level; None when it does not parse."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    return set(_python_body(tree.body))
+    return [(name, line - 1) for name, line in _python_body(tree.body)]
+
+
+def python_definitions(text: str) -> set[str] | None:
+    """Names a Python module defines at module and class level; None when it does not parse."""
+    sites = python_sites(text)
+    return None if sites is None else {name for name, _ in sites}
+
+
+def regex_sites(text: str) -> list[tuple[str, int]]:
+    """(name, 0-based line) of the names defined by the token rules (any language)."""
+    starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    found = []
+    for pattern in (_DEFINING, _GO_METHOD, _MODIFIED_METHOD, _TOP_ASSIGN):
+        found += [(m.group(1), bisect.bisect_right(starts, m.start(1)) - 1) for m in pattern.finditer(text)]
+    return found
 
 
 def regex_definitions(text: str) -> set[str]:
     """Names defined by the token rules (any language)."""
-    found: set[str] = set()
-    for pattern in (_DEFINING, _GO_METHOD, _MODIFIED_METHOD, _TOP_ASSIGN):
-        found.update(match.group(1) for match in pattern.finditer(text))
-    return found
+    return {name for name, _ in regex_sites(text)}
+
+
+def definition_sites(text: str, lang: str | None) -> list[tuple[str, int]]:
+    """Where the candidate names of a file are defined: (name, 0-based line), in file order, first site per name."""
+    sites = python_sites(text) if lang == "python" else None
+    if sites is None:
+        sites = regex_sites(text)
+    first: dict[str, int] = {}
+    for name, line in sites:
+        if is_candidate(name) and (name not in first or line < first[name]):
+            first[name] = line
+    return sorted(first.items(), key=lambda item: (item[1], item[0]))
 
 
 def definitions(text: str, lang: str | None) -> set[str]:

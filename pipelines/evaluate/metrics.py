@@ -254,15 +254,23 @@ def _line_stop(lm: LoadedModel, newline: Any, start: int) -> Any:
     return LineStop()
 
 
-def _encode_prompts(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
-    """Each prompt's ids, cut from the left to leave ``max_new_tokens`` of the context for the answer."""
+def _encode_prompts(
+    lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, blocks: Sequence[str] | None = None
+) -> list[list[int]]:
+    """Each prompt's ids, cut from the left to leave ``max_new_tokens`` of the context for the answer; with
+    ``blocks``, each prompt's repository context first (its room taken from the prompt's start)."""
     budget = lm.context - max_new_tokens
     if budget < 1:
         raise InputError(
             f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of "
             f"{lm.context} tokens. Pass a smaller value."
         )
-    return [lm.tokenizer(p[-budget * _CHARS_PER_TOKEN :], verbose=False)["input_ids"][-budget:] for p in prompts]
+    encoded = []
+    for i, prompt in enumerate(prompts):
+        head = lm.tokenizer(blocks[i], verbose=False)["input_ids"][: budget - 1] if blocks and blocks[i] else []
+        room = budget - len(head)
+        encoded.append(head + lm.tokenizer(prompt[-room * _CHARS_PER_TOKEN :], verbose=False)["input_ids"][-room:])
+    return encoded
 
 
 def _greedy(lm: LoadedModel, encoded: list[list[int]], batch_size: int, label: str, progress: Progress, plan):
@@ -304,9 +312,11 @@ def _greedy(lm: LoadedModel, encoded: list[list[int]], batch_size: int, label: s
     return answers
 
 
-def complete(lm: LoadedModel, prompts: Sequence[str], settings: Settings, progress: Progress) -> list[str]:
+def complete(
+    lm: LoadedModel, prompts: Sequence[str], settings: Settings, progress: Progress, blocks: Sequence[str] | None = None
+) -> list[str]:
     """The greedy continuation (new text only) of each prompt, stopping once it holds a finished line."""
-    encoded = _encode_prompts(lm, prompts, settings.max_new_tokens)
+    encoded = _encode_prompts(lm, prompts, settings.max_new_tokens, blocks)
     newline = _newline_tokens(lm)
     return _greedy(
         lm, encoded, settings.batch_size, "completions", progress,
@@ -314,11 +324,17 @@ def complete(lm: LoadedModel, prompts: Sequence[str], settings: Settings, progre
     )  # fmt: skip
 
 
-def complete_identifiers(lm: LoadedModel, items: Sequence[IdentifierTask], settings: Settings, progress: Progress):
+def complete_identifiers(
+    lm: LoadedModel,
+    items: Sequence[IdentifierTask],
+    settings: Settings,
+    progress: Progress,
+    blocks: Sequence[str] | None = None,
+):
     """Whether each identifier is recalled: the greedy continuation of the text before it, a few tokens more
     than the name (with the space or line break before it) takes, starts with it (``tasks.recalled``)."""
     room = [len(lm.tokenizer(" " + t.name, verbose=False)["input_ids"]) + 3 for t in items]
-    encoded = _encode_prompts(lm, [t.prompt for t in items], max(room, default=1))
+    encoded = _encode_prompts(lm, [t.prompt for t in items], max(room, default=1), blocks)
     answers = _greedy(
         lm, encoded, settings.batch_size, "identifiers", progress, lambda batch, _: (max(room[i] for i in batch), None)
     )
@@ -337,6 +353,31 @@ class ModelResult:
     edit: np.ndarray
     recalled: np.ndarray
     seconds: float
+    with_context: ModelResult | None = None
+    """The same model with repository context before each completion prompt (the losses are the same)."""
+
+
+@dataclass(frozen=True)
+class ContextWork:
+    """Repository context for every prompt of a workload: what was chosen (model-independent) and the budget
+    (``fit`` counts it in each model's tokens)."""
+
+    tasks: Sequence[tuple[list, str | None]]
+    identifiers: Sequence[tuple[list, str | None]]
+    settings: Any
+
+    def blocks(self, lm: LoadedModel, max_new_tokens: int) -> tuple[list[str], list[str]]:
+        from pipelines.context.provider import fit
+
+        budget = min(self.settings.max_tokens, int(self.settings.max_share * lm.context), lm.context - max_new_tokens)
+
+        def count(text: str) -> int:
+            return len(lm.tokenizer(text, verbose=False)["input_ids"])
+
+        return (
+            [fit(items, lang, budget, count)[0] for items, lang in self.tasks],
+            [fit(items, lang, budget, count)[0] for items, lang in self.identifiers],
+        )
 
 
 @dataclass
@@ -348,6 +389,17 @@ class Workload:
     """Per sample: the character ranges of its internal identifiers (for the identifier loss)."""
     tasks: Sequence[Task]
     identifiers: Sequence[IdentifierTask]
+    context: ContextWork | None = None
+
+
+def _completion_scores(lm: LoadedModel, work: Workload, settings: Settings, progress: Progress, blocks=(None, None)):
+    """(answers, exact, edit, recalled) of the completion tasks, with the given context blocks (or none)."""
+    completions = complete(lm, [t.prompt for t in work.tasks], settings, progress, blocks[0])
+    recall = complete_identifiers(lm, work.identifiers, settings, progress, blocks[1])
+    answers = [first_line(c) for c in completions]
+    exact = np.array([float(a == t.target) for a, t in zip(answers, work.tasks, strict=True)])
+    edit = np.array([edit_similarity(a, t.target) for a, t in zip(answers, work.tasks, strict=True)])
+    return answers, exact, edit, recall
 
 
 def evaluate_model(path: Path, work: Workload, settings: Settings, progress: Progress) -> ModelResult:
@@ -361,14 +413,18 @@ def evaluate_model(path: Path, work: Workload, settings: Settings, progress: Pro
     torch.set_num_threads(info["threads"])
     try:
         files = score_files(lm, [s.text for s in work.samples], work.spans, settings, progress)
-        completions = complete(lm, [t.prompt for t in work.tasks], settings, progress)
-        recall = complete_identifiers(lm, work.identifiers, settings, progress)
+        scores = _completion_scores(lm, work, settings, progress)
+        with_context = None
+        if work.context is not None:
+            blocks = work.context.blocks(lm, settings.max_new_tokens)
+            with_context = _completion_scores(lm, work, settings, progress, blocks)
     finally:
         torch.set_num_threads(previous)
-    answers = [first_line(c) for c in completions]
-    exact = np.array([float(a == t.target) for a, t in zip(answers, work.tasks, strict=True)])
-    edit = np.array([edit_similarity(a, t.target) for a, t in zip(answers, work.tasks, strict=True)])
     del lm
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the next model gets the whole device
-    return ModelResult(info, files, answers, exact, edit, recall, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    result = ModelResult(info, files, *scores, seconds)
+    if with_context is not None:
+        result.with_context = ModelResult(info, files, *with_context, seconds)
+    return result

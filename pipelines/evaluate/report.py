@@ -161,6 +161,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             else:
                 ci_text = "n/a" if ci is None else f"{_fmt(ci[0], metric.name)} .. {_fmt(ci[1], metric.name)}"
                 lines.append(f"| {label} | {_fmt(entry['value'], metric.name)} | {ci_text} |")
+        lines += _context_lines(summary.get("context"))
     if report["examples"]:
         roles = list(models)
         lines += ["", "## Examples: lines using internal identifiers", ""]
@@ -169,6 +170,31 @@ def render_markdown(report: dict[str, Any]) -> str:
             answers = " | ".join(_cell(example["answers"][role]) for role in roles)
             lines.append(f"| {example['path']}:{example['line']} | {_cell(example['reference'])} | {answers} |")
     return "\n".join(lines) + "\n"
+
+
+_CONTEXT_LABELS = {
+    "served": "candidate vs baseline, both with context",
+    "baseline": "baseline: without vs with context",
+    "candidate": "candidate: without vs with context",
+    "model": "without vs with context",
+}
+
+
+def _context_lines(comparisons: dict[str, Any] | None) -> list[str]:
+    """The ``--context repo`` table of a split: each model without vs with repository context, and the pair as
+    served."""
+    if not comparisons:
+        return []
+    lines = ["", "Repository context (`--context repo`):", ""]
+    lines += ["| comparison | metric | from | to | delta (95% CI) | verdict |", "|---|---|---:|---:|---|---|"]
+    for name, summary in comparisons.items():
+        for metric, entry in summary["metrics"].items():
+            ci = entry["ci"]
+            ci_text = "" if ci is None else f" ({_fmt_delta(ci[0], metric)} .. {_fmt_delta(ci[1], metric)})"
+            values = f"{_fmt(entry['baseline'], metric)} | {_fmt(entry['candidate'], metric)}"
+            delta = f"{_fmt_delta(entry['delta'], metric)}{ci_text}"
+            lines.append(f"| {_CONTEXT_LABELS.get(name, name)} | {metric} | {values} | {delta} | {entry['verdict']} |")
+    return lines
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:

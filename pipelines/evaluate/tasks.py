@@ -29,16 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.dataset.languages import DASH_COMMENT_LANGS, HASH_COMMENT_LANGS
 from pipelines.evaluate.identifiers import DefinitionIndex
 from pipelines.evaluate.samples import Sample
 
-HASH_COMMENT_LANGS = frozenset(
-    {
-        "python", "shell", "ruby", "perl", "r", "yaml", "toml", "julia", "elixir", "makefile",
-        "dockerfile", "cmake", "powershell", "nim", "starlark", "terraform", "ini", "graphql",
-    }
-)  # fmt: skip
-DASH_COMMENT_LANGS = frozenset({"sql", "lua", "haskell"})
 C_COMMENTS = ("//", "/*", "*")
 
 

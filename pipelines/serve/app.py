@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -24,10 +25,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from pipelines.context.provider import ContextProvider
 from pipelines.errors import RepopilotError
 from pipelines.jsonbody import MalformedJson, parse_json
 from pipelines.serve.engine import BadRequest, CompletionRequest, Engine, EngineUnavailable, Piece
 from pipelines.serve.schema import (
+    CompletionBody,
     chunk_json,
     completion_id,
     completion_json,
@@ -51,10 +54,12 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     manage_engine: bool = True,
     max_body_bytes: int = DEFAULT_MAX_BODY,
+    context: RepoContext | None = None,
 ) -> FastAPI:
     """The API over ``engine``. ``api_key``: require ``Authorization: Bearer KEY``. ``allowed_hosts``: accept
     only these Host headers (DNS-rebinding guard for a server on loopback). ``manage_engine``: start and
-    close the engine with the app. ``max_body_bytes``: refuse longer request bodies (413) without reading them."""
+    close the engine with the app. ``max_body_bytes``: refuse longer request bodies (413) without reading them.
+    ``context``: repository context before text prompts (a request's ``repo_context`` field overrides its default)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -68,6 +73,7 @@ def create_app(
 
     app = FastAPI(title="repopilot completions", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
+    app.state.context = context
     app.state.started = int(time.time())
     hosts = {h.lower() for h in allowed_hosts} if allowed_hosts else None
 
@@ -76,16 +82,10 @@ def create_app(
     add_error_handlers(app)
 
     async def complete(request: Request) -> Response:
-        kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if kind != "application/json":  # a web page may POST text/plain cross-site without a preflight
-            message = f"Send the body as application/json (not {kind or 'no type'})."
-            return JSONResponse(error_body(message, "invalid_request_error", code="unsupported_media_type"), 415)
-        try:
-            data = parse_json(await read_body(request, max_body_bytes) or b"{}")
-        except MalformedJson as exc:
-            raise BadRequest(exc.message) from None
-        body = parse_body(data)
-        requests = body.requests()
+        body = await read_completion_body(request, max_body_bytes)
+        if isinstance(body, Response):
+            return body
+        requests = await context.apply_all(body) if context is not None else body.requests()
         model = engine.model_id
         echoes = [_echo(engine, r) for r in requests] if body.echo else None
         if not body.stream:
@@ -102,8 +102,8 @@ def create_app(
         except BaseException:
             await events.aclose()
             raise
-        count = engine.count_tokens
-        prompt_tokens = sum([await asyncio.to_thread(count, r.prompt) for r in requests]) if body.include_usage else 0
+        count, inputs = engine.count_tokens, [r.model_input for r in requests] if body.include_usage else []
+        prompt_tokens = sum([await asyncio.to_thread(count, text) for text in inputs])
         sse = _sse(events, first, completion_id(), model, requests[0].n, echoes, prompt_tokens, body.include_usage)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
@@ -122,7 +122,7 @@ def create_app(
         return {"token": "1", "expires_at": 2600000000, "refresh_in": 900}
 
     async def health() -> JSONResponse:
-        return await _health(engine)
+        return await _health(engine, context)
 
     for path in OPEN_PATHS:
         app.add_api_route(path, health, methods=["GET"], include_in_schema=False)
@@ -159,6 +159,19 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return JSONResponse(error_body(str(exc.detail), kind), exc.status_code, headers=exc.headers)
+
+
+async def read_completion_body(request: Request, limit: int) -> CompletionBody | Response:
+    """The request's completion fields, or the 415 answer for a body that is not JSON."""
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if kind != "application/json":  # a web page may POST text/plain cross-site without a preflight
+        message = f"Send the body as application/json (not {kind or 'no type'})."
+        return JSONResponse(error_body(message, "invalid_request_error", code="unsupported_media_type"), 415)
+    try:
+        data = parse_json(await read_body(request, limit) or b"{}")
+    except MalformedJson as exc:
+        raise BadRequest(exc.message) from None
+    return parse_body(data)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -234,16 +247,47 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any], poll_s: f
             task.cancel()
 
 
-async def _health(engine: Engine) -> JSONResponse:
+async def _health(engine: Engine, context: RepoContext | None) -> JSONResponse:
     """200 when the engine can answer now, else 503; with its counters (requests, tokens, prefix-cache hits and
-    reused tokens, speculation, cancelled and superseded requests) where it keeps any."""
+    reused tokens, speculation, cancelled and superseded requests) where it keeps any, and the repository
+    context's state (index ready, files, blocks built and kept)."""
     state = await engine.health()
     body = {"status": "ok" if state.ok else "unavailable", "engine": engine.kind, "model": engine.model_id}
     body["detail"] = state.detail
     stats = engine.stats()
     if stats:
         body["stats"] = stats
+    if context is not None:
+        body["context"] = context.stats()
     return JSONResponse(body, 200 if state.ok else 503)
+
+
+class RepoContext:
+    """Repository context for the API: a provider over a live index, on or off by default."""
+
+    def __init__(self, provider: ContextProvider, default_on: bool = True, describe: Any = None) -> None:
+        self.provider = provider
+        self.default_on = default_on
+        self.describe = describe  # () -> dict: the index's state
+
+    async def apply_all(self, body: CompletionBody) -> list[CompletionRequest]:
+        """The body's requests, with context unless the body (``repo_context``) or the server's default says no;
+        in a thread: it tokenizes the prompt to know the room left."""
+        requests = body.requests()
+        if not (self.default_on if body.repo_context is None else body.repo_context):
+            return requests
+        return [await asyncio.to_thread(self.apply, r) for r in requests]
+
+    def apply(self, request: CompletionRequest) -> CompletionRequest:
+        """``request`` with its context block (text prompts only; token ids are taken as they are)."""
+        if not isinstance(request.prompt, str):
+            return request
+        block = self.provider.block(request.prompt, request.max_tokens, request.client)
+        return dataclasses.replace(request, context=block) if block else request
+
+    def stats(self) -> dict[str, Any]:
+        out = {"default": "on" if self.default_on else "off", **self.provider.stats()}
+        return {**out, **(self.describe() if self.describe else {})}
 
 
 def _echo(engine: Engine, request: CompletionRequest) -> str:

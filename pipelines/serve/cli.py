@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from pipelines.cli_util import standalone_main
+from pipelines.context.provider import ContextSettings
 from pipelines.errors import InputError, RepopilotError
-from pipelines.serve.app import DEFAULT_MAX_BODY, LOOPBACK_HOSTS, create_app
+from pipelines.serve.app import DEFAULT_MAX_BODY, LOOPBACK_HOSTS, RepoContext, create_app
 from pipelines.serve.embedded import DEFAULT_PREFIX_CACHE_MB
 from pipelines.serve.engine import Engine
 from pipelines.serve.exposure import exposure_problem, is_loopback
@@ -86,8 +87,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_BODY // 1024,
         help=f"refuse request bodies over this size (default {DEFAULT_MAX_BODY // 1024}; the IDE sends about 10)",
     )
+    add_context_options(p)
     p.add_argument("--batch-window-ms", type=float, default=0.0, help="embedded engine: wait this long for more")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def add_context_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--context-dataset",
+        type=Path,
+        metavar="DIR",
+        help="a dataset folder (`repopilot dataset build`): put definitions and similar code of its repositories "
+        "before each prompt; re-read when the dataset changes (the agent passes its own)",
+    )
+    p.add_argument(
+        "--context",
+        choices=("on", "off"),
+        default="on",
+        help="with --context-dataset: add repository context unless a request says otherwise (its repo_context "
+        "field); off: only for requests that ask (default on)",
+    )
+    p.add_argument(
+        "--context-tokens",
+        type=int,
+        help=f"most tokens of repository context per prompt (default: {ContextSettings.max_tokens}, at most a quarter "
+        "of the model's window); never more than the room the prompt and max_tokens leave",
+    )
 
 
 def read_api_key(args: argparse.Namespace) -> str | None:
@@ -167,6 +192,24 @@ def make_engine(args: argparse.Namespace) -> Engine:
     return engine
 
 
+def make_context(args: argparse.Namespace, engine: Engine) -> RepoContext | None:
+    """The repository context of ``--context-dataset`` (None without one); its index builds in the background."""
+    if args.context_dataset is None:
+        return None
+    if args.context_tokens is not None and args.context_tokens < 1:
+        raise InputError("--context-tokens must be at least 1 (or leave out --context-dataset).")
+    from pipelines.context.provider import ContextProvider
+    from pipelines.context.source import DatasetIndex
+    from pipelines.dataset.output import read_manifest
+
+    read_manifest(args.context_dataset)  # a clear error now for a folder that holds no dataset
+    index = DatasetIndex(args.context_dataset)
+    index.refresh()
+    settings = ContextSettings() if args.context_tokens is None else ContextSettings(args.context_tokens, max_share=1.0)
+    provider = ContextProvider(index, engine.count_tokens, engine.context_length, settings)
+    return RepoContext(provider, default_on=args.context == "on", describe=index.stats)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -175,7 +218,10 @@ def run(args: argparse.Namespace) -> int:
     if refusal:
         raise InputError(refusal, title="Exposed without an API key")
     check_port_free(args.host, args.port)
+    if args.context_dataset is not None and not args.context_dataset.is_dir():
+        raise InputError(f"--context-dataset {args.context_dataset} is not a folder. Give a dataset folder.")
     engine = make_engine(args)
+    context = make_context(args, engine)
     local = is_loopback(args.host)
     embedded = engine.kind == "embedded"
     app = create_app(
@@ -184,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         allowed_hosts=(*LOOPBACK_HOSTS, args.host) if local else None,
         manage_engine=not embedded,  # the embedded model is already loaded
         max_body_bytes=args.max_body_kb * 1024,
+        context=context,
     )
     url = f"http://{'localhost' if local else args.host}:{args.port}/v1"
     print(f"Serving {engine.model_id} ({engine.kind}) at {url} — VS Code: fauxpilot.server = {url}", file=sys.stderr)

@@ -222,7 +222,7 @@ class EmbeddedEngine(Engine):
         ids = self.prepare(request)
         prompt, window = request.prompt, self.settings.window_lines
         ahead = next_line_prefix(prompt, window) if isinstance(prompt, str) and window > 1 else None
-        return ids, self.encode(ahead) if ahead else None
+        return ids, self.encode(request.context + ahead) if ahead else None
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[Piece]:
         from pipelines.serve.worker import Job

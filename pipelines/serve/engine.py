@@ -97,9 +97,16 @@ class CompletionRequest:
     """Added to the logits of these token ids (-100 bans a token)."""
     seed: int | None = None
     """Makes sampling reproducible: choice i samples from a generator seeded with seed + i."""
+    context: str = ""
+    """Text the server puts before a text prompt (repository context, ``pipelines/context``); not echoed."""
     client: str | None = None
     """Who asked (the API's ``user`` field, e.g. one id per editor): a newer prompt of the same client that
     continues this one supersedes it (the developer typed on), so the older one stops instead of queueing."""
+
+    @property
+    def model_input(self) -> str | tuple[int, ...]:
+        """What the model continues: the context and the prompt (token ids are taken as they are)."""
+        return self.context + self.prompt if isinstance(self.prompt, str) else self.prompt
 
     @property
     def greedy(self) -> bool:
@@ -273,8 +280,8 @@ class Engine(ABC):
         """Validate ``request`` and return its prompt ids; raises :class:`BadRequest` or :class:`PromptTooLong`."""
         request.validate()
         if isinstance(request.prompt, str):
-            self._check_length(request.prompt)
-            ids = self.encode(request.prompt)
+            self._check_length(request.model_input)
+            ids = self.encode(request.model_input)
         else:
             ids = list(request.prompt)
             vocab = self.vocab_rows()
@@ -328,7 +335,7 @@ class Engine(ABC):
                     text = "".join(texts[piece.index])
                     done[piece.index] = Choice(piece.index, text, piece.finish_reason, piece.tokens)
         # counted after the stream started it, so concurrent requests reach the engine in the order they came
-        prompt_tokens = await asyncio.to_thread(self.count_tokens, request.prompt)  # CPU work: off the event loop
+        prompt_tokens = await asyncio.to_thread(self.count_tokens, request.model_input)  # CPU work: off the event loop
         missing = [i for i in range(request.n) if i not in done]
         if missing:
             raise EngineUnavailable(f"The {self.kind} engine ended without finishing choices {missing}.")

@@ -37,6 +37,8 @@ class CompletionBody(BaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     seed: int | None = None
+    repo_context: bool | None = None
+    """repopilot's own field: put repository context before the prompt (null: the server's setting)."""
 
     def prompts(self) -> list[str | tuple[int, ...]]:
         """One entry per prompt: text, or token ids."""

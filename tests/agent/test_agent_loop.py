@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,26 @@ def agent(tmp_path: Path):
     agent.stop()
 
 
+def records_of(snapshot: str) -> list[dict]:
+    from pipelines.finetune.data import iter_records
+
+    return [*iter_records(Path(snapshot), "train"), *iter_records(Path(snapshot), "validation")]
+
+
+def wait_for_context(agent: Agent, check) -> dict:
+    """The completion server's repository context (its /health), once ``check`` holds."""
+    found: dict = {}
+
+    def ready() -> bool:
+        url = f"http://127.0.0.1:{agent.config.server.port}/health"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            found.update(json.loads(response.read())["context"])
+        return check(found)
+
+    wait_for(ready, 60, "the server's repository context", lambda: found)
+    return found
+
+
 def test_a_commit_runs_the_whole_chain_and_the_new_model_serves(agent: Agent, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "acme")
     events = []
@@ -41,6 +62,8 @@ def test_a_commit_runs_the_whole_chain_and_the_new_model_serves(agent: Agent, tm
     server = agent.server_status()
     assert server.healthy and server.model == first
     assert agent.test_completion("def settle_account_3(client", max_tokens=8)
+    context = wait_for_context(agent, lambda c: c["ready"])  # the server knows the whole repo: context of every file
+    assert context["default"] == "on" and context["files"] == len(records_of(jobs["dataset"].result["snapshot"]))
     model = agent.get_model(first)
     assert model.serving and model.status == "deployed" and model.eval["gate"]["worse"] is False
     assert Path(model.converted_dirs["fastertransformer"], "fastertransformer", "config.pbtxt").exists()
@@ -59,6 +82,7 @@ def test_a_commit_runs_the_whole_chain_and_the_new_model_serves(agent: Agent, tm
     serving = agent.status().serving_model
     assert serving == (second.result["model"] if verdict == "pass" else first)
     assert agent.test_completion("def settle_account_101(client", max_tokens=8)
+    wait_for_context(agent, lambda c: c["files"] == context["files"] + 6)  # the new commit's files, no restart
     events = agent.wait_events(batch.cursor, 0).events
     kinds = {e.kind for e in events}
     assert {"repo", "job"} <= kinds

@@ -175,3 +175,28 @@ def test_public_code_is_a_split_of_its_own_scored_for_forgetting(world: World, m
     assert report["splits"]["public"]["metrics"]["loss"]["baseline"] > 0
     assert "public/loss" in report["gate"]["checked"] and report["settings"]["public_tolerance"] == 0.1
     assert "public code in" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_with_repository_context_each_model_is_compared_with_and_without_it(
+    world: World, models: Models, tmp_path: Path
+) -> None:
+    args = ("--baseline", models.base, "--candidate", models.tuned, "--since", world.indexed, "--context", "repo")
+    done = run_eval(world.dataset, *args, "--out", tmp_path, "--gate", *FAST)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["settings"]["context"] == "repo" and report["settings"]["context_tokens"] == 256
+    context = report["splits"]["time"]["context"]
+    assert set(context) == {"baseline", "candidate", "served"}
+    plain = report["splits"]["time"]["metrics"]["internal_identifier_recall"]
+    recall = {name: context[name]["metrics"]["internal_identifier_recall"] for name in context}
+    # Without context, the four arms agree with the plain comparison; each gain has its interval.
+    assert recall["baseline"]["baseline"] == plain["baseline"] and recall["candidate"]["baseline"] == plain["candidate"]
+    assert recall["served"]["baseline"] == recall["baseline"]["candidate"]
+    assert recall["served"]["candidate"] == recall["candidate"]["candidate"]
+    for entry in recall.values():
+        assert entry["ci"][0] <= entry["delta"] <= entry["ci"][1]
+    assert "time/context/internal_identifier_recall" in report["gate"]["checked"] and not report["gate"]["worse"]
+    assert "public" not in report["splits"] or "context" not in report["splits"]["public"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "Repository context (`--context repo`):" in markdown
+    assert "| candidate vs baseline, both with context | internal_identifier_recall |" in markdown

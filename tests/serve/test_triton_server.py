@@ -8,12 +8,21 @@ greedy text through the Triton engine and through the embedded engine on the HF 
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import pytest
 
 from pipelines.convert import ConvertOptions, convert
-from tests.services import complete, start_api, start_standin, stop, trained_tiny
+from tests.context.conftest import billing_dataset
+from tests.services import complete, start_api, start_standin, stop, trained_tiny, wait_until
 
 PROMPTS = ["def add(a, b):\n", "class Ledger:\n    def ", "import os\n"]
+
+
+def health(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+        return json.loads(response.read())
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +42,18 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     embedded_api, embedded_port = start_api(
         root / "models" / "tiny-hf", root / "api-embedded.log", "--dtype", "float32"
     )
-    yield {"triton": triton_port, "py-model": py_model_port, "embedded": embedded_port, "standin": standin}
-    for proc in (embedded_api, py_model_api, triton_api, standin):
+    _, dataset = billing_dataset(root / "repo")
+    context = ("--context-dataset", str(dataset), "--context-tokens", "64")
+    triton_context, triton_context_port = start_api(
+        root / "models" / "tiny-hf", root / "api-triton-context.log", "--engine", "triton",
+        "--triton-port", str(grpc_port), *context,
+    )  # fmt: skip
+    embedded_context, embedded_context_port = start_api(
+        root / "models" / "tiny-hf", root / "api-embedded-context.log", "--dtype", "float32", *context
+    )
+    yield {"triton": triton_port, "py-model": py_model_port, "embedded": embedded_port, "standin": standin,
+           "triton+context": triton_context_port, "embedded+context": embedded_context_port}  # fmt: skip
+    for proc in (embedded_context, triton_context, embedded_api, py_model_api, triton_api, standin):
         stop(proc)
 
 
@@ -65,6 +84,19 @@ def test_stop_words_and_vscode_request_through_triton(served) -> None:
     # The extension asks for 200 tokens; this tiny model has a 128-token context (200 gives the 400 error).
     status, vscode = complete(served["triton"], "def ", max_tokens=100, temperature=0.1, stop=["\n"])
     assert status == 200 and "\n" not in vscode["choices"][0]["text"]
+
+
+def test_repository_context_works_alike_through_triton_and_embedded(served) -> None:
+    prompt = "store = LedgerStore(path)\nfor month in open_months(store):\n    "
+    answers = {}
+    for name in ("triton+context", "embedded+context"):
+        wait_until(lambda n=name: health(served[n])["context"]["ready"], 30, f"{name}: context index")
+        status, plain = complete(served[name], prompt, max_tokens=8, repo_context=False)
+        status_c, answers[name] = complete(served[name], prompt, max_tokens=8)
+        assert status == status_c == 200, (plain, answers[name])
+        assert answers[name]["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]  # the block went in
+    triton, embedded = answers["triton+context"], answers["embedded+context"]
+    assert triton["usage"] == embedded["usage"] and triton["choices"][0]["text"] == embedded["choices"][0]["text"]
 
 
 def test_triton_down_gives_503_not_an_empty_answer(served) -> None:

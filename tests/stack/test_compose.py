@@ -46,6 +46,17 @@ def test_compose_services_like_fauxpilot(tmp_path: Path) -> None:
     assert "--engine" in api["command"] and "triton" in api["command"]
 
 
+def test_the_api_container_reads_repository_context_from_the_agents_datasets(tmp_path: Path) -> None:
+    settings = StackSettings(models_root="/m", model="x", context_dir="/data/datasets")
+    api = json.loads(render_compose(settings).split("\n", 1)[1])["services"]["copilot_proxy"]
+    assert "${CONTEXT_DIR}:/datasets:ro" in api["volumes"]  # read-only: the container cannot touch the data
+    assert api["command"][api["command"].index("--context-dataset") + 1] == "/datasets/current"
+    write_project(tmp_path, settings)
+    assert env_of(tmp_path)["CONTEXT_DIR"] == "/data/datasets"
+    plain = json.loads(render_compose(StackSettings(models_root="/m", model="x")).split("\n", 1)[1])
+    assert "--context-dataset" not in plain["services"]["copilot_proxy"]["command"]
+
+
 def test_gpu_reservation_is_optional_and_host_network_is_available() -> None:
     compose = json.loads(
         render_compose(StackSettings(models_root="/m", model="x", gpu=False, host_network=True)).split("\n", 1)[1]
