@@ -124,7 +124,11 @@ class RepoIndex:
             return []
         inter = hits[candidates]
         score = inter / (len(query) + self.window_size[candidates] - inter)
-        order = np.argsort(-score, kind="stable")[:k]
+        if len(score) > k:  # the best k without sorting them all
+            top = np.argpartition(-score, k - 1)[:k]
+            order = top[np.argsort(-score[top], kind="stable")]
+        else:
+            order = np.argsort(-score, kind="stable")
         chosen = candidates[order]
         return [(int(f), int(line), float(x)) for f, line, x in zip(self.window_file[chosen], self.window_line[chosen],
                                                                       score[order], strict=True)]  # fmt: skip

@@ -40,6 +40,7 @@ MIN_SIMILARITY = 0.15
 SHOWN_AFTER = 4  # lines shown after a matched window: what came next there is what the cursor may need
 MIN_BLOCK_TOKENS = 24
 MARGIN_TOKENS = 8  # the block and the prompt tokenized together may merge a token or two at the seam
+MAX_COSTS = 100_000
 KEY_LINES = 22  # the FauxPilot extension keeps a file's first 15% of maxLines=150 lines in every window
 _CLASS_LIKE = re.compile(r"\b(?:class|interface|struct|trait|enum|object|record|protocol|impl)\b")
 _PYTHON_HINT = re.compile(r"^(?:def |class \w+.*:|from [\w.]+ import |import \w+$)", re.M)
@@ -202,21 +203,27 @@ def render(items: list[Item], comment: str) -> str:
     return "".join(out)
 
 
-def fit(items: list[Item], lang: str | None, budget: int, count: Callable[[str], int]) -> tuple[str, int, frozenset]:
+def fit(items: list[Item], lang: str | None, budget: int, count: Callable[[str], int],
+        costs: dict | None = None) -> tuple[str, int, frozenset]:  # fmt: skip
     """The block of ``items`` (in order, skipping those that do not fit) within ``budget`` tokens: text, tokens and
-    the names its definitions hold."""
+    the names its items hold. Every piece ends with a line break, where byte-level BPE never merges tokens, so the
+    block costs the sum of its pieces; ``costs`` caches them by item."""
     comment = line_comment(lang) or "#"
     kept: list[Item] = []
     tokens = 0
     for item in items:
-        cost = count(render([item], comment))
+        key = (item.key, comment)
+        cost = costs.get(key) if costs is not None else None
+        if cost is None:
+            cost = count(render([item], comment))
+            if costs is not None:
+                costs[key] = cost
         if tokens + cost <= budget:
             kept.append(item)
             tokens += cost
     if not kept:
         return "", 0, frozenset()
-    text = render(kept, comment)
-    return text, count(text), frozenset().union(*(item.names for item in kept))
+    return render(kept, comment), tokens, frozenset().union(*(item.names for item in kept))
 
 
 class ContextProvider:
@@ -235,6 +242,8 @@ class ContextProvider:
         self._files = files
         self._lock = threading.Lock()
         self.counters = collections.Counter({"built": 0, "kept": 0, "no_room": 0})
+        self._costs: dict = {}  # tokens of each rendered item (per index version)
+        self._costs_version = ""
 
     def budget(self, prompt_tokens: int, max_tokens: int) -> int:
         s = self.settings
@@ -262,7 +271,11 @@ class ContextProvider:
                 self.counters["kept"] += 1
                 return kept.text
         items, lang = choose(index, prompt, self.settings)
-        text, tokens, names = fit(items, lang, budget, self.count)
+        if self._costs_version != index.version:
+            self._costs, self._costs_version = {}, index.version
+        elif len(self._costs) > MAX_COSTS:
+            self._costs.clear()
+        text, tokens, names = fit(items, lang, budget, self.count, self._costs)
         with self._lock:
             self._blocks[key] = Block(text, tokens, names | near, index.version)  # never rebuilt for what none holds
             self._blocks.move_to_end(key)

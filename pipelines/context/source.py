@@ -15,17 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.context.index import IndexedFile, RepoIndex
-from pipelines.dataset.output import MANIFEST, read_manifest, read_shard, shard_names
+from pipelines.dataset.output import MANIFEST, SPLITS, read_manifest, read_shard, shard_names
 from pipelines.errors import RepopilotError
 
 log = logging.getLogger(__name__)
 
 
-def load_index(folder: Path, cache: dict[str, list[IndexedFile]] | None = None) -> RepoIndex:
-    """The index of every record of the dataset at ``folder``; ``cache`` (shard name -> files) is reused and updated."""
+def load_index(
+    folder: Path, cache: dict[str, list[IndexedFile]] | None = None, splits: tuple[str, ...] = SPLITS
+) -> RepoIndex:
+    """The index of every record (of ``splits``) of the dataset at ``folder``; ``cache`` (shard name -> files) is
+    reused and updated."""
     manifest = read_manifest(folder)
     cache = {} if cache is None else cache
-    names = shard_names(manifest)
+    names = shard_names(manifest, splits)
     for name in names:
         if name not in cache:
             cache[name] = [IndexedFile.from_record(record) for record in read_shard(folder, name)]

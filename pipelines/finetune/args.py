@@ -46,6 +46,10 @@ class TrainArgs:
     files, or ``none``."""
     public_share: float = 0.25
     """The share of the training blocks taken from ``public_mix``."""
+    context_share: float = 0.25
+    """Training blocks with repository context, as the completion server puts it before a prompt (a random
+    place of a training file, the block the provider chooses for the text before it, never from that file): this
+    many per block of the team's code, added, so the model learns to use the block (0: none)."""
     learning_rate: float | None = None
     """Peak learning rate; default by model size: 5e-5 at 350M parameters (x4 with LoRA), more for smaller ones."""
     warmup_ratio: float = 0.03
@@ -134,6 +138,8 @@ class TrainArgs:
             found.append("learning_rate must be in (0, 1)")
         if not 0 <= self.public_share < 1:
             found.append("public_share must be in [0, 1)")
+        if not 0 <= self.context_share <= 1:
+            found.append("context_share must be in [0, 1]")
         if self.public_mix not in ("stdlib", "none") and not Path(self.public_mix).expanduser().is_dir():
             found.append(f"public_mix {self.public_mix} is no folder: give stdlib, none, a dataset or a folder of code")
         if not 0 <= self.warmup_ratio < 1:

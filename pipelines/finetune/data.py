@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -202,25 +203,32 @@ class BlockDataset:
     """A torch-style dataset over packed blocks (dicts of tensors, as HF Trainer wants).
 
     With ``mix`` (public code), ``share`` of the blocks are the mix's, chosen with ``seed`` (the same ones every
-    epoch), so a model learning the team's code keeps seeing ordinary code and forgets less of it."""
+    epoch), so a model learning the team's code keeps seeing ordinary code and forgets less of it. With
+    ``context`` (``context_samples``), its samples come after: blocks of the team's code behind repository
+    context."""
 
-    def __init__(self, packed: Packed, mix: Packed | None = None, share: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, packed: Packed, mix: Packed | None = None, share: float = 0.0, seed: int = 0,
+                 context: Any = None) -> None:  # fmt: skip
         self.packed = packed
         self.mix = mix
+        self.context = context
         extra = round(share / (1 - share) * packed.blocks) if mix is not None and mix.blocks and share > 0 else 0
         rng = np.random.default_rng(seed)
         self.mixed = np.resize(rng.permutation(mix.blocks), extra) if extra else np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
-        return self.packed.blocks + len(self.mixed)
+        return self.packed.blocks + len(self.mixed) + (self.context.count if self.context is not None else 0)
 
     def __getitem__(self, index: int) -> dict:
         import torch
 
+        plain = self.packed.blocks + len(self.mixed)
         if index < self.packed.blocks:
             ids, labels, mask = self.packed.block(index)
-        else:
+        elif index < plain:
             ids, labels, mask = self.mix.block(int(self.mixed[index - self.packed.blocks]))
+        else:
+            ids, labels, mask = self.context.block(index - plain)
         return {
             "input_ids": torch.from_numpy(ids),
             "labels": torch.from_numpy(labels),

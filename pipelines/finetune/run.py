@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from pipelines.errors import InputError, RepopilotError
 from pipelines.finetune import recipe
 from pipelines.finetune.args import TINY, TrainArgs
+from pipelines.finetune.context_samples import pack_context
 from pipelines.finetune.data import iter_records, pack, pack_public
 from pipelines.finetune.dsconfig import deepspeed_config, launch_command, launch_env, resolve_precision
 from pipelines.finetune.layout import RunLayout, append_event, read_events
@@ -60,6 +61,16 @@ def _locked(layout: RunLayout) -> Iterator[None]:
         except BlockingIOError:
             raise InputError(f"Another training run is using {layout.root}.") from None
         yield
+
+
+def _context_blocks(args: TrainArgs, dataset: Path, tokenizer, block: int, cache_dir: Path, facts: dict, stream) -> int:
+    """Build (and cache, for the worker) the blocks behind repository context; how many the worker should take."""
+    wanted = round(args.context_share * -(-facts["train"]["tokens"] // block))
+    samples, facts["context"] = pack_context(dataset, tokenizer, block, cache_dir, wanted)
+    if samples is None:
+        return 0
+    print(f"repository context: {samples.count} blocks behind the block the server would add", file=stream)
+    return wanted
 
 
 def setup(args: TrainArgs, layout: RunLayout, stream: TextIO) -> dict[str, Any]:
@@ -116,11 +127,13 @@ def setup(args: TrainArgs, layout: RunLayout, stream: TextIO) -> dict[str, Any]:
             print(f"public code mixed in: {mixed.files} files, {args.public_share:.0%} of the blocks", file=stream)
     if not facts["train"]["tokens"]:
         raise InputError(f"The dataset {dataset} has no training records. Add repositories with code in them.")
+    context_samples = _context_blocks(args, dataset, tokenizer, block, Path(cache_dir), facts, stream)
     world = _world_size(args) if use_deepspeed else 1
     parameters = recipe.parameters_of(config)
     resolved = {
         "parameters": parameters,
         "public_tokens": public_tokens,
+        "context_samples": context_samples,
         "learning_rate": args.learning_rate or recipe.learning_rate(parameters, args.lora),
         "epochs": args.epochs if args.epochs is not None else recipe.epochs(facts["train"]["tokens"]),
         "model_path": model_path,

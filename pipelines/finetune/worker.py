@@ -14,8 +14,10 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pipelines.finetune.args import TrainArgs
+from pipelines.finetune.context_samples import pack_context
 from pipelines.finetune.data import BlockDataset, pack, pack_public
 from pipelines.finetune.layout import RunLayout, append_event, last_checkpoint
 
@@ -25,6 +27,18 @@ _stop_requested = False
 def _on_sigterm(signum, frame) -> None:
     global _stop_requested
     _stop_requested = True
+
+
+def training_data(args: TrainArgs, resolved: dict, tokenizer) -> tuple[BlockDataset, Any]:
+    """The training blocks (the team's code, public code mixed in, blocks behind repository context) and the
+    validation split, from the caches the parent process filled."""
+    block, cache = resolved["block_size"], Path(resolved["cache_dir"])
+    wanted = resolved.get("public_tokens", 0)
+    public = pack_public(args.public_mix, tokenizer, block, cache, wanted)[0] if wanted else None
+    train = pack(Path(args.dataset), "train", tokenizer, block, cache)[0]
+    context = pack_context(Path(args.dataset), tokenizer, block, cache, resolved.get("context_samples", 0))[0]
+    validation = pack(Path(args.dataset), "validation", tokenizer, block, cache)[0]
+    return BlockDataset(train, public, args.public_share, args.seed, context), validation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,12 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 append_event(layout.progress, "checkpoint", step=state.global_step)
 
     tokenizer = AutoTokenizer.from_pretrained(resolved["model_path"])
-    block = resolved["block_size"]
-    wanted = resolved.get("public_tokens", 0)
-    public = pack_public(args.public_mix, tokenizer, block, Path(resolved["cache_dir"]), wanted)[0] if wanted else None
-    train = pack(Path(args.dataset), "train", tokenizer, block, resolved["cache_dir"])[0]
-    train_set = BlockDataset(train, public, args.public_share, args.seed)
-    val_packed = pack(Path(args.dataset), "validation", tokenizer, block, resolved["cache_dir"])[0]
+    train_set, val_packed = training_data(args, resolved, tokenizer)
     model = AutoModelForCausalLM.from_pretrained(resolved["model_path"], dtype=torch.float32)
     rows = model.get_input_embeddings().weight.shape[0]
     if rows != resolved["embedding_rows"]:
