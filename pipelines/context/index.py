@@ -25,6 +25,7 @@ STRIDE = 6
 MAX_LINES = 4000
 PROSE = frozenset({"markdown", "restructuredtext", "tex", "json", "yaml", "toml", "ini", "xml", "html", "css"})
 MAX_DF_SHARE = 0.2  # a token in more than this share of the windows (``self``, ``return``) is not looked up
+MIN_MAX_DF = 64  # ... unless there are few windows: in a small repository every token may be common
 TOKEN = re.compile(r"[A-Za-z_$][\w$]*")
 
 
@@ -100,7 +101,7 @@ class RepoIndex:
         self.window_size = np.array(sizes, dtype=np.float32)
         self.repo_ids = {repo: i for i, repo in enumerate(sorted({file.repo for file in self.files}))}
         self.window_repo = np.array([self.repo_ids[self.files[f].repo] for f, _ in starts], dtype=np.int32)
-        max_df = max(8, int(MAX_DF_SHARE * len(starts)))
+        max_df = max(MIN_MAX_DF, int(MAX_DF_SHARE * len(starts)))
         self.postings = {t: np.array(ids, dtype=np.int32) for t, ids in postings.items() if len(ids) <= max_df}
 
     @property

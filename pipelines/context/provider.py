@@ -24,6 +24,7 @@ longer fits the budget, or the repository's index changed (a new dataset version
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import re
 import threading
@@ -41,6 +42,7 @@ SHOWN_AFTER = 4  # lines shown after a matched window: what came next there is w
 MIN_BLOCK_TOKENS = 24
 MARGIN_TOKENS = 8  # the block and the prompt tokenized together may merge a token or two at the seam
 MAX_COSTS = 100_000
+MIN_PIECE_LINES = 2
 KEY_LINES = 22  # the FauxPilot extension keeps a file's first 15% of maxLines=150 lines in every window
 _CLASS_LIKE = re.compile(r"\b(?:class|interface|struct|trait|enum|object|record|protocol|impl)\b")
 _PYTHON_HINT = re.compile(r"^(?:def |class \w+.*:|from [\w.]+ import |import \w+$)", re.M)
@@ -205,22 +207,27 @@ def render(items: list[Item], comment: str) -> str:
 
 def fit(items: list[Item], lang: str | None, budget: int, count: Callable[[str], int],
         costs: dict | None = None) -> tuple[str, int, frozenset]:  # fmt: skip
-    """The block of ``items`` (in order, skipping those that do not fit) within ``budget`` tokens: text, tokens and
-    the names its items hold. Every piece ends with a line break, where byte-level BPE never merges tokens, so the
-    block costs the sum of its pieces; ``costs`` caches them by item."""
+    """The block of ``items`` (in order) within ``budget`` tokens: text, tokens and the names its items hold. An
+    item that does not fit whole goes in with as many of its first lines as fit (at least ``MIN_PIECE_LINES``).
+    Every piece ends with a line break, where byte-level BPE never merges tokens, so the block costs the sum of its
+    pieces; ``costs`` caches them."""
     comment = line_comment(lang) or "#"
+    costs = {} if costs is None else costs
+
+    def cost(item: Item) -> int:
+        key = (item.key, len(item.lines), comment)
+        if key not in costs:
+            costs[key] = count(render([item], comment))
+        return costs[key]
+
     kept: list[Item] = []
     tokens = 0
     for item in items:
-        key = (item.key, comment)
-        cost = costs.get(key) if costs is not None else None
-        if cost is None:
-            cost = count(render([item], comment))
-            if costs is not None:
-                costs[key] = cost
-        if tokens + cost <= budget:
+        while item.lines and tokens + cost(item) > budget and len(item.lines) > MIN_PIECE_LINES:
+            item = dataclasses.replace(item, lines=item.lines[: max(MIN_PIECE_LINES, len(item.lines) * 2 // 3)])
+        if tokens + cost(item) <= budget:
             kept.append(item)
-            tokens += cost
+            tokens += cost(item)
     if not kept:
         return "", 0, frozenset()
     return render(kept, comment), tokens, frozenset().union(*(item.names for item in kept))

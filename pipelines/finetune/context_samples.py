@@ -25,7 +25,7 @@ from pipelines.dataset.output import read_manifest
 from pipelines.finetune.data import IGNORE_INDEX, tokenizer_fingerprint
 from pipelines.fsutil import atomic_write, write_json_atomic
 
-FORMAT = 1  # bump when the samples change
+FORMAT = 2  # bump when the samples change
 AFTER_LINES = 8  # lines of the file after the cut point: what the model learns to complete
 MIN_LINES = 8
 MAX_SAMPLES = 4000

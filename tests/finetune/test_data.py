@@ -57,3 +57,28 @@ def test_a_share_of_public_blocks_is_mixed_in_the_same_every_epoch() -> None:
     again = BlockDataset(team, public, share=1 / 6, seed=3)
     assert [int(again[i]["input_ids"][0]) for i in range(len(again))] == firsts
     assert len(BlockDataset(team)) == 10 and len(BlockDataset(team, public, share=0.0)) == 10
+
+
+def test_blocks_behind_repository_context_learn_only_the_code(dataset: Path, tmp_path: Path) -> None:
+    from pipelines.finetune.context_samples import pack_context
+
+    texts = [r["text"] for r in iter_records(dataset, "train")]
+    tokenizer = train_tokenizer(texts, 600)
+    samples, meta = pack_context(dataset, tokenizer, 512, tmp_path, wanted=20)
+    assert samples is not None and samples.count == meta["samples"] == 20
+    for i in range(samples.count):
+        ids, labels, mask = samples.block(i)
+        k, n = int(samples.context[i]), int(mask.sum())
+        context = tokenizer.decode(ids[:k].tolist())
+        assert 0 < k <= 128 and n <= 512  # a quarter of the block at most
+        assert all(line.startswith("#") for line in context.splitlines())  # as the server writes it
+        assert "# jobs/job_" in context  # code like it from the other jobs
+        assert (labels[:k] == IGNORE_INDEX).all() and (labels[k:n] == ids[k:n]).all()  # loss on the code only
+    # Validation records are never context for training (they are held out): acme/ledger.py is one here.
+    assert "acme/ledger.py" in {r["path"] for r in iter_records(dataset, "validation")}
+    assert not any("acme/ledger.py" in tokenizer.decode(samples.block(i)[0].tolist()) for i in range(samples.count))
+    again, _ = pack_context(dataset, tokenizer, 512, tmp_path, wanted=20)
+    assert (again.tokens == samples.tokens).all()  # from the cache, the same
+    mixed = BlockDataset(pack(dataset, "train", tokenizer, 512, cache_dir=tmp_path)[0], context=samples)
+    assert len(mixed) == mixed.packed.blocks + 20
+    assert (mixed[len(mixed) - 1]["labels"].numpy() == samples.block(19)[1]).all()
