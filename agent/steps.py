@@ -255,7 +255,9 @@ def run_eval(ctx: StepContext) -> dict[str, Any]:
     out = agent.paths.evals(version)
     code = ctx.run_cli(
         "eval", dataset["snapshot"], "--baseline", str(baseline), "--candidate", str(run_dir / "model"),
-        "--out", str(out), "--gate", "--progress", "json", *agent.config.training.eval_args,
+        "--out", str(out), "--gate", "--progress", "json",
+        *(["--context", "repo"] if agent.config.server.context else []),  # judged as it will be served
+        *agent.config.training.eval_args,
     )  # fmt: skip
     if code not in (0, EVAL_GATE_FAILED):
         raise ctx.fail("`repopilot eval`", code)

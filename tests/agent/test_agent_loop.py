@@ -66,6 +66,7 @@ def test_a_commit_runs_the_whole_chain_and_the_new_model_serves(agent: Agent, tm
     assert context["default"] == "on" and context["files"] == len(records_of(jobs["dataset"].result["snapshot"]))
     model = agent.get_model(first)
     assert model.serving and model.status == "deployed" and model.eval["gate"]["worse"] is False
+    assert model.eval["settings"]["context"] == "repo"  # judged as it is served: with repository context
     assert Path(model.converted_dirs["fastertransformer"], "fastertransformer", "config.pbtxt").exists()
     info = agent.get_job(jobs["train"].id)
     assert info.losses and info.losses[-1][1] < info.losses[0][1]  # the loss chart has a falling curve
