@@ -50,12 +50,16 @@ _PYTHON_HINT = re.compile(r"^(?:def |class \w+.*:|from [\w.]+ import |import \w+
 
 @dataclass(frozen=True)
 class ContextSettings:
-    """How much context and from where (``[server] context_*`` / ``repopilot serve --context-*``)."""
+    """How much context and from where (``repopilot serve --context-tokens``, ``repopilot eval --context-tokens``)."""
 
     max_tokens: int = 256
+    """Most tokens of context per prompt."""
     max_share: float = 0.25
+    """... and at most this share of the model's window."""
     query_lines: int = 8
+    """The prompt's last lines that similar code is looked up for."""
     near_lines: int = 3
+    """A name used in these last lines needs its definition in the block (else the block is rebuilt)."""
     max_definitions: int = 6
     max_snippets: int = 2
 
