@@ -32,9 +32,17 @@ def make_repo(path: Path, files: int = 30) -> Repo:
 
 
 def write_config(
-    root: Path, *, retrain: bool = True, steps: int = 30, keep: int = 5, boxes: list | None = None, box: str = ""
+    root: Path,
+    *,
+    retrain: bool = True,
+    steps: int = 30,
+    keep: int = 5,
+    boxes: list | None = None,
+    box: str = "",
+    context: bool = False,
 ) -> Path:
-    """config.toml for a test agent; ``retrain=False`` sets thresholds no change reaches."""
+    """config.toml for a test agent; ``retrain=False`` sets thresholds no change reaches. Repository context is off
+    unless a test checks it (``context=True``): with it every evaluation also scores its completions with it."""
     threshold = 1 if retrain else 10**9
     config = Config(
         agent=AgentConfig(api_port=free_port(), data_dir=str(root / "data")),
@@ -48,7 +56,7 @@ def write_config(
             eval_args=list(EVAL_ARGS),
         ),
         policy=PolicyConfig(min_changed_lines=threshold, min_changed_files=threshold, keep_models=keep),
-        server=ServerConfig(runtime="embedded", port=free_port()),
+        server=ServerConfig(runtime="embedded", port=free_port(), context=context),
         gpu_boxes=list(boxes or []),
     )
     return save_config(config, root / "config.toml")

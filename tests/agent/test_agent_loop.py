@@ -20,7 +20,7 @@ from tests.services import require
 
 @pytest.fixture
 def agent(tmp_path: Path):
-    agent = Agent(config_file=write_config(tmp_path))
+    agent = Agent(config_file=write_config(tmp_path, context=True))
     agent.start()
     yield agent
     agent.stop_server()

@@ -21,7 +21,7 @@ from pipelines.finetune.data import iter_records
 from tests.agent.agentkit import make_repo, wait_for, write_config
 from tests.finetune.conftest import ENV, internal_module
 
-KILLS = int(os.environ.get("REPOPILOT_KILLS", "7"))
+KILLS = int(os.environ.get("REPOPILOT_KILLS", "6"))
 # Where to kill, round after round: while a job of that kind runs ("train+": once the run has a checkpoint).
 TARGETS = ["dataset", "train", "train+", "eval", "convert", "deploy"]
 STEPS = 200  # ~10 s of tiny training: a kill right after the first checkpoint lands mid-run
