@@ -63,6 +63,16 @@ def _locked(layout: RunLayout) -> Iterator[None]:
         yield
 
 
+def _public_blocks(args: TrainArgs, tokenizer, block: int, cache_dir: Path, facts: dict, stream) -> int:
+    """Pack (and cache, for the worker) the public code mixed in; how many tokens of it the worker should take."""
+    public_tokens = round(args.public_share / (1 - args.public_share) * facts["train"]["tokens"])
+    if public_tokens:
+        mixed, facts["public"] = pack_public(args.public_mix, tokenizer, block, cache_dir, public_tokens)
+        if mixed is not None:
+            print(f"public code mixed in: {mixed.files} files, {args.public_share:.0%} of the blocks", file=stream)
+    return public_tokens
+
+
 def _context_blocks(args: TrainArgs, dataset: Path, tokenizer, block: int, cache_dir: Path, facts: dict, stream) -> int:
     """Build (and cache, for the worker) the blocks behind repository context; how many the worker should take."""
     wanted = round(args.context_share * -(-facts["train"]["tokens"] // block))
@@ -120,13 +130,9 @@ def setup(args: TrainArgs, layout: RunLayout, stream: TextIO) -> dict[str, Any]:
         print(
             f"{split}: {packed.files} files, {len(packed.tokens)} tokens, {packed.blocks} blocks ({state})", file=stream
         )
-    public_tokens = round(args.public_share / (1 - args.public_share) * facts["train"]["tokens"])
-    if public_tokens:
-        mixed, facts["public"] = pack_public(args.public_mix, tokenizer, block, Path(cache_dir), public_tokens)
-        if mixed is not None:
-            print(f"public code mixed in: {mixed.files} files, {args.public_share:.0%} of the blocks", file=stream)
     if not facts["train"]["tokens"]:
         raise InputError(f"The dataset {dataset} has no training records. Add repositories with code in them.")
+    public_tokens = _public_blocks(args, tokenizer, block, Path(cache_dir), facts, stream)
     context_samples = _context_blocks(args, dataset, tokenizer, block, Path(cache_dir), facts, stream)
     world = _world_size(args) if use_deepspeed else 1
     parameters = recipe.parameters_of(config)
