@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipelines.context.index import TOKEN, WINDOW, IndexedFile, RepoIndex, tokens_of
+from pipelines.context.index import TOKEN, WINDOW, RepoIndex, tokens_of
 from pipelines.dataset.languages import line_comment
 from pipelines.evaluate.identifiers import definition_sites
 
@@ -82,9 +82,6 @@ class Block:
     tokens: int
     names: frozenset[str]
     version: str
-
-
-EMPTY = Block("", 0, frozenset(), "")
 
 
 def _indent(line: str) -> int:
@@ -297,13 +294,3 @@ class ContextProvider:
 
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
-
-
-def with_context(index: RepoIndex, prompt: str, settings: ContextSettings, budget: int, count: Callable[[str], int],
-                 *, repo: str | None = None, skip_path: str | None = None) -> str:  # fmt: skip
-    """The block for one prompt, without the per-file memory (the eval asks once per prompt)."""
-    items, lang = choose(index, prompt, settings, repo=repo, skip_path=skip_path)
-    return fit(items, lang, budget, count)[0]
-
-
-__all__ = ["ContextProvider", "ContextSettings", "IndexedFile", "RepoIndex", "choose", "fit", "with_context"]

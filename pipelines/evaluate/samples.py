@@ -21,7 +21,6 @@ and stops once it has enough, so its drop counts cover the files examined.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.filters import analyze, path_reason, redact_spans
 from pipelines.dataset.gitsource import GitSource
 from pipelines.dataset.languages import language_of
-from pipelines.dataset.output import read_manifest
+from pipelines.dataset.output import read_manifest, read_shard, shard_names
 from pipelines.errors import DatasetError, InputError, RepoError
 from pipelines.evaluate.identifiers import DefinitionIndex
 from pipelines.progress import Progress
@@ -93,19 +92,8 @@ class DatasetView:
         return sum(int(shard.get("records", 0)) for shard in self.manifest.get("shards", {}).get(split, []))
 
     def records(self, split: str) -> Iterator[dict[str, Any]]:
-        for shard in self.manifest.get("shards", {}).get(split, []):
-            path = self.out_dir / shard["file"]
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    for line in handle:
-                        if line.strip():
-                            yield json.loads(line)
-            except FileNotFoundError:
-                raise DatasetError(
-                    f"{path} is listed in the manifest but missing. Run `repopilot dataset update {self.out_dir}`."
-                ) from None
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path} is damaged ({exc}). Rebuild the dataset with --force.") from None
+        for name in shard_names(self.manifest, (split,)):
+            yield from read_shard(self.out_dir, name)
 
     def repo_name(self, name: str | None) -> str:
         """The repo ``--repo`` names, or the only one; an unknown name is an error listing the known ones."""

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.dataset.languages import language_of
-from pipelines.dataset.output import read_manifest
+from pipelines.dataset.output import read_manifest, read_shard, shard_names
 from pipelines.errors import DatasetError
 from pipelines.fsutil import atomic_write, write_json_atomic
 
@@ -34,11 +34,8 @@ SKIP_DIRS = frozenset(
 
 def iter_records(dataset: Path, split: str) -> Iterator[dict]:
     """The records of one split, in manifest order."""
-    manifest = read_manifest(dataset)
-    for shard in manifest["shards"].get(split, []):
-        with open(Path(dataset) / shard["file"], encoding="utf-8") as handle:
-            for line in handle:
-                yield json.loads(line)
+    for name in shard_names(read_manifest(dataset), (split,)):
+        yield from read_shard(dataset, name)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.context.provider import ContextProvider, ContextSettings, choose, with_context
+from pipelines.context.provider import ContextProvider, ContextSettings, choose, fit
 from pipelines.context.source import DatasetIndex, load_index
 from pipelines.dataset.builder import update
 from tests.context.conftest import JOBS, PROMPT, count
+
+
+def with_context(index, prompt: str, settings: ContextSettings, budget: int, count, **where) -> str:
+    """The block for one prompt without the server's per-file memory (as the eval chooses it)."""
+    items, lang = choose(index, prompt, settings, **where)
+    return fit(items, lang, budget, count)[0]
 
 
 def block_for(out: Path, prompt: str, budget: int = 400, **kwargs) -> str:
