@@ -68,10 +68,16 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
 
 
 @contextlib.contextmanager
-def worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
-    """A spawn-started process pool of ``workers``; on leaving, pending work is cancelled and every worker has
-    exited (a normal end, an error, Ctrl-C or SIGTERM with :func:`terminate_unwinds`)."""
-    context = multiprocessing.get_context("spawn")
+def worker_pool(workers: int, *, fork: bool = False) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """A process pool of ``workers``; on leaving, pending work is cancelled and every worker has exited (a normal
+    end, an error, Ctrl-C or SIGTERM with :func:`terminate_unwinds`).
+
+    Workers are spawned (a fresh interpreter each), or with ``fork`` forked from this process when it runs
+    no other thread (Linux): they start at once with everything already imported and compiled, and all of
+    them start on the first ``submit``.
+    """
+    forkable = fork and sys.platform.startswith("linux") and threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if forkable else "spawn")
     pool = _Pool(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
     try:
         yield pool

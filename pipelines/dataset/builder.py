@@ -23,8 +23,9 @@ import numpy as np
 
 from pipelines.dataset import dedup
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
-from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, analyze, path_reason, redact_spans
-from pipelines.dataset.gitsource import GitSource
+from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, analyze_many, path_reason, redact_spans
+from pipelines.dataset.secrets import shared_prefilter
+from pipelines.dataset.gitsource import GitSource, TreeEntry
 from pipelines.dataset.output import (
     MANIFEST,
     OutputWriter,
@@ -46,6 +47,7 @@ CANDIDATE = "candidate"
 _TEXT_MEMORY_BUDGET = 256 * 1024 * 1024
 _CACHE_FLUSH_ROWS = 500
 _PARALLEL_FROM = 400  # blobs to analyse before a process pool pays for its start-up
+_PREFILTER_FROM = 100  # blobs to analyse before the secret prefilter pays for its compilation (~0.1 s)
 INDEX_CHUNK_FILES = 256  # mean number of files per index chunk
 _LSH_BULK = 500  # above this many touched files, the near-duplicate index is read into memory
 
@@ -171,8 +173,7 @@ def _sync(
         for plan in plans:
             for path in plan.deleted:
                 work.remove((plan.spec.name, path))
-        for row in new_rows:
-            work.replace(row)
+        work.replace_all(new_rows)
         work.deduplicate()
         writer = OutputWriter(out_dir, store, progress)
         work.write(writer)
@@ -242,50 +243,64 @@ class _Work:
         for plan in plans:
             if plan.mode is PlanMode.UNCHANGED:
                 continue
-            name = plan.spec.name
             for path, entry in sorted(plan.targets.items()):
-                key = (name, path)
-                reason, lang = path_reason(path, entry.mode, plan.spec, self.config)
-                if reason is None and entry.size > self.config.max_file_bytes:
-                    reason = Reason.TOO_LARGE.value
-                rows.append(
-                    FileRow(
-                        repo=name,
-                        path=path,
-                        mode=entry.mode,
-                        sha=entry.sha,
-                        size=entry.size,
-                        commit_sha=plan.commits[path],
-                        lang=lang,
-                        split=split_of(key, self.config),
-                        boundary=is_boundary(key, self.config),
-                        iboundary=is_index_boundary(key),
-                        filter_reason=reason,
-                        status=reason or CANDIDATE,
-                    )
-                )
-                if reason is None:
-                    to_read.setdefault(name, []).append(entry.sha)
-        self._analyse(to_read)
+                rows.append(self._target_row(plan, path, entry))
+                if rows[-1].filter_reason is None:
+                    to_read.setdefault(plan.spec.name, []).append(entry.sha)
+        wanted = {sha for shas in to_read.values() for sha in shas}
+        self.blobs.update(self.store.cached_blobs(self.akey, wanted))
+        missing = {name: sorted(set(shas) - set(self.blobs)) for name, shas in to_read.items()}
+        total = sum(len(v) for v in missing.values())
+        prefilter = total >= _PREFILTER_FROM
+        if prefilter:
+            shared_prefilter()  # compiled once, before the workers fork, so that they inherit it
+        with contextlib.ExitStack() as stack:  # on the way out: the history walks stop, then the pool
+            pool = stack.enter_context(_forked_pool()) if total >= _PARALLEL_FROM else None
+            for plan in plans:  # threads only now: the pool forked while this process had none
+                stack.callback(plan.close_history)
+                plan.start_history()
+            if total:
+                self._analyse(missing, pool, prefilter)
+            for plan in plans:
+                plan.finish_history()
+        commits = {plan.spec.name: plan.commits for plan in plans}
         for row in rows:
+            row.commit_sha = commits[row.repo][row.path]
             if row.filter_reason is None:
                 blob = self.blobs[row.sha]
                 row.filter_reason = blob.reason
                 row.status = blob.reason or CANDIDATE
         return rows
 
-    def _analyse(self, to_read: dict[str, list[str]]) -> None:
-        wanted = {sha for shas in to_read.values() for sha in shas}
-        self.blobs.update(self.store.cached_blobs(self.akey, wanted))
-        missing = {name: sorted(set(shas) - set(self.blobs)) for name, shas in to_read.items()}
-        total = sum(len(v) for v in missing.values())
-        if not total:
-            return
-        self.progress.start("analysing", total)
+    def _target_row(self, plan: RepoPlan, path: str, entry: TreeEntry) -> FileRow:
+        """The row of a target path, its fate decided by path and size so far (commit filled in later)."""
+        key = (plan.spec.name, path)
+        reason, lang = path_reason(path, entry.mode, plan.spec, self.config)
+        if reason is None and entry.size > self.config.max_file_bytes:
+            reason = Reason.TOO_LARGE.value
+        return FileRow(
+            repo=plan.spec.name,
+            path=path,
+            mode=entry.mode,
+            sha=entry.sha,
+            size=entry.size,
+            commit_sha="",
+            lang=lang,
+            split=split_of(key, self.config),
+            boundary=is_boundary(key, self.config),
+            iboundary=is_index_boundary(key),
+            filter_reason=reason,
+            status=reason or CANDIDATE,
+        )
+
+    def _analyse(
+        self, missing: dict[str, list[str]], pool: concurrent.futures.ProcessPoolExecutor | None, prefilter: bool
+    ) -> None:
+        self.progress.start("analysing", sum(len(v) for v in missing.values()))
         pending: list[tuple[str, str | None, int, str, bytes | None]] = []
         last_flush = time.monotonic()
-        # closed at once on an error or a signal, so the worker pool stops before this returns
-        with contextlib.closing(self._analysed(missing, parallel=total >= _PARALLEL_FROM)) as analysed:
+        analysed = self._analysed(missing, pool, prefilter)
+        with contextlib.closing(analysed):  # closed at once on an error or a signal
             for sha, data, result in analysed:
                 cached = CachedBlob(
                     result.reason, result.text_bytes, [list(r) for r in result.redactions], result.signature
@@ -302,24 +317,23 @@ class _Work:
         self.progress.finish()
 
     def _analysed(
-        self, missing: dict[str, list[str]], parallel: bool
+        self, missing: dict[str, list[str]], pool: concurrent.futures.ProcessPoolExecutor | None, prefilter: bool
     ) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
-        """(sha, content, analysis) for each blob, on every core when there are many."""
+        """(sha, content, analysis) for each blob, in ``pool`` (on every core) when given."""
         blobs = ((sha, data) for name, shas in missing.items() for sha, data in self.sources[name].read_blobs(shas))
-        if not parallel:
-            for sha, data in blobs:
-                yield sha, data, analyze(data, self.config)
-            return
-        workers = max(1, min(os.cpu_count() or 1, 8))
-        with worker_pool(workers) as pool:
-            in_flight: collections.deque = collections.deque()
+        if pool is None:
             for batch in _batches(blobs):
-                in_flight.append((batch, pool.submit(_analyse_batch, [d for _, d in batch], self.config)))
-                _failpoint("pool-running")
-                while len(in_flight) > 2 * workers:
-                    yield from _finished(in_flight.popleft())
-            while in_flight:
+                yield from _zip_batch(batch, _analyse_batch([d for _, d in batch], self.config, prefilter))
+            return
+        in_flight: collections.deque = collections.deque()
+        workers = _workers()
+        for batch in _batches(blobs):
+            in_flight.append((batch, pool.submit(_analyse_batch, [d for _, d in batch], self.config, prefilter)))
+            _failpoint("pool-running")
+            while len(in_flight) > 2 * workers:
                 yield from _finished(in_flight.popleft())
+        while in_flight:
+            yield from _finished(in_flight.popleft())
 
     def _remember_text(self, sha: str, text: str) -> None:
         if self.text_bytes + len(text) <= _TEXT_MEMORY_BUDGET:
@@ -334,12 +348,14 @@ class _Work:
         self._touch(key)
         self.store.delete(key)
 
-    def replace(self, row: FileRow) -> None:
-        self._touch(row.key)
-        old = self.before[row.key]
-        if old is not None:
-            row.shard, row.line, row.chunk = old.shard, old.line, old.chunk
-        self.store.put(row)
+    def replace_all(self, rows: list[FileRow]) -> None:
+        self.store.prefetch(row.key for row in rows)
+        for row in rows:
+            self._touch(row.key)
+            old = self.before[row.key]
+            if old is not None:
+                row.shard, row.line, row.chunk = old.shard, old.line, old.chunk
+        self.store.put_many(rows)
 
     # -- deduplication ------------------------------------------------------------------------------
     def deduplicate(self) -> None:
@@ -350,10 +366,9 @@ class _Work:
                 if row is not None and row.filter_reason is None:
                     shas.add(row.sha)
         # Exact: among files with equal content, the smallest key is kept.
-        for sha in sorted(shas):
-            group = self.store.candidates_with_sha(sha)
-            if not group:
-                continue
+        groups = self.store.candidates_by_sha(shas)
+        for sha in sorted(groups):
+            group = groups[sha]
             for key in group:
                 self._touch(key)
             first, rest = group[0], group[1:]
@@ -437,6 +452,7 @@ class _Work:
             return memo[key]
 
         nodes = dedup.component(seeds, neighbours)
+        lsh.flush()
         for key, twin in dedup.resolve(nodes, neighbours).items():
             self._touch(key)
             if twin is None:
@@ -465,8 +481,20 @@ class _Work:
         return texts
 
 
-def _analyse_batch(datas: list[bytes | None], config: DatasetConfig) -> list[BlobAnalysis]:
-    return [analyze(data, config) for data in datas]
+def _workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@contextlib.contextmanager
+def _forked_pool() -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """A worker per core (at most 8), all started now (forked, while this process runs no other thread)."""
+    with worker_pool(_workers(), fork=True) as pool:
+        pool.submit(os.getpid).result()
+        yield pool
+
+
+def _analyse_batch(datas: list[bytes | None], config: DatasetConfig, prefilter: bool) -> list[BlobAnalysis]:
+    return analyze_many(datas, config, shared_prefilter() if prefilter else None)
 
 
 def _batches(blobs: Iterator[tuple[str, bytes | None]], max_bytes: int = 4 << 20, max_items: int = 256) -> Iterator:
@@ -484,7 +512,11 @@ def _batches(blobs: Iterator[tuple[str, bytes | None]], max_bytes: int = 4 << 20
 
 def _finished(item: tuple[list, concurrent.futures.Future]) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
     batch, future = item
-    for (sha, data), result in zip(batch, future.result(), strict=True):
+    return _zip_batch(batch, future.result())
+
+
+def _zip_batch(batch: list[tuple[str, bytes | None]], results: list[BlobAnalysis]) -> Iterator:
+    for (sha, data), result in zip(batch, results, strict=True):
         yield sha, data, result
 
 

@@ -12,7 +12,7 @@ from pipelines.dataset.languages import KNOWN_LANGUAGES
 from pipelines.errors import InputError
 
 #: Bump when the way a blob is analysed changes, so cached analyses are not reused.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

@@ -1,5 +1,11 @@
 """Near-duplicate detection: MinHash signatures over word 5-grams, banded for lookup.
 
+The signature is a one-permutation MinHash (Li, Owen and Zhang, 2012) with optimal densification
+(Shrivastava, 2017): every 5-gram is hashed once, the hash's top 7 bits pick one of 128 bins and a bin keeps
+its smallest hash; an empty bin borrows the value of the first non-empty bin on its own fixed probe sequence.
+Words are runs of ASCII letters, digits, ``_`` and non-ASCII bytes of the UTF-8 text, hashed with numpy over
+the whole file at once (no Python loop per word), so a signature costs a sort of the file's 5-grams.
+
 The decision is a pure function of the set of files, so an incremental update and a fresh build agree:
 within each group of files connected by "similar at or above the threshold", files are visited in key
 order and a file is dropped when a file kept before it is similar to it.
@@ -7,9 +13,6 @@ order and a file is dropped when a file kept before it is similar to it.
 
 from __future__ import annotations
 
-import hashlib
-import re
-import zlib
 from collections.abc import Callable, Hashable, Iterable
 
 import numpy as np
@@ -18,45 +21,113 @@ NUM_PERM = 128
 BANDS = 16
 ROWS = NUM_PERM // BANDS
 SHINGLE = 5
+_BIN_SHIFT = np.uint64(64 - 7)  # 2**7 == NUM_PERM bins
+_PROBES = 64  # probe sequence length per bin; a miss on all of them falls back to the next non-empty bin
 _rng = np.random.default_rng(20231105)
-# Multiply-shift hashing over 64-bit words: h(x) = (a*x + b) >> 32 with odd a (no slow modulo).
-_A = (_rng.integers(0, 1 << 63, size=(NUM_PERM, 1), dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
-_B = _rng.integers(0, 1 << 63, size=(NUM_PERM, 1), dtype=np.uint64)
-_WORD = re.compile(r"\w+")
-_CHUNK = 4096
+_PROBE = _rng.integers(0, NUM_PERM, size=(NUM_PERM, _PROBES))
+_BAND_WEIGHTS = _rng.integers(1, 1 << 63, size=(1, ROWS), dtype=np.uint64) | np.uint64(1)
+_WORD_BYTE = np.zeros(256, dtype=bool)
+for _low, _high in ((48, 58), (65, 91), (97, 123), (95, 96), (128, 256)):
+    _WORD_BYTE[_low:_high] = True
+_P = 0x100000001B3  # odd, so that it has an inverse modulo 2**64
+_Q = np.uint64(1_000_003)
+_powers = np.ones(1, dtype=np.uint64)
+_inverse_powers = np.ones(1, dtype=np.uint64)
 
 
-class _WordHashes(dict):
-    """word -> crc32, memoised (code repeats its words a lot)."""
+def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P**i and P**-i modulo 2**64 for i < n (grown on demand, kept for the process)."""
+    global _powers, _inverse_powers
+    if len(_powers) < n:
+        size = max(n, 2 * len(_powers), 1 << 16)
+        _powers, _inverse_powers = (
+            np.concatenate([np.ones(1, dtype=np.uint64), np.cumprod(np.full(size - 1, base, dtype=np.uint64))])
+            for base in (_P, pow(_P, -1, 1 << 64))
+        )
+    return _powers, _inverse_powers
 
-    def __missing__(self, word: str) -> int:
-        if len(self) > 2_000_000:
-            self.clear()
-        value = self[word] = zlib.crc32(word.encode())
-        return value
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """A 64-bit finaliser (splitmix64): every input bit moves every output bit."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
-_WORD_HASHES = _WordHashes()
+def _words(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, start offset) of every word of UTF-8 ``data``; a word's hash is the polynomial of its bytes,
+    read off prefix sums."""
+    raw = np.frombuffer(b" " + data + b" ", dtype=np.uint8)
+    is_word = np.take(_WORD_BYTE, raw)
+    edges = np.flatnonzero(is_word[1:] != is_word[:-1])
+    starts, ends = edges[0::2], edges[1::2]
+    body = raw[1:-1]
+    powers, inverse = _power_tables(len(body) + 1)
+    prefix = np.zeros(len(body) + 1, dtype=np.uint64)
+    np.cumsum(body * powers[: len(body)], out=prefix[1:])
+    return (prefix[ends] - prefix[starts]) * inverse[starts], starts
+
+
+def signatures_of(datas: list[bytes], min_tokens: int) -> list[np.ndarray | None]:
+    """The MinHash signature (uint32[NUM_PERM]) of each UTF-8 text, or None for one with too few words.
+
+    All texts go through numpy together (joined with a space, so no word or 5-gram spans two of them); a
+    5-gram's hash h goes to bin ``h >> 57`` with value ``h & 0xFFFFFFFF``, and a bin keeps its smallest value.
+    """
+    if not datas:
+        return []
+    lengths = np.array([len(d) for d in datas], dtype=np.int64)
+    file_starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    words, starts = _words(b" ".join(datas))
+    owner = np.searchsorted(file_starts, starts, side="right") - 1
+    eligible = np.bincount(owner, minlength=len(datas)) >= max(min_tokens, SHINGLE)
+    if not eligible.any():
+        return [None] * len(datas)
+    count = max(len(words) - SHINGLE + 1, 0)
+    combined = words[:count].copy()
+    for offset in range(1, SHINGLE):
+        combined = combined * _Q + words[offset : offset + count]
+    keep = (owner[:count] == owner[SHINGLE - 1 : SHINGLE - 1 + count]) & eligible[owner[:count]]
+    hashes = _mix(combined[keep])
+    keys = (owner[:count][keep].astype(np.uint64) << np.uint64(39)) | ((hashes >> _BIN_SHIFT) << np.uint64(32))
+    keys |= hashes & np.uint64(0xFFFFFFFF)
+    keys.sort()
+    groups = keys >> np.uint64(32)
+    first = np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]]))
+    rows, bins = (groups[first] >> np.uint64(7)).astype(np.intp), (groups[first] & np.uint64(127)).astype(np.intp)
+    values = np.zeros((len(datas), NUM_PERM), dtype=np.uint32)
+    filled = np.zeros((len(datas), NUM_PERM), dtype=bool)
+    values[rows, bins] = (keys[first] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    filled[rows, bins] = True
+    _densify(values, filled, np.flatnonzero(eligible))
+    return [values[i] if eligible[i] else None for i in range(len(datas))]
+
+
+def _densify(values: np.ndarray, filled: np.ndarray, rows: np.ndarray) -> None:
+    """Give each empty bin of ``rows`` the value of the first filled bin on its probe sequence."""
+    empty_rows, empty_bins = np.nonzero(~filled[rows])
+    if not len(empty_rows):
+        return
+    empty_rows = rows[empty_rows]
+    probes = _PROBE[empty_bins]
+    hit = filled[empty_rows[:, None], probes]
+    chosen = probes[np.arange(len(probes)), hit.argmax(axis=1)]
+    for i in np.flatnonzero(~hit.any(axis=1)):  # rare: the next filled bin, circularly
+        order = np.flatnonzero(filled[empty_rows[i]])
+        chosen[i] = order[np.searchsorted(order, empty_bins[i]) % len(order)]
+    values[empty_rows, empty_bins] = values[empty_rows, chosen]
+
+
+def signature_of(data: bytes, min_tokens: int) -> np.ndarray | None:
+    """The MinHash signature of one UTF-8 text (see :func:`signatures_of`)."""
+    return signatures_of([data], min_tokens)[0]
 
 
 def signature(text: str, min_tokens: int) -> np.ndarray | None:
-    """The MinHash signature (uint32[NUM_PERM]) of a text, or None when it has too few words."""
-    words = _WORD.findall(text)
-    if len(words) < max(min_tokens, SHINGLE):
-        return None
-    hashes = np.fromiter(map(_WORD_HASHES.__getitem__, words), dtype=np.uint64, count=len(words))
-    # Shingle hash of 5 consecutive words: a polynomial over the word hashes.
-    combined = np.zeros(len(words) - SHINGLE + 1, dtype=np.uint64)
-    for offset in range(SHINGLE):
-        combined = combined * np.uint64(1_000_003) + hashes[offset : offset + len(combined)]
-    shingles = np.unique(combined)
-    result = np.full(NUM_PERM, np.iinfo(np.uint64).max, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for start in range(0, len(shingles), _CHUNK):
-            block = shingles[start : start + _CHUNK][None, :]
-            permuted = (_A * block + _B) >> np.uint64(32)
-            np.minimum(result, permuted.min(axis=1), out=result)
-    return result.astype(np.uint32)
+    """:func:`signature_of` the UTF-8 encoding of ``text``."""
+    return signature_of(text.encode("utf-8"), min_tokens)
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -72,12 +143,11 @@ def similarities(a: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
 
 
 def band_buckets(sig: np.ndarray) -> list[int]:
-    """One bucket id per band; files sharing any bucket are candidate near duplicates."""
-    buckets = []
-    for band in range(BANDS):
-        digest = hashlib.blake2b(sig[band * ROWS : (band + 1) * ROWS].tobytes(), digest_size=8).digest()
-        buckets.append(int.from_bytes(digest, "little", signed=True))
-    return buckets
+    """One bucket id (a signed 64-bit hash of the band's rows) per band; files sharing any bucket are
+    candidate near duplicates."""
+    rows = sig.astype(np.uint64).reshape(BANDS, ROWS)
+    folded = np.bitwise_xor.reduce(_mix(rows * _BAND_WEIGHTS), axis=1)
+    return folded.view(np.int64).tolist()
 
 
 def to_bytes(sig: np.ndarray | None) -> bytes | None:

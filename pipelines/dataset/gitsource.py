@@ -156,53 +156,9 @@ class GitSource:
 
         With ``paths`` given, stop walking as soon as all of them are found.
         """
-        cmd = self._git(
-            "log",
-            "--first-parent",
-            "--root",
-            "--raw",
-            "--no-renames",
-            "--no-abbrev",
-            "-z",
-            "--format=%x01%H",
-            rev_range,
-        )
-        found: dict[str, str] = {}
-        remaining = set(paths) if paths is not None else None
-        if remaining is not None and not remaining:
-            return found
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert proc.stdout is not None
-        current = ""
-        expect_path = False
-        buffer = b""
-        try:
-            while True:
-                chunk = proc.stdout.read(1 << 16)
-                if not chunk:
-                    break
-                buffer += chunk
-                *tokens, buffer = buffer.split(b"\0")
-                for token in tokens:
-                    token = token.lstrip(b"\n")
-                    if expect_path:
-                        expect_path = False
-                        path = decode_path(token)
-                        if path not in found:
-                            found[path] = current
-                            if remaining is not None:
-                                remaining.discard(path)
-                    elif token.startswith(b"\x01"):
-                        current = token[1:].decode()
-                    elif token.startswith(b":"):
-                        expect_path = True
-                if remaining is not None and not remaining:
-                    break
-        finally:
-            proc.stdout.close()
-            proc.kill()
-            proc.wait()
-        return found
+        walk = HistoryWalk(self, rev_range, paths)
+        walk.run()
+        return walk.result()
 
     def blob_sizes(self, shas: Iterable[str]) -> dict[str, int]:
         """Byte sizes of objects, without reading them (``git cat-file --batch-check``)."""
@@ -287,3 +243,86 @@ class GitSource:
                 f"git {args[0]} failed in {self.path}: {detail[-1] if detail else exc}. "
                 "Check the repository and the ref."
             ) from None
+
+
+class HistoryWalk:
+    """``git log`` over a first-parent range, read as it streams: the newest commit touching each path.
+
+    :meth:`start` runs it in a thread (the walk of a long history takes seconds of git's time, which can
+    overlap other work); :meth:`close` stops it; :meth:`result` waits for it.
+    """
+
+    def __init__(self, source: GitSource, rev_range: str, paths: set[str] | None = None) -> None:
+        self.command = source._git(
+            "log", "--first-parent", "--root", "--raw", "--no-renames", "--no-abbrev", "-z", "--format=%x01%H", rev_range
+        )
+        self.remaining = set(paths) if paths is not None else None
+        self.found: dict[str, str] = {}
+        self.error: BaseException | None = None
+        self.proc: subprocess.Popen | None = None
+        self.thread: threading.Thread | None = None
+        self.stopped = False
+
+    def start(self) -> HistoryWalk:
+        self.thread = threading.Thread(target=self.run, name="git-history", daemon=True)
+        self.thread.start()
+        return self
+
+    def run(self) -> None:
+        try:
+            self._walk()
+        except BaseException as exc:  # re-raised by result()
+            self.error = exc
+
+    def close(self) -> None:
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.thread is not None:
+            self.thread.join()
+
+    def result(self) -> dict[str, str]:
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.found
+
+    def _walk(self) -> None:
+        if self.remaining is not None and not self.remaining:
+            return
+        self.proc = proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        try:
+            self._parse(proc.stdout)
+        finally:
+            proc.stdout.close()
+            proc.kill()
+            proc.wait()
+
+    def _parse(self, stream) -> None:  # type: ignore[no-untyped-def]
+        found, remaining = self.found, self.remaining
+        current = ""
+        expect_path = False
+        buffer = b""
+        while not self.stopped:
+            chunk = stream.read(1 << 16)
+            if not chunk:
+                break
+            buffer += chunk
+            *tokens, buffer = buffer.split(b"\0")
+            for token in tokens:
+                token = token.lstrip(b"\n")
+                if expect_path:
+                    expect_path = False
+                    path = decode_path(token)
+                    if path not in found:
+                        found[path] = current
+                        if remaining is not None:
+                            remaining.discard(path)
+                elif token.startswith(b"\x01"):
+                    current = token[1:].decode()
+                elif token.startswith(b":"):
+                    expect_path = True
+            if remaining is not None and not remaining:
+                break

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 
 #: Extension (lower case, with the dot) -> language.
 LANGUAGES: dict[str, str] = {
@@ -48,12 +47,13 @@ KNOWN_LANGUAGES: frozenset[str] = frozenset(LANGUAGES.values()) | frozenset(FILE
 
 def language_of(path: str, extra: dict[str, str] | None = None) -> str | None:
     """The language of a path by its name, or None when it is not on the allow-list."""
-    name = PurePosixPath(path).name
+    name = path.rpartition("/")[2]
     if name in FILENAMES:
         return FILENAMES[name]
     if name.startswith("Dockerfile."):
         return "dockerfile"
-    suffix = PurePosixPath(name).suffix.lower()
+    dot = name.rfind(".")
+    suffix = name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # as PurePosixPath(name).suffix
     if extra and suffix in extra:
         return extra[suffix]
     return LANGUAGES.get(suffix)

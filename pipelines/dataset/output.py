@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pipelines.dataset.config import DatasetConfig
 from pipelines.dataset.state import INDEX_SELECTION, FileRow, Key, Selection, Store, shard_selection
 from pipelines.errors import DatasetError
@@ -33,8 +35,9 @@ KEPT = "kept"
 FOLDERS = (*SPLITS, "index")
 
 
-def record_line(row: FileRow, text: str) -> str:
-    """One JSONL record: run_clm's ``text`` plus files2jsonl's ``url`` and provenance."""
+def record_line(row: FileRow, text: str) -> bytes:
+    """One JSONL record: run_clm's ``text`` plus files2jsonl's ``url`` and provenance (UTF-8, compact, keys in
+    this order; byte for byte what ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` gives)."""
     record = {
         "text": text,
         "url": row.path,
@@ -44,7 +47,7 @@ def record_line(row: FileRow, text: str) -> str:
         "lang": row.lang,
         "sha": row.sha,
     }
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def index_entry(row: FileRow) -> dict[str, Any]:
@@ -101,16 +104,14 @@ class OutputWriter:
             ]
             texts = texts_for([row for row, line in zip(rows, lines, strict=True) if line is None])
             content = b"".join(
-                line if line is not None else record_line(row, texts[row.sha]).encode("utf-8")
+                line if line is not None else record_line(row, texts[row.sha])
                 for row, line in zip(rows, lines, strict=True)
             )
             name = self._write(sel.params[0], content, ".jsonl")
-            for number, row in enumerate(rows):
-                if (row.shard, row.line) != (name, number):
-                    if row.shard:
-                        self.old_names.add(row.shard)
-                    self.store.set_location(row.key, name, number)
-                    self.relocated.add(row.key)
+            moves = [(row.key, name, number) for number, row in enumerate(rows) if (row.shard, row.line) != (name, number)]
+            self.old_names.update(row.shard for row in rows if row.shard and row.shard != name)
+            self.store.set_locations(moves)
+            self.relocated.update(key for key, _, _ in moves)
             self.store.put_output("shard", name, sel.params[0], rows[0].key, len(rows), len(content))
             self.progress.advance(1, len(content))
         self.progress.finish()
@@ -135,13 +136,10 @@ class OutputWriter:
             files: dict[str, dict[str, Any]] = {}
             for row in rows:
                 files.setdefault(row.repo, {})[row.path] = index_entry(row)
-            content = json.dumps(files, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+            content = orjson.dumps(files, option=orjson.OPT_SORT_KEYS)  # as json.dumps(sort_keys=True), compact
             name = self._write("index", content + b"\n", ".json")
-            for row in rows:
-                if row.chunk != name:
-                    if row.chunk:
-                        self.old_names.add(row.chunk)
-                    self.store.set_chunk(row.key, name)
+            self.old_names.update(row.chunk for row in rows if row.chunk and row.chunk != name)
+            self.store.set_chunks([row.key for row in rows if row.chunk != name], name)
             self.store.put_output("index", name, "index", rows[0].key, len(rows), len(content) + 1)
 
     def forget_unused(self) -> None:

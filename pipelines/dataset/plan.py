@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from pipelines.dataset.config import RepoSpec
-from pipelines.dataset.gitsource import MODE_SUBMODULE, GitSource, TreeEntry
+from pipelines.dataset.gitsource import MODE_SUBMODULE, GitSource, HistoryWalk, TreeEntry
 from pipelines.dataset.state import FileRow, Store
 
 
@@ -35,6 +35,25 @@ class RepoPlan:
     commits: dict[str, str] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=dict)
+    history: HistoryWalk | None = None  # a full plan's commits come from this walk (see start_history)
+
+    def start_history(self) -> None:
+        """Start the walk that finds each target's newest commit; it runs while blobs are analysed."""
+        if self.history is not None and self.history.thread is None:
+            self.history.start()
+
+    def finish_history(self) -> None:
+        """Wait for the walk and fill ``commits``."""
+        if self.history is None:
+            return
+        found = self.history.result()
+        for path in self.targets:
+            self.commits[path] = found.get(path, self.commit)
+        self.history = None
+
+    def close_history(self) -> None:
+        if self.history is not None:
+            self.history.close()
 
 
 def plan_repo(
@@ -64,16 +83,21 @@ def plan_repo(
 
 def _plan_from_tree(plan: RepoPlan, rows: dict[str, FileRow], compare: bool) -> None:
     tree = plan.source.tree(plan.commit)
+    plan.deleted = set(rows) - set(tree)
+    plan.counts = {"paths": len(tree), "recomputed": len(tree), "deleted": len(plan.deleted)}
+    if not compare:  # every path is a target; their commits come later, from a walk that overlaps the analysis
+        plan.targets = dict(tree)
+        plan.history = HistoryWalk(plan.source, plan.commit, set(tree))
+        return
     commits = plan.source.last_commits(plan.commit, set(tree))
     for path, entry in tree.items():
         old = rows.get(path)
         commit = commits.get(path, plan.commit)
-        if compare and old is not None and (old.mode, old.sha, old.commit_sha) == (entry.mode, entry.sha, commit):
+        if old is not None and (old.mode, old.sha, old.commit_sha) == (entry.mode, entry.sha, commit):
             continue
         plan.targets[path] = entry
         plan.commits[path] = commit
-    plan.deleted = set(rows) - set(tree)
-    plan.counts = {"paths": len(tree), "recomputed": len(plan.targets), "deleted": len(plan.deleted)}
+    plan.counts["recomputed"] = len(plan.targets)
 
 
 def _plan_from_diff(plan: RepoPlan, old_commit: str, store: Store) -> None:

@@ -7,10 +7,12 @@ state or the new one, never a mix.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import operator
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,9 @@ class FileRow:
 
 
 _FILE_COLUMNS = ", ".join(f.name for f in fields(FileRow))
+_row_values = operator.attrgetter(*(f.name for f in fields(FileRow)))
+_PUT = f"INSERT OR REPLACE INTO files({_FILE_COLUMNS}) VALUES ({', '.join('?' * len(fields(FileRow)))})"
+_CHUNK = 500  # keys per IN (...) query
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,9 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Rows read or written by this connection, so that an update asks SQLite once per file; written through,
+        # dropped on rollback. A cached row is never changed in place (a change caches a new object).
+        self.rows: dict[Key, FileRow | None] = {}
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -131,6 +139,7 @@ class Store:
         self.db.execute("COMMIT")
 
     def rollback(self) -> None:
+        self.rows.clear()
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
@@ -162,27 +171,73 @@ class Store:
         return {row[1]: FileRow(*row) for row in cur}
 
     def get(self, key: Key) -> FileRow | None:
-        row = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE repo = ? AND path = ?", key).fetchone()
-        return None if row is None else FileRow(*row)
+        if key not in self.rows:
+            row = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE repo = ? AND path = ?", key).fetchone()
+            self.rows[key] = None if row is None else FileRow(*row)
+        return self.rows[key]
 
-    def put(self, row: FileRow) -> None:
-        marks = ", ".join("?" * len(fields(FileRow)))
-        self.db.execute(f"INSERT OR REPLACE INTO files({_FILE_COLUMNS}) VALUES ({marks})", astuple(row))
+    def prefetch(self, keys: Iterable[Key]) -> None:
+        """Read the rows of many keys at once (into the cache that :meth:`get` answers from)."""
+        by_repo: dict[str, list[str]] = {}
+        for repo, path in keys:
+            if (repo, path) not in self.rows:
+                by_repo.setdefault(repo, []).append(path)
+        for repo, paths in by_repo.items():
+            for i in range(0, len(paths), _CHUNK):
+                chunk = paths[i : i + _CHUNK]
+                self.rows.update(((repo, p), None) for p in chunk)
+                marks = ", ".join("?" * len(chunk))
+                cur = self.db.execute(
+                    f"SELECT {_FILE_COLUMNS} FROM files WHERE repo = ? AND path IN ({marks})", (repo, *chunk)
+                )
+                for values in cur:
+                    row = FileRow(*values)
+                    self.rows[row.key] = row
+
+    def put_many(self, rows: list[FileRow]) -> None:
+        self.db.executemany(_PUT, map(_row_values, rows))
+        self.rows.update((row.key, row) for row in rows)
 
     def delete(self, key: Key) -> None:
         self.db.execute("DELETE FROM files WHERE repo = ? AND path = ?", key)
+        self.rows[key] = None
 
     def set_status(self, key: Key, status: str, dup_of: str | None) -> None:
         self.db.execute("UPDATE files SET status = ?, dup_of = ? WHERE repo = ? AND path = ?", (status, dup_of, *key))
+        self._changed(key, status=status, dup_of=dup_of)
 
     def set_location(self, key: Key, shard: str | None, line: int | None) -> None:
-        self.db.execute("UPDATE files SET shard = ?, line = ? WHERE repo = ? AND path = ?", (shard, line, *key))
+        self.set_locations([(key, shard, line)])
 
-    def candidates_with_sha(self, sha: str) -> list[Key]:
-        rows = self.db.execute(
-            "SELECT repo, path FROM files WHERE sha = ? AND filter_reason IS NULL", (sha,)
-        ).fetchall()
-        return sorted((r, p) for r, p in rows)
+    def set_locations(self, moves: list[tuple[Key, str | None, int | None]]) -> None:
+        """Record where records now are: (key, shard, line) each."""
+        self.db.executemany(
+            "UPDATE files SET shard = ?, line = ? WHERE repo = ? AND path = ?",
+            [(shard, line, *key) for key, shard, line in moves],
+        )
+        for key, shard, line in moves:
+            self._changed(key, shard=shard, line=line)
+
+    def _changed(self, key: Key, **values: object) -> None:
+        cached = self.rows.get(key)
+        if cached is not None:
+            self.rows[key] = dataclasses.replace(cached, **values)  # type: ignore[arg-type]
+
+    def candidates_by_sha(self, shas: Iterable[str]) -> dict[str, list[Key]]:
+        """sha -> the keys (sorted) of the files with that content that passed the filters."""
+        found: dict[str, list[Key]] = {}
+        wanted = sorted(set(shas))
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            cur = self.db.execute(
+                f"SELECT sha, repo, path FROM files WHERE sha IN ({marks}) AND filter_reason IS NULL", chunk
+            )
+            for sha, repo, path in cur:
+                found.setdefault(sha, []).append((repo, path))
+        for keys in found.values():
+            keys.sort()
+        return found
 
     def all_rows(self) -> Iterator[FileRow]:
         cur = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY repo, path")
@@ -227,8 +282,10 @@ class Store:
         )
         return [FileRow(*row) for row in cur]
 
-    def set_chunk(self, key: Key, chunk: str) -> None:
-        self.db.execute("UPDATE files SET chunk = ? WHERE repo = ? AND path = ?", (chunk, *key))
+    def set_chunks(self, keys: list[Key], chunk: str) -> None:
+        self.db.executemany("UPDATE files SET chunk = ? WHERE repo = ? AND path = ?", [(chunk, *key) for key in keys])
+        for key in keys:
+            self._changed(key, chunk=chunk)
 
     # -- output files (shards and index chunks) ---------------------------------------------------------
     def put_output(self, kind: str, name: str, split: str, first: Key, items: int, nbytes: int) -> None:
@@ -278,24 +335,13 @@ class Store:
         ).fetchall()
         return {(r, p) for r, p in rows} - {key}
 
-    def lsh_lookup(self, buckets: list[int]) -> set[Key]:
-        found: set[Key] = set()
-        for band, bucket in enumerate(buckets):
-            rows = self.db.execute(
-                "SELECT repo, path FROM lsh WHERE band = ? AND bucket = ?", (band, bucket)
-            ).fetchall()
-            found.update((r, p) for r, p in rows)
-        return found
-
-    def lsh_put(self, key: Key, buckets: list[int]) -> None:
-        self.db.execute("DELETE FROM lsh WHERE repo = ? AND path = ?", key)
+    def lsh_replace(self, entries: dict[Key, list[int] | None]) -> None:
+        """Set (or with None, remove) the band buckets of many keys."""
+        self.db.executemany("DELETE FROM lsh WHERE repo = ? AND path = ?", list(entries))
         self.db.executemany(
             "INSERT INTO lsh(band, bucket, repo, path) VALUES (?, ?, ?, ?)",
-            [(band, bucket, *key) for band, bucket in enumerate(buckets)],
+            [(band, bucket, *key) for key, buckets in entries.items() for band, bucket in enumerate(buckets or ())],
         )
-
-    def lsh_delete(self, key: Key) -> None:
-        self.db.execute("DELETE FROM lsh WHERE repo = ? AND path = ?", key)
 
     # -- blob cache ---------------------------------------------------------------------------------
     def cached_blobs(self, akey: str, shas: Iterable[str]) -> dict[str, CachedBlob]:
@@ -332,6 +378,7 @@ class LshIndex:
         self.store = store
         self.by_bucket: dict[tuple[int, int], set[Key]] | None = None
         self.by_key: dict[Key, list[tuple[int, int]]] = {}
+        self.pending: dict[Key, list[int] | None] = {}
         if bulk:
             self.by_bucket = {}
             for band, bucket, repo, path in store.db.execute("SELECT band, bucket, repo, path FROM lsh"):
@@ -340,6 +387,7 @@ class LshIndex:
 
     def neighbours(self, key: Key) -> set[Key]:
         if self.by_bucket is None:
+            self.flush()
             return self.store.lsh_neighbours(key)
         found: set[Key] = set()
         for cell in self.by_key.get(key, ()):
@@ -348,10 +396,8 @@ class LshIndex:
         return found
 
     def put(self, key: Key, buckets: list[int] | None) -> None:
-        if buckets is None:
-            self.store.lsh_delete(key)
-        else:
-            self.store.lsh_put(key, buckets)
+        """Set a key's buckets (written to the state by :meth:`flush`)."""
+        self.pending[key] = buckets
         if self.by_bucket is None:
             return
         for cell in self.by_key.pop(key, ()):
@@ -361,3 +407,8 @@ class LshIndex:
             self.by_key[key] = cells
             for cell in cells:
                 self.by_bucket.setdefault(cell, set()).add(key)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.store.lsh_replace(self.pending)
+            self.pending = {}
