@@ -24,7 +24,6 @@ import numpy as np
 from pipelines.dataset import dedup
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
 from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, analyze_many, path_reason, redact_spans
-from pipelines.dataset.secrets import shared_prefilter
 from pipelines.dataset.gitsource import GitSource, TreeEntry
 from pipelines.dataset.output import (
     MANIFEST,
@@ -37,6 +36,7 @@ from pipelines.dataset.output import (
     recover,
 )
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
+from pipelines.dataset.secrets import shared_prefilter
 from pipelines.dataset.state import CachedBlob, FileRow, Key, LshIndex, Store
 from pipelines.errors import DatasetError
 from pipelines.procutil import worker_pool

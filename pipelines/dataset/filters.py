@@ -128,7 +128,9 @@ def analyze(data: bytes | None, config: DatasetConfig) -> BlobAnalysis:
     return analyze_many([data], config)[0]
 
 
-def analyze_many(datas: list[bytes | None], config: DatasetConfig, prefilter: Prefilter | None = None) -> list[BlobAnalysis]:
+def analyze_many(
+    datas: list[bytes | None], config: DatasetConfig, prefilter: Prefilter | None = None
+) -> list[BlobAnalysis]:
     """:func:`analyze` for many blobs at once: secrets behind one ``prefilter`` pass per blob, and the MinHash
     signatures of all kept blobs computed together."""
     results: list[BlobAnalysis | None] = []

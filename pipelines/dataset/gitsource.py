@@ -253,9 +253,8 @@ class HistoryWalk:
     """
 
     def __init__(self, source: GitSource, rev_range: str, paths: set[str] | None = None) -> None:
-        self.command = source._git(
-            "log", "--first-parent", "--root", "--raw", "--no-renames", "--no-abbrev", "-z", "--format=%x01%H", rev_range
-        )
+        options = ("--first-parent", "--root", "--raw", "--no-renames", "--no-abbrev", "-z", "--format=%x01%H")
+        self.command = source._git("log", *options, rev_range)
         self.remaining = set(paths) if paths is not None else None
         self.found: dict[str, str] = {}
         self.error: BaseException | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 #: Extension (lower case, with the dot) -> language.
 LANGUAGES: dict[str, str] = {
     ".py": "python", ".pyi": "python", ".pyx": "python",

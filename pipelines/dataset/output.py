@@ -108,7 +108,7 @@ class OutputWriter:
                 for row, line in zip(rows, lines, strict=True)
             )
             name = self._write(sel.params[0], content, ".jsonl")
-            moves = [(row.key, name, number) for number, row in enumerate(rows) if (row.shard, row.line) != (name, number)]
+            moves = [(row.key, name, i) for i, row in enumerate(rows) if (row.shard, row.line) != (name, i)]
             self.old_names.update(row.shard for row in rows if row.shard and row.shard != name)
             self.store.set_locations(moves)
             self.relocated.update(key for key, _, _ in moves)
