@@ -31,13 +31,20 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+def build_parser(
+    only: str | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    """The parser of every command; with ``only``, just that command's module is imported (a command starts
+    without loading the others, e.g. the completion server's web stack for a dataset update)."""
     parser = argparse.ArgumentParser(
         prog="repopilot", description="Fine-tune a code model on your internal repositories and serve it."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runners: dict[str, Callable[[argparse.Namespace], int]] = {}
     for name, module_name, extra in COMMANDS:
+        if only is not None and name != only:
+            sub.add_parser(name, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -63,8 +70,9 @@ def _missing(name: str, extra: str | None, module: str) -> Callable[[argparse.Na
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, runners = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser, runners = build_parser(argv[0] if argv and argv[0] in {c[0] for c in COMMANDS} else None)
+    args = parser.parse_args(argv)
     return run_main(lambda: runners[args.command](args))
 
 

@@ -48,7 +48,9 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
-def _init_worker(parent: int) -> None:
+def _init_worker(parent: int, nice: int) -> None:
+    if nice:
+        os.nice(nice)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED)  # started while the parent deferred them
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     die_with_parent(signal.SIGKILL)
@@ -68,17 +70,18 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
 
 
 @contextlib.contextmanager
-def worker_pool(workers: int, *, fork: bool = False) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+def worker_pool(workers: int, *, fork: bool = False, nice: int = 0) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
     """A process pool of ``workers``; on leaving, pending work is cancelled and every worker has exited (a normal
     end, an error, Ctrl-C or SIGTERM with :func:`terminate_unwinds`).
 
     Workers are spawned (a fresh interpreter each), or with ``fork`` forked from this process when it runs
     no other thread (Linux): they start at once with everything already imported and compiled, and all of
-    them start on the first ``submit``.
+    them start on the first ``submit``. ``nice`` lowers the workers' priority, e.g. for a single-threaded
+    helper (a git process) on the critical path to get a core of its own.
     """
     forkable = fork and sys.platform.startswith("linux") and threading.active_count() == 1
     context = multiprocessing.get_context("fork" if forkable else "spawn")
-    pool = _Pool(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
+    pool = _Pool(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(), nice))
     try:
         yield pool
     finally:

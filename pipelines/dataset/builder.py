@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,8 @@ _CACHE_FLUSH_ROWS = 500
 _PARALLEL_FROM = 400  # blobs to analyse before a process pool pays for its start-up
 _PREFILTER_FROM = 100  # blobs to analyse before the secret prefilter pays for its compilation (~0.1 s)
 INDEX_CHUNK_FILES = 256  # mean number of files per index chunk
-_LSH_BULK = 500  # above this many touched files, the near-duplicate index is read into memory
+_WORKER_NICE = 5  # the history walk (one git process) is the longest chain: analysis workers yield to it
+_LSH_BULK = 500  # above this many touched files, similar pairs are found all at once
 
 
 @dataclass
@@ -149,6 +150,9 @@ def _sync(
 ) -> SyncResult:
     started = time.monotonic()
     recover(out_dir, store)
+    if store.get_meta("reanalyse") == "1":
+        progress.event("state written by an older repopilot: every file is looked at again")
+        full = True
     if full and store.get_meta("config") not in (None, json.dumps(config.to_json(), sort_keys=True)):
         progress.event("settings changed: every file is looked at again")
     indexed = store.repos()
@@ -181,6 +185,7 @@ def _sync(
         for plan in plans:
             store.put_repo(plan.spec.name, plan.spec.to_json(), plan.ref, plan.commit)
         store.set_meta("config", json.dumps(config.to_json(), sort_keys=True))
+        store.set_meta("reanalyse", "0")
         version = dataset_version(store, config)
         store.set_meta("dataset_version", version)
         store.commit()
@@ -425,10 +430,9 @@ class _Work:
 
     def _near_duplicates(self) -> None:
         affected = list(self.before)
-        lsh = LshIndex(self.store, bulk=len(affected) > _LSH_BULK)
-        old_neighbours: set[Key] = set()
-        for key in affected:
-            old_neighbours |= lsh.neighbours(key)
+        bulk = len(affected) > _LSH_BULK
+        lsh = LshIndex(self.store)
+        old_neighbours = lsh.sharing(affected) - set(affected)
         signatures: dict[Key, np.ndarray | None] = {}
 
         def sig(key: Key) -> np.ndarray | None:
@@ -436,19 +440,20 @@ class _Work:
                 signatures[key] = self._signature(key)
             return signatures[key]
 
-        for key in affected:
-            s = sig(key)
-            lsh.put(key, None if s is None else dedup.band_buckets(s))
+        self._prefetch_blobs([*affected, *old_neighbours])
+        with_signature = [key for key in affected if sig(key) is not None]
+        buckets = dedup.band_buckets_many(np.stack([sig(k) for k in with_signature])) if with_signature else []
+        lsh.put_many({key: None for key in affected} | dict(zip(with_signature, buckets, strict=True)))
         seeds = [k for k in set(affected) | old_neighbours if sig(k) is not None]
-        memo: dict[Key, list[Key]] = {}
+        threshold = self.config.near_dup_threshold
+        # A big update finds the similar pairs among the changed files (and theirs neighbours) at once.
+        memo: dict[Key, list[Key]] = _similar_pairs(with_signature, lsh, sig, threshold) if bulk else {}
 
         def neighbours(key: Key) -> list[Key]:
             if key not in memo:
                 others = [k for k in sorted(lsh.neighbours(key)) if sig(k) is not None]
                 scores = dedup.similarities(sig(key), [sig(k) for k in others])
-                memo[key] = [
-                    k for k, score in zip(others, scores, strict=True) if score >= self.config.near_dup_threshold
-                ]
+                memo[key] = [k for k, score in zip(others, scores, strict=True) if score >= threshold]
             return memo[key]
 
         nodes = dedup.component(seeds, neighbours)
@@ -459,6 +464,12 @@ class _Work:
                 self.store.set_status(key, KEPT, None)
             else:
                 self.store.set_status(key, Reason.NEAR_DUPLICATE.value, _ref(twin))
+
+    def _prefetch_blobs(self, keys: list[Key]) -> None:
+        """Read the rows and cached analyses of many files at once."""
+        self.store.prefetch(keys)
+        shas = {row.sha for row in map(self.store.get, keys) if row is not None and row.sha not in self.blobs}
+        self.blobs.update(self.store.cached_blobs(self.akey, shas))
 
     def _texts_for(self, rows: list[FileRow]) -> dict[str, str]:
         texts = {row.sha: self.texts[row.sha] for row in rows if row.sha in self.texts}
@@ -488,7 +499,7 @@ def _workers() -> int:
 @contextlib.contextmanager
 def _forked_pool() -> Iterator[concurrent.futures.ProcessPoolExecutor]:
     """A worker per core (at most 8), all started now (forked, while this process runs no other thread)."""
-    with worker_pool(_workers(), fork=True) as pool:
+    with worker_pool(_workers(), fork=True, nice=_WORKER_NICE) as pool:
         pool.submit(os.getpid).result()
         yield pool
 
@@ -518,6 +529,25 @@ def _finished(item: tuple[list, concurrent.futures.Future]) -> Iterator[tuple[st
 def _zip_batch(batch: list[tuple[str, bytes | None]], results: list[BlobAnalysis]) -> Iterator:
     for (sha, data), result in zip(batch, results, strict=True):
         yield sha, data, result
+
+
+def _similar_pairs(
+    keys: list[Key], lsh: LshIndex, sig: Callable[[Key], np.ndarray | None], threshold: float
+) -> dict[Key, list[Key]]:
+    """For each of ``keys``, its LSH neighbours (sorted) whose similarity reaches ``threshold``: what the
+    one-key-at-a-time search gives, found with numpy over every band at once."""
+    universe = sorted({*keys, *(n for n in lsh.sharing(keys) if sig(n) is not None)})
+    if not universe:
+        return {}
+    matrix = np.stack([sig(key) for key in universe])
+    pairs = dedup.candidate_pairs(dedup.band_buckets_many(matrix))
+    scores = np.count_nonzero(matrix[pairs[:, 0]] == matrix[pairs[:, 1]], axis=1) / dedup.NUM_PERM
+    linked: dict[int, list[int]] = {}
+    for a, b in pairs[scores >= threshold].tolist():
+        linked.setdefault(a, []).append(b)
+        linked.setdefault(b, []).append(a)
+    position = {key: i for i, key in enumerate(universe)}
+    return {key: [universe[j] for j in sorted(linked.get(position[key], ()))] for key in keys}
 
 
 def _ref(key: Key) -> str:

@@ -143,11 +143,29 @@ def similarities(a: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
 
 
 def band_buckets(sig: np.ndarray) -> list[int]:
-    """One bucket id (a signed 64-bit hash of the band's rows) per band; files sharing any bucket are
-    candidate near duplicates."""
-    rows = sig.astype(np.uint64).reshape(BANDS, ROWS)
-    folded = np.bitwise_xor.reduce(_mix(rows * _BAND_WEIGHTS), axis=1)
-    return folded.view(np.int64).tolist()
+    """One bucket id per band; files sharing any bucket are candidate near duplicates."""
+    return band_buckets_many(sig[None, :])[0].tolist()
+
+
+def band_buckets_many(sigs: np.ndarray) -> np.ndarray:
+    """int64[n, BANDS]: the bucket of each band of each signature (a 64-bit hash of the band's rows)."""
+    rows = sigs.astype(np.uint64).reshape(len(sigs), BANDS, ROWS)
+    return np.bitwise_xor.reduce(_mix(rows * _BAND_WEIGHTS), axis=2).view(np.int64)
+
+
+def candidate_pairs(buckets: np.ndarray) -> np.ndarray:
+    """int[m, 2] (i < j): every pair of rows of ``buckets`` that share a bucket in some band, once."""
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    for band in range(buckets.shape[1]):
+        order = np.argsort(buckets[:, band], kind="stable")
+        column = buckets[order, band]
+        starts = np.flatnonzero(np.concatenate([[True], column[1:] != column[:-1]]))
+        lengths = np.diff(np.concatenate([starts, [len(column)]]))
+        for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist(), strict=True):
+            members = np.sort(order[start : start + length])
+            first, second = np.triu_indices(length, 1)
+            found.append(np.stack([members[first], members[second]], axis=1))
+    return np.unique(np.concatenate(found), axis=0)
 
 
 def to_bytes(sig: np.ndarray | None) -> bytes | None:

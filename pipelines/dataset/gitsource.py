@@ -1,4 +1,4 @@
-"""Read committed content from git: refs and repos through GitPython, trees and blobs in bulk.
+"""Read committed content from git (the git command itself): refs, trees and blobs in bulk.
 
 Only what is committed at a ref is ever read; the working tree (uncommitted junk) is never looked at.
 """
@@ -10,8 +10,6 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import git
 
 from pipelines.errors import RepoError
 
@@ -52,39 +50,50 @@ class GitSource:
         self.path = Path(path).expanduser().resolve()
         if not self.path.exists():
             raise RepoError(f"{self.path} does not exist. Give the path of a local git repository.")
-        try:
-            self.repo = git.Repo(self.path)
-        except git.InvalidGitRepositoryError:
+        found = subprocess.run(
+            ["git", "-C", str(self.path), "rev-parse", "--absolute-git-dir", "--is-bare-repository"],
+            capture_output=True,
+            text=True,
+        )
+        if found.returncode != 0 or len(found.stdout.split("\n")) < 2:
             raise RepoError(
                 f"{self.path} is not a git repository. Give the folder of a git working copy or a bare repo."
-            ) from None
-        except git.NoSuchPathError:
-            raise RepoError(f"{self.path} does not exist. Give the path of a local git repository.") from None
+            )
+        git_dir, bare = found.stdout.split("\n")[:2]
         # Every git command names the git dir, so working copies, bare repos and bare mirrors without a
-        # config file all work, from whatever subfolder was given.
-        self.git_dir = Path(self.repo.git_dir)
-        if self.git_dir == self.path or self.repo.bare or not self.repo.working_tree_dir:
+        # config file all work.
+        self.git_dir = Path(git_dir)
+        if bare == "true" or self.git_dir == self.path:
             self.path = self.git_dir
-        else:
-            self.path = Path(self.repo.working_tree_dir)
+            return
+        top = subprocess.run(
+            ["git", "-C", str(self.path), "rev-parse", "--show-toplevel"], capture_output=True, text=True
+        )
+        if top.returncode != 0 or Path(top.stdout.strip()) != self.path:
+            raise RepoError(
+                f"{self.path} is not a git repository but a folder inside one ({top.stdout.strip() or self.git_dir}). "
+                "Give the repository's top folder."
+            )
 
     # -- refs ---------------------------------------------------------------------------------------
     def default_ref(self) -> str:
         """The checked-out branch (or HEAD when detached)."""
-        try:
-            return self.repo.active_branch.name
-        except TypeError:  # detached HEAD
-            return "HEAD"
+        branch = subprocess.run(self._git("symbolic-ref", "--quiet", "--short", "HEAD"), capture_output=True, text=True)
+        return branch.stdout.strip() if branch.returncode == 0 and branch.stdout.strip() else "HEAD"
+
+    def branches(self) -> list[str]:
+        out = self._run(["for-each-ref", "--format=%(refname:short)", "refs/heads/"])
+        return sorted(out.decode(errors="replace").split())
 
     def resolve(self, ref: str | None) -> tuple[str, str]:
         """Return (ref name, commit sha) for ``ref`` (default: the checked-out branch)."""
         name = ref or self.default_ref()
-        if not self._has_commits():
-            raise RepoError(f"{self.path} has no commits yet. Commit something, then index it.")
         try:
             commit = self._run(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"])
         except RepoError:
-            branches = ", ".join(sorted(h.name for h in self.repo.heads)[:10]) or "none"
+            if not self._has_commits():
+                raise RepoError(f"{self.path} has no commits yet. Commit something, then index it.") from None
+            branches = ", ".join(self.branches()[:10]) or "none"
             raise RepoError(
                 f"{self.path} has no ref {name!r}. Branches there: {branches}. Pass one of them (or a tag/sha)."
             ) from None

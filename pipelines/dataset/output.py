@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -33,6 +34,7 @@ STATS = "stats.json"
 SPLITS = ("train", "validation")
 KEPT = "kept"
 FOLDERS = (*SPLITS, "index")
+_BULK_RANGES = 64  # keys to place before the writer reads a selection's keys at once
 
 
 def record_line(row: FileRow, text: str) -> bytes:
@@ -61,14 +63,37 @@ def index_entry(row: FileRow) -> dict[str, Any]:
 
 def _affected_ranges(store: Store, keys: Iterable[tuple[Selection, Key]]) -> list[tuple[Selection, Key]]:
     """The ranges to rewrite: the one holding each key, and the one before (a boundary may have moved)."""
-    starts: set[tuple[Selection, Key]] = set()
+    by_selection: dict[Selection, list[Key]] = {}
     for sel, key in keys:
-        for probe in (key, store.before(sel, key)):
-            if probe is not None:
-                start = store.range_start(sel, probe)
-                if start is not None:
-                    starts.add((sel, start))
+        by_selection.setdefault(sel, []).append(key)
+    starts: set[tuple[Selection, Key]] = set()
+    for sel, wanted in by_selection.items():
+        # Few keys: ask SQLite for each; many (a big update): read the selection's keys once.
+        ranges = store if len(wanted) < _BULK_RANGES else SelectionKeys(store, sel)
+        for key in wanted:
+            for probe in (key, ranges.before(sel, key)):
+                if probe is not None:
+                    start = ranges.range_start(sel, probe)
+                    if start is not None:
+                        starts.add((sel, start))
     return sorted(starts, key=lambda item: (item[0].params, item[1]))
+
+
+class SelectionKeys:
+    """All keys of one selection in memory, answering :meth:`Store.before` and :meth:`Store.range_start`."""
+
+    def __init__(self, store: Store, sel: Selection) -> None:
+        self.keys, self.starts = store.selection_keys(sel)
+
+    def before(self, sel: Selection, key: Key) -> Key | None:
+        i = bisect.bisect_left(self.keys, key)
+        return self.keys[i - 1] if i else None
+
+    def range_start(self, sel: Selection, key: Key) -> Key | None:
+        i = bisect.bisect_right(self.starts, key)
+        if i:
+            return self.starts[i - 1]
+        return self.keys[0] if self.keys else None
 
 
 class OutputWriter:

@@ -11,21 +11,23 @@ runs only where its pattern may match, so the result is the same as without it, 
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import math
+import os
 import re
 import string
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 try:
     import hyperscan
 except ImportError:  # the dataset extra installs it; without it every regex runs in Python
     hyperscan = None
-
-from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-from detect_secrets.plugins.base import RegexBasedDetector
 
 
 @dataclass(frozen=True, order=True)
@@ -104,17 +106,51 @@ def _kebab(name: str) -> str:
 
 def _plugin_rules() -> list[_Rule]:
     rules = []
-    classes = sorted(set(get_mapping_from_secret_type_to_class().values()), key=lambda c: c.__name__)
-    for cls in classes:
-        name = cls.__name__
-        if name in _SKIP_PLUGINS or not issubclass(cls, RegexBasedDetector):
-            continue
+    for name, patterns in _plugin_patterns():
         kinds = _PLUGIN_KINDS.get(name, (_kebab(name),))
         gates = tuple(re.compile(g) for g in _GATES.get(name, ()))
-        for i, pattern in enumerate(cls().denylist):
+        for i, (source, flags) in enumerate(patterns):
+            pattern = re.compile(source, flags)
             group = 1 if name in _GROUP_PLUGINS and pattern.groups else 0
             rules.append(_Rule(kinds[min(i, len(kinds) - 1)], pattern, group, gates))
     return rules
+
+
+def _plugin_patterns() -> list[tuple[str, list[tuple[str, int]]]]:
+    """(class name, [(regex, flags)]) of detect-secrets' regex plugins, in name order.
+
+    Read from the installed library once and kept in the user's cache, keyed by the plugin files (importing
+    detect-secrets costs ~80 ms, which every ``repopilot dataset update`` would pay).
+    """
+    spec = importlib.util.find_spec("detect_secrets")
+    if spec is None or spec.origin is None:
+        raise ImportError("detect-secrets is not installed: pip install detect-secrets")
+    folder = Path(spec.origin).parent / "plugins"
+    stamp = hashlib.sha256(repr(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.py"))).encode())
+    cache = _cache_dir() / f"secret-rules-{stamp.hexdigest()[:16]}.json"
+    try:
+        return [(name, [(p, f) for p, f in patterns]) for name, patterns in json.loads(cache.read_text())]
+    except (OSError, ValueError):
+        pass
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class  # only when not cached
+    from detect_secrets.plugins.base import RegexBasedDetector
+
+    found = []
+    for cls in sorted(set(get_mapping_from_secret_type_to_class().values()), key=lambda c: c.__name__):
+        if cls.__name__ not in _SKIP_PLUGINS and issubclass(cls, RegexBasedDetector):
+            found.append((cls.__name__, [(p.pattern, p.flags) for p in cls().denylist]))
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(found))
+        os.replace(temporary, cache)
+    except OSError:
+        pass  # a read-only home: read the library each time
+    return found
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repopilot"
 
 
 # Formats detect-secrets lacks or matches too narrowly.

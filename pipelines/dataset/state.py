@@ -7,7 +7,7 @@ state or the new one, never a mix.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 import operator
 import sqlite3
@@ -16,9 +16,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from pipelines.dataset.dedup import BANDS
 from pipelines.errors import DatasetError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 1 kept one near-duplicate index row per band and another MinHash: a state of it is migrated by
+# forgetting both (and the cached analyses), and the next update re-analyses every file once.
+_MIGRATIONS = {1: "DROP TABLE IF EXISTS lsh; DELETE FROM blobs;"}
 Key = tuple[str, str]  # (repo, path)
 
 _SCHEMA = """
@@ -41,10 +47,8 @@ CREATE TABLE IF NOT EXISTS outputs(
     bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS totals(
     name TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY(name, key));
-CREATE TABLE IF NOT EXISTS lsh(band INTEGER NOT NULL, bucket INTEGER NOT NULL, repo TEXT NOT NULL,
-    path TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS lsh_by_bucket ON lsh(band, bucket);
-CREATE INDEX IF NOT EXISTS lsh_by_key ON lsh(repo, path);
+CREATE TABLE IF NOT EXISTS lsh_bands(repo TEXT NOT NULL, path TEXT NOT NULL, buckets BLOB NOT NULL,
+    PRIMARY KEY(repo, path)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs(
     akey TEXT NOT NULL, sha TEXT NOT NULL, reason TEXT, text_bytes INTEGER NOT NULL,
     redactions TEXT NOT NULL, signature BLOB, PRIMARY KEY(akey, sha));
@@ -120,6 +124,10 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         version = self.get_meta("schema")
+        if version is not None and int(version) in _MIGRATIONS:
+            self.db.executescript(_MIGRATIONS[int(version)])
+            self.set_meta("reanalyse", "1")
+            version = None
         if version is None:
             self.set_meta("schema", str(SCHEMA_VERSION))
         elif int(version) != SCHEMA_VERSION:
@@ -221,7 +229,9 @@ class Store:
     def _changed(self, key: Key, **values: object) -> None:
         cached = self.rows.get(key)
         if cached is not None:
-            self.rows[key] = dataclasses.replace(cached, **values)  # type: ignore[arg-type]
+            changed = self.rows[key] = copy.copy(cached)
+            for name, value in values.items():
+                setattr(changed, name, value)
 
     def candidates_by_sha(self, shas: Iterable[str]) -> dict[str, list[Key]]:
         """sha -> the keys (sorted) of the files with that content that passed the filters."""
@@ -258,6 +268,12 @@ class Store:
             f"SELECT repo, path FROM files WHERE {sel.where} ORDER BY repo, path LIMIT 1", sel.params
         ).fetchone()
         return None if row is None else (row[0], row[1])
+
+    def selection_keys(self, sel: Selection) -> tuple[list[Key], list[Key]]:
+        """(every key of the selection, the keys that start a range), in key order."""
+        cur = self.db.execute(f"SELECT repo, path, {sel.boundary} FROM files WHERE {sel.where}", sel.params)
+        rows = sorted(cur)
+        return [(r, p) for r, p, _ in rows], [(r, p) for r, p, b in rows if b == 1]
 
     def before(self, sel: Selection, key: Key) -> Key | None:
         row = self.db.execute(
@@ -327,20 +343,17 @@ class Store:
         return found
 
     # -- near-duplicate index -------------------------------------------------------------------------
-    def lsh_neighbours(self, key: Key) -> set[Key]:
-        rows = self.db.execute(
-            "SELECT DISTINCT b.repo, b.path FROM lsh a JOIN lsh b ON a.band = b.band AND a.bucket = b.bucket "
-            "WHERE a.repo = ? AND a.path = ?",
-            key,
-        ).fetchall()
-        return {(r, p) for r, p in rows} - {key}
+    def lsh_rows(self) -> list[tuple[str, str, bytes]]:
+        return self.db.execute("SELECT repo, path, buckets FROM lsh_bands").fetchall()
 
-    def lsh_replace(self, entries: dict[Key, list[int] | None]) -> None:
+    def lsh_replace(self, entries: dict[Key, bytes | None]) -> None:
         """Set (or with None, remove) the band buckets of many keys."""
-        self.db.executemany("DELETE FROM lsh WHERE repo = ? AND path = ?", list(entries))
         self.db.executemany(
-            "INSERT INTO lsh(band, bucket, repo, path) VALUES (?, ?, ?, ?)",
-            [(band, bucket, *key) for key, buckets in entries.items() for band, bucket in enumerate(buckets or ())],
+            "DELETE FROM lsh_bands WHERE repo = ? AND path = ?", [k for k, v in entries.items() if v is None]
+        )
+        self.db.executemany(
+            "INSERT OR REPLACE INTO lsh_bands(repo, path, buckets) VALUES (?, ?, ?)",
+            [(*key, value) for key, value in entries.items() if value is not None],
         )
 
     # -- blob cache ---------------------------------------------------------------------------------
@@ -372,41 +385,55 @@ class Store:
 
 
 class LshIndex:
-    """The band buckets of the state, queried per key in SQL, or all in memory for big updates."""
+    """The band buckets of every file with a MinHash signature, in memory (one row per file in the state).
 
-    def __init__(self, store: Store, bulk: bool) -> None:
+    ``buckets`` is int64[n, BANDS]; two files are candidate near duplicates when they share a bucket in a band.
+    """
+
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.by_bucket: dict[tuple[int, int], set[Key]] | None = None
-        self.by_key: dict[Key, list[tuple[int, int]]] = {}
-        self.pending: dict[Key, list[int] | None] = {}
-        if bulk:
-            self.by_bucket = {}
-            for band, bucket, repo, path in store.db.execute("SELECT band, bucket, repo, path FROM lsh"):
-                self.by_bucket.setdefault((band, bucket), set()).add((repo, path))
-                self.by_key.setdefault((repo, path), []).append((band, bucket))
+        rows = store.lsh_rows()
+        self.keys: list[Key] = [(repo, path) for repo, path, _ in rows]
+        self.position = {key: i for i, key in enumerate(self.keys)}
+        if any(len(b) != BANDS * 8 for _, _, b in rows):
+            raise DatasetError(f"{store.path} is damaged. Rebuild the dataset with `repopilot dataset build --force`.")
+        self.buckets = np.frombuffer(b"".join(b for _, _, b in rows), dtype="<i8").reshape(len(rows), BANDS).copy()
+        self.alive = np.ones(len(rows), dtype=bool)
+        self.pending: dict[Key, bytes | None] = {}
 
     def neighbours(self, key: Key) -> set[Key]:
-        if self.by_bucket is None:
-            self.flush()
-            return self.store.lsh_neighbours(key)
-        found: set[Key] = set()
-        for cell in self.by_key.get(key, ()):
-            found |= self.by_bucket[cell]
-        found.discard(key)
-        return found
+        """The keys sharing a bucket with ``key``."""
+        i = self.position.get(key)
+        if i is None or not self.alive[i]:
+            return set()
+        found = np.flatnonzero((self.buckets == self.buckets[i]).any(axis=1) & self.alive)
+        return {self.keys[j] for j in found.tolist() if j != i}
 
-    def put(self, key: Key, buckets: list[int] | None) -> None:
-        """Set a key's buckets (written to the state by :meth:`flush`)."""
-        self.pending[key] = buckets
-        if self.by_bucket is None:
-            return
-        for cell in self.by_key.pop(key, ()):
-            self.by_bucket[cell].discard(key)
-        if buckets is not None:
-            cells = list(enumerate(buckets))
-            self.by_key[key] = cells
-            for cell in cells:
-                self.by_bucket.setdefault(cell, set()).add(key)
+    def sharing(self, keys: list[Key]) -> set[Key]:
+        """Every key sharing a bucket with one of ``keys`` (at once, for many)."""
+        rows = [self.position[k] for k in keys if k in self.position and self.alive[self.position[k]]]
+        if not rows:
+            return set()
+        mask = np.zeros(len(self.keys), dtype=bool)
+        for band in range(BANDS):
+            mask |= np.isin(self.buckets[:, band], self.buckets[rows, band])
+        return {self.keys[j] for j in np.flatnonzero(mask & self.alive).tolist()}
+
+    def put_many(self, entries: dict[Key, np.ndarray | None]) -> None:
+        """Set the buckets of many keys (None: the key has none); written to the state by :meth:`flush`."""
+        added = [(k, b) for k, b in entries.items() if b is not None and k not in self.position]
+        for key, buckets in entries.items():
+            i = self.position.get(key)
+            self.pending[key] = None if buckets is None else np.asarray(buckets, dtype="<i8").tobytes()
+            if i is not None:
+                self.alive[i] = buckets is not None
+                if buckets is not None:
+                    self.buckets[i] = buckets
+        if added:
+            self.position.update((key, len(self.keys) + n) for n, (key, _) in enumerate(added))
+            self.keys.extend(key for key, _ in added)
+            self.buckets = np.concatenate([self.buckets, np.array([b for _, b in added], dtype=np.int64)])
+            self.alive = np.concatenate([self.alive, np.ones(len(added), dtype=bool)])
 
     def flush(self) -> None:
         if self.pending:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.dataset import builder, output
 from pipelines.dataset.builder import build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from tests.dataset.conftest import ENV, Repo, python_file, read_dataset
@@ -86,4 +87,25 @@ def test_build_and_update_give_the_stored_dataset(tmp_path: Path, monkeypatch: p
     for rel in expected:
         assert got[rel] == expected[rel], f"{rel} differs from the stored dataset"
     # The same content reached through an update is identical too.
+    assert snapshot(incremental, repos) == expected
+
+
+def test_the_bulk_paths_give_the_same_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a big repository takes (worker pool, secret prefilter, in-memory near-duplicate search, bulk range
+    lookups) gives what the one-at-a-time paths give."""
+    for variable in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
+        monkeypatch.setitem(ENV, variable, "1700000000 +0000")
+    for name in ("_PARALLEL_FROM", "_PREFILTER_FROM", "_LSH_BULK"):
+        monkeypatch.setattr(builder, name, 0)
+    monkeypatch.setattr(output, "_BULK_RANGES", 0)
+    repos = first_history(tmp_path / "repos")
+    specs = [RepoSpec(name, str(repo.path), exclude=("docs/**",)) for name, repo in repos.items()]
+    incremental = tmp_path / "ds-incremental"
+    build(incremental, specs, CONFIG)
+    second_history(repos)
+    update(incremental)
+    out = tmp_path / "ds"
+    build(out, specs, CONFIG)
+    expected = json.loads(EXPECTED.read_text(encoding="utf-8"))
+    assert snapshot(out, repos) == expected
     assert snapshot(incremental, repos) == expected
