@@ -472,7 +472,7 @@ class _Work:
         self.blobs.update(self.store.cached_blobs(self.akey, shas))
 
     def _texts_for(self, rows: list[FileRow]) -> dict[str, str]:
-        texts = {row.sha: self.texts[row.sha] for row in rows if row.sha in self.texts}
+        texts = {row.sha: self.texts.pop(row.sha) for row in rows if row.sha in self.texts}  # each written once
         by_repo: dict[str, list[str]] = {}
         for row in rows:
             if row.sha not in texts:
@@ -541,9 +541,12 @@ def _similar_pairs(
         return {}
     matrix = np.stack([sig(key) for key in universe])
     pairs = dedup.candidate_pairs(dedup.band_buckets_many(matrix))
-    scores = np.count_nonzero(matrix[pairs[:, 0]] == matrix[pairs[:, 1]], axis=1) / dedup.NUM_PERM
+    similar = [
+        chunk[dedup.pair_similarities(matrix, chunk) >= threshold]
+        for chunk in np.split(pairs, range(8192, len(pairs), 8192))
+    ]
     linked: dict[int, list[int]] = {}
-    for a, b in pairs[scores >= threshold].tolist():
+    for a, b in np.concatenate(similar).tolist():
         linked.setdefault(a, []).append(b)
         linked.setdefault(b, []).append(a)
     position = {key: i for i, key in enumerate(universe)}

@@ -142,6 +142,11 @@ def similarities(a: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
     return np.count_nonzero(np.stack(others) == a[None, :], axis=1) / NUM_PERM
 
 
+def pair_similarities(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """``similarity(sigs[i], sigs[j])`` for each row (i, j) of ``pairs``."""
+    return np.count_nonzero(sigs[pairs[:, 0]] == sigs[pairs[:, 1]], axis=1) / NUM_PERM
+
+
 def band_buckets(sig: np.ndarray) -> list[int]:
     """One bucket id per band; files sharing any bucket are candidate near duplicates."""
     return band_buckets_many(sig[None, :])[0].tolist()

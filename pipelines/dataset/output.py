@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,7 +26,7 @@ import orjson
 from pipelines.dataset.config import DatasetConfig
 from pipelines.dataset.state import INDEX_SELECTION, FileRow, Key, Selection, Store, shard_selection
 from pipelines.errors import DatasetError
-from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, write_bytes_atomic
+from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, sync_files, write_bytes_atomic
 from pipelines.progress import Progress
 
 FORMAT = "repopilot-dataset/1"
@@ -106,6 +107,7 @@ class OutputWriter:
         self.relocated: set[Key] = set()
         self.old_names: set[str] = set()
         self.written: dict[str, int] = {folder: 0 for folder in FOLDERS}
+        self.unsynced: list[Path] = []
 
     def write_shards(self, dirty: dict[Key, str], texts_for: Callable[[list[FileRow]], dict[str, str]]) -> None:
         """``dirty`` maps each key whose record appeared, vanished or changed to its split."""
@@ -128,17 +130,20 @@ class OutputWriter:
                 self._old_line(row, old_lines) if row.key not in dirty else None for row in rows
             ]
             texts = texts_for([row for row, line in zip(rows, lines, strict=True) if line is None])
-            content = b"".join(
-                line if line is not None else record_line(row, texts[row.sha])
-                for row, line in zip(rows, lines, strict=True)
+            name, size = self._write(
+                sel.params[0],
+                (
+                    line if line is not None else record_line(row, texts.pop(row.sha))
+                    for row, line in zip(rows, lines, strict=True)
+                ),
+                ".jsonl",
             )
-            name = self._write(sel.params[0], content, ".jsonl")
             moves = [(row.key, name, i) for i, row in enumerate(rows) if (row.shard, row.line) != (name, i)]
             self.old_names.update(row.shard for row in rows if row.shard and row.shard != name)
             self.store.set_locations(moves)
             self.relocated.update(key for key, _, _ in moves)
-            self.store.put_output("shard", name, sel.params[0], rows[0].key, len(rows), len(content))
-            self.progress.advance(1, len(content))
+            self.store.put_output("shard", name, sel.params[0], rows[0].key, len(rows), size)
+            self.progress.advance(1, size)
         self.progress.finish()
 
     def _old_line(self, row: FileRow, cache: dict[str, list[bytes]]) -> bytes | None:
@@ -162,24 +167,44 @@ class OutputWriter:
             for row in rows:
                 files.setdefault(row.repo, {})[row.path] = index_entry(row)
             content = orjson.dumps(files, option=orjson.OPT_SORT_KEYS)  # as json.dumps(sort_keys=True), compact
-            name = self._write("index", content + b"\n", ".json")
+            name, _ = self._write("index", [content, b"\n"], ".json")
             self.old_names.update(row.chunk for row in rows if row.chunk and row.chunk != name)
             self.store.set_chunks([row.key for row in rows if row.chunk != name], name)
             self.store.put_output("index", name, "index", rows[0].key, len(rows), len(content) + 1)
 
     def forget_unused(self) -> None:
+        """Drop the outputs no longer used, and make every file written durable (before the state commits)."""
         for name in sorted(self.old_names):
             self.store.drop_output_if_unused(name)
+        sync_files(self.out_dir, self.unsynced)
+        self.unsynced = []
         for folder in FOLDERS:
             fsync_dir(self.out_dir / folder)
 
-    def _write(self, folder: str, content: bytes, suffix: str) -> str:
-        name = f"{folder}/{hashlib.sha256(content).hexdigest()[:24]}{suffix}"
-        target = self.out_dir / name
-        if not target.exists():
-            write_bytes_atomic(target, content)
-            self.written[folder] += 1
-        return name
+    def _write(self, folder: str, chunks: Iterable[bytes], suffix: str) -> tuple[str, int]:
+        """Write ``chunks`` to ``folder/<hash of the content><suffix>`` (streamed, never held whole); return the
+        name and the size. Files are made durable together by :meth:`forget_unused`."""
+        (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.out_dir / folder)
+        try:
+            digest, size = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            name = f"{folder}/{digest.hexdigest()[:24]}{suffix}"
+            if (self.out_dir / name).exists():
+                os.unlink(temporary)
+            else:
+                os.replace(temporary, self.out_dir / name)
+                self.unsynced.append(self.out_dir / name)
+                self.written[folder] += 1
+            return name, size
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
 
 
 # -- running totals -------------------------------------------------------------------------------------
