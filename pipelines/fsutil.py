@@ -59,7 +59,7 @@ def sync_files(folder: Path, paths: list[Path]) -> None:
     ``fsync`` of each."""
     if not paths:
         return
-    if len(paths) > 1 and _syncfs(folder):
+    if len(paths) > 8 and _syncfs(folder):
         return
     for path in paths:
         fd = os.open(path, os.O_RDONLY)

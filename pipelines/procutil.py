@@ -9,15 +9,18 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import ctypes
-import multiprocessing
+import functools
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 PR_SET_PDEATHSIG = 1
 DEFERRED = {signal.SIGINT, signal.SIGTERM}
@@ -58,19 +61,8 @@ def _init_worker(parent: int, nice: int) -> None:
         os._exit(1)
 
 
-class _Pool(concurrent.futures.ProcessPoolExecutor):
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        """As ProcessPoolExecutor's, with Ctrl-C and SIGTERM held until it returns: one arriving while it starts
-        workers and its manager thread would leave a pool that can neither run nor shut down."""
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
-        try:
-            return super().submit(fn, *args, **kwargs)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 @contextlib.contextmanager
-def worker_pool(workers: int, *, fork: bool = False, nice: int = 0) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+def worker_pool(workers: int, *, fork: bool = False, nice: int = 0) -> Iterator[Executor]:
     """A process pool of ``workers``; on leaving, pending work is cancelled and every worker has exited (a normal
     end, an error, Ctrl-C or SIGTERM with :func:`terminate_unwinds`).
 
@@ -79,10 +71,29 @@ def worker_pool(workers: int, *, fork: bool = False, nice: int = 0) -> Iterator[
     them start on the first ``submit``. ``nice`` lowers the workers' priority, e.g. for a single-threaded
     helper (a git process) on the critical path to get a core of its own.
     """
+    import multiprocessing  # here: every command imports this module, few start a pool (~30 ms to import)
+
     forkable = fork and sys.platform.startswith("linux") and threading.active_count() == 1
     context = multiprocessing.get_context("fork" if forkable else "spawn")
-    pool = _Pool(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(), nice))
+    pool = _pool_class()(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(), nice))
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@functools.cache
+def _pool_class() -> type[Executor]:
+    from concurrent.futures import ProcessPoolExecutor
+
+    class _Pool(ProcessPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            """As ProcessPoolExecutor's, with Ctrl-C and SIGTERM held until it returns: one arriving while it
+            starts workers and its manager thread would leave a pool that can neither run nor shut down."""
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
+            try:
+                return super().submit(fn, *args, **kwargs)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    return _Pool

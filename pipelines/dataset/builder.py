@@ -7,7 +7,6 @@ byte-for-byte the same files.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -17,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +41,9 @@ from pipelines.errors import DatasetError
 from pipelines.procutil import worker_pool
 from pipelines.progress import Progress
 
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
 STATE = "state.sqlite"
 CANDIDATE = "candidate"
 _TEXT_MEMORY_BUDGET = 256 * 1024 * 1024
@@ -50,7 +52,6 @@ _PARALLEL_FROM = 400  # blobs to analyse before a process pool pays for its star
 _PREFILTER_FROM = 100  # blobs to analyse before the secret prefilter pays for its compilation (~0.1 s)
 INDEX_CHUNK_FILES = 256  # mean number of files per index chunk
 _WORKER_NICE = 5  # the history walk (one git process) is the longest chain: analysis workers yield to it
-_LSH_BULK = 500  # above this many touched files, similar pairs are found all at once
 
 
 @dataclass
@@ -164,7 +165,7 @@ def _sync(
         progress.event("plan", repo=spec.name, mode=plans[-1].mode.value, **plans[-1].counts)
     removed = sorted(set(indexed) - {p.spec.name for p in plans})
     sources = {p.spec.name: p.source for p in plans}
-    work = _Work(out_dir, store, config, sources, progress)
+    work = _Work(out_dir, store, config, sources, progress, full=full)
     new_rows = work.compute_rows(plans)
     _failpoint("analysed")
 
@@ -226,9 +227,16 @@ class _Work:
     """The state of one update in progress."""
 
     def __init__(
-        self, out_dir: Path, store: Store, config: DatasetConfig, sources: dict[str, GitSource], progress: Progress
+        self,
+        out_dir: Path,
+        store: Store,
+        config: DatasetConfig,
+        sources: dict[str, GitSource],
+        progress: Progress,
+        full: bool = False,
     ) -> None:
         self.out_dir = out_dir
+        self.full = full  # every file of the state is looked at again: the totals are counted afresh
         self.store = store
         self.config = config
         self.akey = config.analysis_key()
@@ -298,9 +306,7 @@ class _Work:
             status=reason or CANDIDATE,
         )
 
-    def _analyse(
-        self, missing: dict[str, list[str]], pool: concurrent.futures.ProcessPoolExecutor | None, prefilter: bool
-    ) -> None:
+    def _analyse(self, missing: dict[str, list[str]], pool: Executor | None, prefilter: bool) -> None:
         self.progress.start("analysing", sum(len(v) for v in missing.values()))
         pending: list[tuple[str, str | None, int, str, bytes | None]] = []
         last_flush = time.monotonic()
@@ -322,7 +328,7 @@ class _Work:
         self.progress.finish()
 
     def _analysed(
-        self, missing: dict[str, list[str]], pool: concurrent.futures.ProcessPoolExecutor | None, prefilter: bool
+        self, missing: dict[str, list[str]], pool: Executor | None, prefilter: bool
     ) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
         """(sha, content, analysis) for each blob, in ``pool`` (on every core) when given."""
         blobs = ((sha, data) for name, shas in missing.items() for sha, data in self.sources[name].read_blobs(shas))
@@ -389,9 +395,11 @@ class _Work:
             if row is not None and row.status == CANDIDATE:
                 self.store.set_status(key, KEPT, None)
         deltas: dict[tuple[str, str], int] = {}
+        if self.full:  # the old analyses may be of other settings (or of an older repopilot): not subtracted
+            self.store.clear_totals()
         for key, old in self.before.items():
             new = self.store.get(key)
-            for row, sign in ((old, -1), (new, 1)):
+            for row, sign in ((new, 1),) if self.full else ((old, -1), (new, 1)):
                 for name, value in self._contributions(row).items():
                     deltas[name] = deltas.get(name, 0) + sign * value
             was_kept = old is not None and old.status == KEPT
@@ -430,7 +438,6 @@ class _Work:
 
     def _near_duplicates(self) -> None:
         affected = list(self.before)
-        bulk = len(affected) > _LSH_BULK
         lsh = LshIndex(self.store)
         old_neighbours = lsh.sharing(affected) - set(affected)
         signatures: dict[Key, np.ndarray | None] = {}
@@ -444,26 +451,22 @@ class _Work:
         with_signature = [key for key in affected if sig(key) is not None]
         buckets = dedup.band_buckets_many(np.stack([sig(k) for k in with_signature])) if with_signature else []
         lsh.put_many({key: None for key in affected} | dict(zip(with_signature, buckets, strict=True)))
-        seeds = [k for k in set(affected) | old_neighbours if sig(k) is not None]
+        seeds = sorted(k for k in set(affected) | old_neighbours if sig(k) is not None)
         threshold = self.config.near_dup_threshold
-        # A big update finds the similar pairs among the changed files (and theirs neighbours) at once.
-        memo: dict[Key, list[Key]] = _similar_pairs(with_signature, lsh, sig, threshold) if bulk else {}
 
-        def neighbours(key: Key) -> list[Key]:
-            if key not in memo:
-                others = [k for k in sorted(lsh.neighbours(key)) if sig(k) is not None]
-                scores = dedup.similarities(sig(key), [sig(k) for k in others])
-                memo[key] = [k for k, score in zip(others, scores, strict=True) if score >= threshold]
-            return memo[key]
+        def similar_of(keys: list[Key]) -> dict[Key, list[Key]]:
+            candidates = lsh.sharing(keys)
+            self._prefetch_blobs([key for key in candidates if key not in signatures])
+            return _similar_pairs(keys, candidates, sig, threshold)
 
-        nodes = dedup.component(seeds, neighbours)
+        nodes, similar = dedup.component(seeds, similar_of)
         lsh.flush()
-        for key, twin in dedup.resolve(nodes, neighbours).items():
-            self._touch(key)
-            if twin is None:
-                self.store.set_status(key, KEPT, None)
-            else:
-                self.store.set_status(key, Reason.NEAR_DUPLICATE.value, _ref(twin))
+        for key, twin in dedup.resolve(nodes, similar.__getitem__).items():
+            status, dup_of = (KEPT, None) if twin is None else (Reason.NEAR_DUPLICATE.value, _ref(twin))
+            row = self.store.get(key)
+            if key in self.before or row is None or (row.status, row.dup_of) != (status, dup_of):
+                self._touch(key)
+                self.store.set_status(key, status, dup_of)
 
     def _prefetch_blobs(self, keys: list[Key]) -> None:
         """Read the rows and cached analyses of many files at once."""
@@ -497,7 +500,7 @@ def _workers() -> int:
 
 
 @contextlib.contextmanager
-def _forked_pool() -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+def _forked_pool() -> Iterator[Executor]:
     """A worker per core (at most 8), all started now (forked, while this process runs no other thread)."""
     with worker_pool(_workers(), fork=True, nice=_WORKER_NICE) as pool:
         pool.submit(os.getpid).result()
@@ -521,7 +524,7 @@ def _batches(blobs: Iterator[tuple[str, bytes | None]], max_bytes: int = 4 << 20
         yield batch
 
 
-def _finished(item: tuple[list, concurrent.futures.Future]) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
+def _finished(item: tuple[list, Future]) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
     batch, future = item
     return _zip_batch(batch, future.result())
 
@@ -532,15 +535,18 @@ def _zip_batch(batch: list[tuple[str, bytes | None]], results: list[BlobAnalysis
 
 
 def _similar_pairs(
-    keys: list[Key], lsh: LshIndex, sig: Callable[[Key], np.ndarray | None], threshold: float
+    keys: list[Key], candidates: set[Key], sig: Callable[[Key], np.ndarray | None], threshold: float
 ) -> dict[Key, list[Key]]:
-    """For each of ``keys``, its LSH neighbours (sorted) whose similarity reaches ``threshold``: what the
-    one-key-at-a-time search gives, found with numpy over every band at once."""
-    universe = sorted({*keys, *(n for n in lsh.sharing(keys) if sig(n) is not None)})
+    """For each of ``keys``, the ``candidates`` (those sharing an LSH bucket with one of them), sorted, whose
+    similarity to it reaches ``threshold``, found with numpy over every band at once."""
+    universe = sorted({*keys, *(n for n in candidates if sig(n) is not None)})
     if not universe:
         return {}
     matrix = np.stack([sig(key) for key in universe])
-    pairs = dedup.candidate_pairs(dedup.band_buckets_many(matrix))
+    position = {key: i for i, key in enumerate(universe)}
+    wanted = np.zeros(len(universe), dtype=bool)
+    wanted[[position[key] for key in keys]] = True
+    pairs = dedup.candidate_pairs(dedup.band_buckets_many(matrix), wanted)
     similar = [
         chunk[dedup.pair_similarities(matrix, chunk) >= threshold]
         for chunk in np.split(pairs, range(8192, len(pairs), 8192))
@@ -549,7 +555,6 @@ def _similar_pairs(
     for a, b in np.concatenate(similar).tolist():
         linked.setdefault(a, []).append(b)
         linked.setdefault(b, []).append(a)
-    position = {key: i for i, key in enumerate(universe)}
     return {key: [universe[j] for j in sorted(linked.get(position[key], ()))] for key in keys}
 
 

@@ -158,19 +158,27 @@ def band_buckets_many(sigs: np.ndarray) -> np.ndarray:
     return np.bitwise_xor.reduce(_mix(rows * _BAND_WEIGHTS), axis=2).view(np.int64)
 
 
-def candidate_pairs(buckets: np.ndarray) -> np.ndarray:
-    """int[m, 2] (i < j): every pair of rows of ``buckets`` that share a bucket in some band, once."""
-    found = [np.zeros((0, 2), dtype=np.int64)]
+def candidate_pairs(buckets: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """int[m, 2] (i < j): every pair of rows of ``buckets`` that share a bucket in some band and of which at least
+    one is ``wanted`` (a bool per row), once."""
+    n = len(buckets)
+    found = [np.zeros(0, dtype=np.int64)]  # pair (i, j) as i * n + j
     for band in range(buckets.shape[1]):
         order = np.argsort(buckets[:, band], kind="stable")
         column = buckets[order, band]
         starts = np.flatnonzero(np.concatenate([[True], column[1:] != column[:-1]]))
         lengths = np.diff(np.concatenate([starts, [len(column)]]))
         for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist(), strict=True):
-            members = np.sort(order[start : start + length])
-            first, second = np.triu_indices(length, 1)
-            found.append(np.stack([members[first], members[second]], axis=1))
-    return np.unique(np.concatenate(found), axis=0)
+            members = order[start : start + length]
+            chosen = members[wanted[members]]
+            if not len(chosen):
+                continue
+            low = np.minimum.outer(chosen, members).ravel()
+            high = np.maximum.outer(chosen, members).ravel()
+            keep = low != high
+            found.append(low[keep].astype(np.int64) * n + high[keep])
+    codes = np.unique(np.concatenate(found))
+    return np.stack([codes // max(n, 1), codes % max(n, 1)], axis=1)
 
 
 def to_bytes(sig: np.ndarray | None) -> bytes | None:
@@ -181,17 +189,22 @@ def from_bytes(raw: bytes | None) -> np.ndarray | None:
     return None if raw is None else np.frombuffer(raw, dtype="<u4")
 
 
-def component(seeds: Iterable[Hashable], neighbours: Callable[[Hashable], Iterable[Hashable]]) -> set[Hashable]:
-    """All nodes reachable from ``seeds`` in the similarity graph."""
-    seen: set[Hashable] = set()
-    stack = list(seeds)
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(n for n in neighbours(node) if n not in seen)
-    return seen
+def component(
+    seeds: Iterable[Hashable], similar: Callable[[list[Hashable]], dict[Hashable, list[Hashable]]]
+) -> tuple[set[Hashable], dict[Hashable, list[Hashable]]]:
+    """All nodes reachable from ``seeds`` in the similarity graph, and each one's neighbours.
+
+    Walked a layer at a time: ``similar`` answers for a whole frontier at once.
+    """
+    neighbours: dict[Hashable, list[Hashable]] = {}
+    frontier = list(dict.fromkeys(seeds))
+    seen = set(frontier)
+    while frontier:
+        neighbours.update(similar([node for node in frontier if node not in neighbours]))
+        frontier = [n for node in frontier for n in neighbours[node] if n not in seen]
+        frontier = list(dict.fromkeys(frontier))
+        seen.update(frontier)
+    return seen, neighbours
 
 
 def resolve(

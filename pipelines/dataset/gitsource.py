@@ -61,28 +61,25 @@ class GitSource:
         if not self.path.exists():
             raise RepoError(f"{self.path} does not exist. Give the path of a local git repository.")
         found = subprocess.run(
-            ["git", "-C", str(self.path), "rev-parse", "--absolute-git-dir", "--is-bare-repository"],
+            ["git", "-C", str(self.path), "rev-parse", "--absolute-git-dir", "--is-bare-repository", "--show-prefix"],
             capture_output=True,
             text=True,
         )
-        if found.returncode != 0 or len(found.stdout.split("\n")) < 2:
+        lines = found.stdout.split("\n")
+        if found.returncode != 0 or len(lines) < 3:
             raise RepoError(
                 f"{self.path} is not a git repository. Give the folder of a git working copy or a bare repo."
             )
-        git_dir, bare = found.stdout.split("\n")[:2]
+        git_dir, bare, prefix = lines[:3]
         # Every git command names the git dir, so working copies, bare repos and bare mirrors without a
         # config file all work.
         self.git_dir = Path(git_dir)
         if bare == "true" or self.git_dir == self.path:
             self.path = self.git_dir
-            return
-        top = subprocess.run(
-            ["git", "-C", str(self.path), "rev-parse", "--show-toplevel"], capture_output=True, text=True
-        )
-        if top.returncode != 0 or Path(top.stdout.strip()) != self.path:
+        elif prefix:
             raise RepoError(
-                f"{self.path} is not a git repository but a folder inside one ({top.stdout.strip() or self.git_dir}). "
-                "Give the repository's top folder."
+                f"{self.path} is a folder ({prefix.rstrip('/')}) inside a git repository. "
+                f"Give the repository's top folder, {str(self.path).removesuffix(prefix.rstrip('/')).rstrip('/')}."
             )
 
     # -- refs ---------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ STATS = "stats.json"
 SPLITS = ("train", "validation")
 KEPT = "kept"
 FOLDERS = (*SPLITS, "index")
-_BULK_RANGES = 64  # keys to place before the writer reads a selection's keys at once
+_BULK_RANGES = 1000  # keys to place before the writer reads a selection's keys at once
 
 
 def record_line(row: FileRow, text: str) -> bytes:

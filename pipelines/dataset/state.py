@@ -336,6 +336,9 @@ class Store:
                 )
         self.db.execute("DELETE FROM totals WHERE value = 0")
 
+    def clear_totals(self) -> None:
+        self.db.execute("DELETE FROM totals")
+
     def totals(self) -> dict[str, dict[str, int]]:
         found: dict[str, dict[str, int]] = {}
         for name, key, value in self.db.execute("SELECT name, key, value FROM totals ORDER BY name, key"):

@@ -91,11 +91,11 @@ def test_build_and_update_give_the_stored_dataset(tmp_path: Path, monkeypatch: p
 
 
 def test_the_bulk_paths_give_the_same_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a big repository takes (worker pool, secret prefilter, in-memory near-duplicate search, bulk range
-    lookups) gives what the one-at-a-time paths give."""
+    """What a big repository takes (worker pool, secret prefilter, bulk range lookups) gives what the
+    one-at-a-time paths give."""
     for variable in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
         monkeypatch.setitem(ENV, variable, "1700000000 +0000")
-    for name in ("_PARALLEL_FROM", "_PREFILTER_FROM", "_LSH_BULK"):
+    for name in ("_PARALLEL_FROM", "_PREFILTER_FROM"):
         monkeypatch.setattr(builder, name, 0)
     monkeypatch.setattr(output, "_BULK_RANGES", 0)
     repos = first_history(tmp_path / "repos")

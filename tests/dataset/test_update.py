@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.dataset import builder
+from pipelines.dataset import builder, output
 from pipelines.dataset.builder import build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from tests.dataset.conftest import Repo, python_file, read_dataset, records, run_cli
@@ -61,12 +61,13 @@ def random_commit(repo: Repo, rng: random.Random, step: int) -> str:
     return repo.commit(changes, "mix")
 
 
-@pytest.mark.parametrize("lsh_in_memory", [False, True])
+@pytest.mark.parametrize("bulk_paths", [False, True])
 def test_replayed_history_matches_fresh_builds(
-    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lsh_in_memory: bool
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk_paths: bool
 ) -> None:
-    if lsh_in_memory:  # the path big updates take must decide exactly as the per-file SQL path
-        monkeypatch.setattr(builder, "_LSH_BULK", 0)
+    if bulk_paths:  # the paths big updates take (prefiltered secrets, bulk range lookups) decide the same
+        monkeypatch.setattr(builder, "_PREFILTER_FROM", 0)
+        monkeypatch.setattr(output, "_BULK_RANGES", 0)
     rng = random.Random(7)
     repo.commit({"pkg0/base.py": python_file("base"), "README.md": "# project\n"}, "initial")
     incremental = tmp_path / "inc"
