@@ -49,7 +49,8 @@ with open(out, "wb", buffering=1 << 20) as sink:
                 continue
             with open(path, "rb") as handle:
                 text = handle.read().decode("utf-8", "replace")
-            sink.write(orjson.dumps({"text": text, "url": os.path.relpath(path, root)}, option=orjson.OPT_APPEND_NEWLINE))
+            record = {"text": text, "url": os.path.relpath(path, root)}
+            sink.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 """
 
 
