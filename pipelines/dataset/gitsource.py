@@ -109,10 +109,6 @@ class GitSource:
     def _has_commits(self) -> bool:
         return bool(self._run(["rev-list", "-n", "1", "--all"]).strip())
 
-    def has_commit(self, sha: str) -> bool:
-        probe = subprocess.run(self._git("cat-file", "-e", f"{sha}^{{commit}}"), capture_output=True)
-        return probe.returncode == 0
-
     def first_parent_range(self, old: str, new: str) -> list[str] | None:
         """Commits of ``new``'s first-parent chain after ``old``, newest first.
 
@@ -120,9 +116,10 @@ class GitSource:
         """
         if old == new:
             return []
-        if not self.has_commit(old):
+        try:
+            out = self._run(["rev-list", "--first-parent", "--parents", f"{old}..{new}"])
+        except RepoError:  # old is gone (e.g. a force push and a gc)
             return None
-        out = self._run(["rev-list", "--first-parent", "--parents", f"{old}..{new}"])
         rows = [line.split() for line in out.decode().splitlines() if line.strip()]
         if not rows:
             return None  # new is an ancestor of old: history went backwards

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import signal
 import subprocess
 import sys
@@ -231,3 +232,26 @@ def test_sigkill_at_random_moments_never_mixes_versions(repo: Repo, tmp_path: Pa
             break
     update(out)
     assert read_dataset(out) == expected
+
+
+def test_a_state_of_an_older_repopilot_is_analysed_again_once(repo: Repo, tmp_path: Path) -> None:
+    """Schema 1 kept another MinHash and one index row per band: the next update forgets both, looks at every
+    file again (once), and gives what a fresh build gives."""
+    base = python_file("base", body_lines=30)
+    repo.commit({"a.py": base, "b.py": near_variant(base, 1), "c.py": python_file("c", seed=3)})
+    out = tmp_path / "inc"
+    build(out, [RepoSpec("project", str(repo.path))], CONFIG)
+    db = sqlite3.connect(out / "state.sqlite")
+    db.executescript(
+        "UPDATE meta SET value = '1' WHERE key = 'schema'; DROP TABLE lsh_bands;"
+        "CREATE TABLE lsh(band INTEGER, bucket INTEGER, repo TEXT, path TEXT);"
+        "UPDATE blobs SET signature = zeroblob(512) WHERE signature IS NOT NULL;"
+    )
+    db.close()
+    repo.commit({"d.py": python_file("d", seed=4)})
+    result = update(out)
+    assert result.repos["project"]["mode"] == "full"
+    assert read_dataset(out) == fresh(repo, tmp_path / "fresh")
+    repo.commit({"e.py": python_file("e", seed=5)})
+    assert update(out).repos["project"]["mode"] == "fast"
+    assert read_dataset(out) == fresh(repo, tmp_path / "fresh")
