@@ -26,7 +26,7 @@ import orjson
 from pipelines.dataset.config import DatasetConfig
 from pipelines.dataset.state import INDEX_SELECTION, FileRow, Key, Selection, Store, shard_selection
 from pipelines.errors import DatasetError
-from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, sync_files, write_bytes_atomic
+from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, start_writeback, sync_files, write_bytes_atomic
 from pipelines.progress import Progress
 
 FORMAT = "repopilot-dataset/1"
@@ -193,6 +193,8 @@ class OutputWriter:
                     handle.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
+                handle.flush()
+                start_writeback(handle.fileno())
             name = f"{folder}/{digest.hexdigest()[:24]}{suffix}"
             if (self.out_dir / name).exists():
                 os.unlink(temporary)

@@ -139,14 +139,18 @@ def _plugin_patterns() -> list[tuple[str, list[tuple[str, int]]]]:
     for cls in sorted(set(get_mapping_from_secret_type_to_class().values()), key=lambda c: c.__name__):
         if cls.__name__ not in _SKIP_PLUGINS and issubclass(cls, RegexBasedDetector):
             found.append((cls.__name__, [(p.pattern, p.flags) for p in cls().denylist]))
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(found))
-        os.replace(temporary, cache)
-    except OSError:
-        pass  # a read-only home: read the library each time
+    _write_cache(cache, json.dumps(found).encode())
     return found
+
+
+def _write_cache(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError:
+        pass  # a read-only home: work it out again next time
 
 
 def _cache_dir() -> Path:
@@ -462,8 +466,17 @@ class Prefilter:
                 flag |= hyperscan.HS_FLAG_DOTALL
             expressions.append(re.sub(r"\(\?P<\w+>", "(", pattern.pattern).encode())
             flags.append(flag)
+        key = hashlib.sha256(repr((hyperscan.__version__, expressions, flags)).encode()).hexdigest()[:16]
+        cache = _cache_dir() / f"secret-prefilter-{key}.hsdb"
+        try:  # compiling takes ~0.1 s; a compiled database is kept in the user's cache
+            self.database = hyperscan.loadb(cache.read_bytes(), mode=hyperscan.HS_MODE_BLOCK)
+            self.database.scratch = hyperscan.Scratch(self.database)
+            return
+        except (OSError, hyperscan.error):
+            pass
         self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         self.database.compile(expressions=expressions, ids=list(range(len(expressions))), flags=flags)
+        _write_cache(cache, hyperscan.dumpb(self.database))
 
     def hits(self, data: bytes) -> Hits:
         """The ids of the patterns that may match the file ``data`` (None: not ASCII, run them all)."""

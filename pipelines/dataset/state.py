@@ -7,7 +7,6 @@ state or the new one, never a mix.
 
 from __future__ import annotations
 
-import copy
 import json
 import operator
 import sqlite3
@@ -229,9 +228,8 @@ class Store:
     def _changed(self, key: Key, **values: object) -> None:
         cached = self.rows.get(key)
         if cached is not None:
-            changed = self.rows[key] = copy.copy(cached)
-            for name, value in values.items():
-                setattr(changed, name, value)
+            changed = self.rows[key] = object.__new__(FileRow)
+            changed.__dict__.update(cached.__dict__, **values)
 
     def candidates_by_sha(self, shas: Iterable[str]) -> dict[str, list[Key]]:
         """sha -> the keys (sorted) of the files with that content that passed the filters."""
