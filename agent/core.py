@@ -45,6 +45,7 @@ from agent.steps import STEPS, StepContext, disk_full
 from agent.store import Repo, Store, StoreError
 from agent.views import agent_status, dataset_info, job_info, model_info, repo_info, repo_name
 from agent.watcher import RepoWatch, Watcher, default_ref, find_git_dir, resolve
+from pipelines.dataset.folder import is_dataset
 from pipelines.errors import InputError, RepoError, RepopilotError
 from pipelines.fsutil import make_private
 
@@ -367,7 +368,7 @@ class Agent:
         versions = self.store.list_dataset_versions()
         if version is None and versions:
             version = max(versions, key=lambda v: v.created_at).version
-        if version is None or not (self.paths.snapshot(version) / "manifest.json").exists():
+        if version is None or not is_dataset(self.paths.snapshot(version)):
             return None
         return {"dataset_version": version, "snapshot": str(self.paths.snapshot(version))}
 

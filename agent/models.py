@@ -159,15 +159,6 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class DeploymentInfo:
-    id: int
-    model: str
-    runtime: str
-    started_at: float
-    ended_at: float | None
-
-
-@dataclass(frozen=True)
 class Event:
     """One change, for the event stream. ``kind``: status, job, repo, model, server, notification."""
 

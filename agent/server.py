@@ -17,6 +17,7 @@ from agent.models import ServerInfo, ServiceInfo
 from agent.stack.compose import TRITON_IMAGE, StackSettings
 from agent.stack.embedded import EmbeddedRuntime, StackError
 from agent.store import Model, ModelStatus, StoreError
+from pipelines.dataset.folder import is_dataset
 
 if TYPE_CHECKING:
     from agent.core import Agent
@@ -201,7 +202,7 @@ class ServerControl:
         self.stack_dir.mkdir(parents=True, exist_ok=True)
         (self.stack_dir / "runtime").write_text(runtime)
         current = self.agent.paths.current_dataset
-        context = current if server.context and (current / "manifest.json").exists() else None
+        context = current if server.context and is_dataset(current) else None
         if runtime == "embedded":
             target = self._embedded_dir(model)
             extra = [*server.serve_args, *(["--context-dataset", str(context)] if context else [])]

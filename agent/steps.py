@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.executors.base import ExecutorError, TrainTask, read_json, repopilot_command, run_logged
+from agent.executors.base import ExecutorError, TrainTask, repopilot_command, run_logged
 from agent.jobs import Job, JobKind
 from agent.store import Model, ModelStatus, StoreError
+from pipelines.convert.layout import ft_folder, hf_folder
+from pipelines.dataset.folder import MANIFEST, STATS, data_files, indexed_commits, is_dataset, read_manifest, read_stats
 from pipelines.errors import RepoError, RepopilotError
 from pipelines.fsutil import write_json_atomic
 
@@ -127,7 +129,7 @@ def run_dataset(ctx: StepContext) -> dict[str, Any]:
     ]  # fmt: skip
     key = hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()[:12]
     folder = paths.datasets / key
-    if (folder / "manifest.json").exists():
+    if is_dataset(folder):
         code = ctx.run_cli("dataset", "update", str(folder), "--progress", "json", "--json")
     else:
         spec_file = paths.jobs / f"{ctx.job.id}.repos.json"
@@ -136,11 +138,11 @@ def run_dataset(ctx: StepContext) -> dict[str, Any]:
     if code != 0:
         raise ctx.fail("`repopilot dataset`", code)
     paths.point_current_dataset(folder)  # the completion server's repository context follows it
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     version = manifest["dataset_version"]
     snapshot = freeze(folder, paths.snapshot(version))
-    stats = read_json(folder / "stats.json") or {}
-    commits = {name: info.get("commit") for name, info in manifest.get("repos", {}).items()}
+    stats = read_stats(folder)
+    commits = indexed_commits(manifest)
     with agent.store.transaction() as conn:
         known = conn.execute("SELECT 1 FROM dataset_versions WHERE version = ?", (version,)).fetchone()
     if not known:
@@ -162,21 +164,18 @@ def _stats_summary(stats: dict[str, Any]) -> dict[str, Any]:
 
 def freeze(folder: Path, snapshot: Path) -> Path:
     """A frozen copy of the dataset's current version (hard links: shards are immutable, content-addressed)."""
-    if (snapshot / "manifest.json").exists():
+    if is_dataset(snapshot):
         return snapshot
     tmp = snapshot.with_name(snapshot.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    files = [s["file"] for shards in manifest["shards"].values() for s in shards]
-    files += [i["file"] for i in manifest.get("index", [])]
-    for rel in files:
+    for rel in data_files(read_manifest(folder)):
         target = tmp / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(folder / rel, target)
         except OSError:
             shutil.copy2(folder / rel, target)
-    for name in ("stats.json", "manifest.json"):  # the manifest last: it marks the copy complete
+    for name in (STATS, MANIFEST):  # the manifest last: it marks the copy complete
         shutil.copy2(folder / name, tmp / name)
     snapshot.parent.mkdir(parents=True, exist_ok=True)
     if snapshot.exists():
@@ -287,7 +286,7 @@ def run_convert(ctx: StepContext) -> dict[str, Any]:
     )  # fmt: skip
     if code != 0:
         raise ctx.fail("`repopilot convert`", code)
-    dirs = {"fastertransformer": str(root / f"{version}-{gpus}gpu"), "hf": str(root / f"{version}-hf")}
+    dirs = {"fastertransformer": str(ft_folder(root, version, gpus)), "hf": str(hf_folder(root, version))}
     agent.store.update_model(version, converted_dirs=dirs, status=ModelStatus.CONVERTED)
     return {"model": version, **dirs}
 

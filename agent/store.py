@@ -363,11 +363,6 @@ class Store:
             )
         return Deployment(int(cur.lastrowid or 0), model, runtime, now, None, previous)
 
-    def end_deployment(self) -> None:
-        """Mark the current deployment as ended."""
-        with self.transaction() as conn:
-            conn.execute("UPDATE deployments SET ended_at = ? WHERE ended_at IS NULL", (time.time(),))
-
     def current_deployment(self) -> Deployment | None:
         """The deployment serving now, if any."""
         row = self.conn().execute("SELECT * FROM deployments WHERE ended_at IS NULL ORDER BY id DESC").fetchone()

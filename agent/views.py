@@ -20,6 +20,7 @@ from agent.models import AgentState, AgentStatus, DatasetInfo, ErrorInfo, JobInf
 from agent.policy import models_to_prune, should_retrain
 from agent.store import Model, Repo, StoreError
 from agent.watcher import find_git_dir, resolve
+from pipelines.dataset.folder import read_stats
 from pipelines.errors import InputError
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ def _latest_stats(agent: Agent) -> dict[str, Any]:
     latest = agent.latest_dataset()
     if not latest:
         return {}
-    return _read_json(Path(latest["snapshot"]) / "stats.json")
+    return read_stats(Path(latest["snapshot"]))
 
 
 def changes_since_serving(agent: Agent) -> tuple[int, int]:

@@ -46,12 +46,13 @@ from agent.executors.sshutil import (
     training_requirements,
 )
 from agent.jobs import JobCancelled
+from pipelines.dataset.folder import MANIFEST, STATS, is_dataset
 from pipelines.fsutil import write_json_atomic
 
 T = TypeVar("T")
 SOURCE_ITEMS = ("agent", "pipelines", "scripts", "pyproject.toml")
 DATASET_EXCLUDES = ["--exclude=/cache/", "--exclude=/candidate/"]  # the token cache; a dataset update's work area
-DATASET_FILES = ("manifest.json", "stats.json")
+DATASET_FILES = (MANIFEST, STATS)
 FETCH_EXCLUDES = ["--exclude=/checkpoints/", "--exclude=/trained/", "--exclude=/result.json", "--exclude=/.*lock"]
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ class SshExecutor(Executor):
         return info
 
     def _prepare(self, task: TrainTask, report: Report, is_cancelled: IsCancelled) -> None:
-        if not (task.dataset_dir / "manifest.json").is_file():
+        if not is_dataset(task.dataset_dir):
             raise ExecutorError(
                 f"The dataset {task.dataset_dir} is missing or incomplete here.", title="Dataset problem"
             )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.paths import CURRENT_DATASET
+from pipelines.convert.layout import ft_folder
 from pipelines.errors import InputError
 from pipelines.fsutil import write_bytes_atomic
 from pipelines.serve.exposure import DEFAULT_HOST, check_address, exposure_problem
@@ -71,7 +72,7 @@ class StackSettings:
 
     @property
     def model_dir(self) -> Path:
-        return Path(self.models_root) / f"{self.model}-{self.num_gpus}gpu"
+        return ft_folder(Path(self.models_root), self.model, self.num_gpus)
 
     @property
     def hf_dir(self) -> Path:

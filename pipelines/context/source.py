@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.context.index import IndexedFile, RepoIndex
-from pipelines.dataset.output import MANIFEST, SPLITS, read_manifest, read_shard, shard_names
+from pipelines.dataset.folder import MANIFEST, SPLITS, read_manifest, read_shard, shard_names
 from pipelines.errors import RepopilotError
 
 log = logging.getLogger(__name__)

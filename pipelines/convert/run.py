@@ -30,6 +30,7 @@ from pipelines.convert.ftformat import (
     size_problems,
     write_array,
 )
+from pipelines.convert.layout import ft_folder, hf_folder, weights_path
 from pipelines.convert.source import CodeGenSource, inspect_model
 from pipelines.convert.staging import fsync_tree, locked, new_staging, place
 from pipelines.convert.verify import VERIFICATION, sha256_file, verify_output, write_manifest
@@ -69,9 +70,9 @@ class ConvertOptions:
     def checkpoint_path(self) -> str:
         """model_checkpoint_path as the Triton container sees it."""
         name, n = self.resolved_name(), self.gpus
-        inner = f"fastertransformer/1/{n}-gpu"
+        inner = weights_path(n)
         base = self.mount.rstrip("/") or ""
-        return f"{base}/{inner}" if self.mounted == "model-dir" else f"{base}/{name}-{n}gpu/{inner}"
+        return f"{base}/{inner}" if self.mounted == "model-dir" else f"{base}/{ft_folder(Path(), name, n)}/{inner}"
 
 
 def plan(opts: ConvertOptions) -> tuple[CodeGenSource, int, list[str]]:
@@ -127,7 +128,7 @@ def convert(opts: ConvertOptions, progress: Progress | None = None) -> dict[str,
     source, rows_out, warnings = plan(opts)
     name, n = opts.resolved_name(), opts.gpus
     root = Path(opts.models_root).expanduser().resolve()
-    ft_final, hf_final = root / f"{name}-{n}gpu", root / f"{name}-hf"
+    ft_final, hf_final = ft_folder(root, name, n), hf_folder(root, name)
     if ft_final.exists() and not opts.force:
         raise ModelInputError(f"{ft_final} already exists. Pass --force to replace it, or another --name.")
     fingerprint = {p.name: sha256_file(p) for p in [source.path / "config.json", *source.files]}
@@ -231,7 +232,7 @@ def _write_ft(
     opts: ConvertOptions, source: CodeGenSource, cfg: FTConfig, gptj_sd: dict[str, Any], out: Path, progress: Progress
 ) -> Path:
     """FauxPilot's layout under ``out``: fastertransformer/config.pbtxt and 1/<N>-gpu/{config.ini, *.bin}."""
-    weights = out / "fastertransformer" / "1" / f"{cfg.tensor_para_size}-gpu"
+    weights = out / weights_path(cfg.tensor_para_size)
     weights.mkdir(parents=True)
     progress.start("write FasterTransformer files", len(expected_files(cfg)), unit="files")
     for file_name, array in ft_arrays(_Float32(gptj_sd), cfg):

@@ -81,10 +81,6 @@ class CodeGenSource:
     tied: bool
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def weight_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
-
     def load(self) -> dict[str, Any]:
         """Every tensor by canonical name as torch tensors in their stored dtype (the checks compute in float32).
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipelines.convert.errors import DamagedOutputError, problems_message
 from pipelines.convert.ftformat import FTConfig, read_pbtxt_parameters, size_problems
+from pipelines.convert.layout import TRITON_MODEL, weights_name
 from pipelines.fsutil import write_bytes_atomic
 
 MANIFEST = "SHA256SUMS"
@@ -101,10 +102,10 @@ def _pbtxt_problems(root: Path, cfg: FTConfig, weights: Path) -> list[str]:
         for key, value in want.items()
         if params.get(key) != str(value)
     ]
-    suffix = f"fastertransformer/1/{weights.name}"
+    suffix = f"{TRITON_MODEL}/1/{weights.name}"
     if not params.get("model_checkpoint_path", "").endswith(suffix):
         problems.append(f"config.pbtxt's model_checkpoint_path does not end with {suffix}")
-    if weights.name != f"{cfg.tensor_para_size}-gpu":
+    if weights.name != weights_name(cfg.tensor_para_size):
         problems.append(f"{weights.name} holds weights for tensor_para_size {cfg.tensor_para_size}")
     return problems
 

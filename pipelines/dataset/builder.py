@@ -23,9 +23,9 @@ import numpy as np
 from pipelines.dataset import dedup
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
 from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, analyze_many, path_reason, redact_spans
+from pipelines.dataset.folder import is_dataset
 from pipelines.dataset.gitsource import GitSource, TreeEntry
 from pipelines.dataset.output import (
-    MANIFEST,
     OutputWriter,
     _failpoint,
     collect_garbage,
@@ -78,7 +78,7 @@ def build(
     config.validate()
     validate_repos(repos)
     out_dir = Path(out_dir)
-    if (out_dir / MANIFEST).exists() and not force:
+    if is_dataset(out_dir) and not force:
         raise DatasetError(
             f"{out_dir} already holds a dataset. Run `repopilot dataset update {out_dir}` to bring it up to "
             "date, or pass --force to rebuild it with these settings."

@@ -9,8 +9,8 @@ from pathlib import Path
 from pipelines.cli_util import standalone_main
 from pipelines.dataset.builder import SyncResult, build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
+from pipelines.dataset.folder import STATS, read_manifest
 from pipelines.dataset.languages import FILENAMES, LANGUAGES
-from pipelines.dataset.output import STATS, read_manifest
 from pipelines.errors import DatasetError, InputError
 from pipelines.progress import MODES, Progress
 

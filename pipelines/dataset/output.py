@@ -24,15 +24,11 @@ from typing import Any
 import orjson
 
 from pipelines.dataset.config import DatasetConfig
+from pipelines.dataset.folder import FORMAT, MANIFEST, SPLITS, STATS
 from pipelines.dataset.state import INDEX_SELECTION, FileRow, Key, Selection, Store, shard_selection
-from pipelines.errors import DatasetError
 from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, start_writeback, sync_files, write_bytes_atomic
 from pipelines.progress import Progress
 
-FORMAT = "repopilot-dataset/1"
-MANIFEST = "manifest.json"
-STATS = "stats.json"
-SPLITS = ("train", "validation")
 KEPT = "kept"
 FOLDERS = (*SPLITS, "index")
 _BULK_RANGES = 1000  # keys to place before the writer reads a selection's keys at once
@@ -292,43 +288,6 @@ def export(out_dir: Path, store: Store) -> None:
     _failpoint("stats-written")
     write_bytes_atomic(out_dir / MANIFEST, dump_json(manifest))
     fsync_dir(out_dir)
-
-
-def read_manifest(out_dir: Path) -> dict[str, Any]:
-    path = Path(out_dir) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"{out_dir} holds no dataset (no {MANIFEST}). Build one first.") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path} is damaged ({exc}). Run `repopilot dataset update` to rewrite it.") from None
-
-
-def shard_names(manifest: dict[str, Any], splits: Iterable[str] = SPLITS) -> list[str]:
-    """The shard files (``train/<hash>.jsonl``, ...) a manifest lists, in manifest order. A shard's name is the hash of
-    its content: an unchanged name is an unchanged shard."""
-    return [shard["file"] for split in splits for shard in manifest.get("shards", {}).get(split, [])]
-
-
-def read_shard(out_dir: Path, name: str) -> list[dict[str, Any]]:
-    """The records of one shard the manifest lists."""
-    path = Path(out_dir) / name
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    except FileNotFoundError:
-        raise DatasetError(f"{path} is listed in the manifest but missing. Run `repopilot dataset update`.") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path} is damaged ({exc}). Rebuild the dataset with --force.") from None
-
-
-def file_index(out_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """repo -> path -> {sha, status, commit[, shard, line, split, lang | dup_of]} for every file seen."""
-    files: dict[str, dict[str, dict[str, Any]]] = {}
-    for chunk in read_manifest(out_dir)["index"]:
-        for repo, entries in json.loads((Path(out_dir) / chunk["file"]).read_text(encoding="utf-8")).items():
-            files.setdefault(repo, {}).update(entries)
-    return files
 
 
 def recover(out_dir: Path, store: Store) -> None:

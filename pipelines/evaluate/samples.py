@@ -32,9 +32,9 @@ import numpy as np
 from pipelines.dataset import dedup
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.filters import analyze, path_reason, redact_spans
+from pipelines.dataset.folder import read_manifest, read_shard, shard_names
 from pipelines.dataset.gitsource import GitSource
 from pipelines.dataset.languages import language_of
-from pipelines.dataset.output import read_manifest, read_shard, shard_names
 from pipelines.errors import DatasetError, InputError, RepoError
 from pipelines.evaluate.identifiers import DefinitionIndex
 from pipelines.progress import Progress

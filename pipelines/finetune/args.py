@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipelines.dataset.folder import is_dataset
 from pipelines.errors import InputError
 
 DEFAULT_BASE_MODEL = "Salesforce/codegen-350M-multi"
@@ -116,7 +117,7 @@ class TrainArgs:
 
     def problems(self) -> list[str]:
         found: list[str] = []
-        if not (Path(self.dataset) / "manifest.json").exists():
+        if not is_dataset(Path(self.dataset)):
             found.append(f"dataset {self.dataset} has no manifest.json (build it with `repopilot dataset build`)")
         base = self.base_model
         if base != TINY and not Path(base).expanduser().exists() and not _HUB_NAME.match(base):

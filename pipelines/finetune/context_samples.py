@@ -21,7 +21,7 @@ import numpy as np
 
 from pipelines.context.provider import ContextSettings, choose, fit
 from pipelines.context.source import load_index
-from pipelines.dataset.output import read_manifest
+from pipelines.dataset.folder import read_manifest
 from pipelines.finetune.data import IGNORE_INDEX, tokenizer_fingerprint
 from pipelines.fsutil import atomic_write, write_json_atomic
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.dataset.folder import is_dataset, read_manifest, read_shard, shard_names
 from pipelines.dataset.languages import language_of
-from pipelines.dataset.output import read_manifest, read_shard, shard_names
 from pipelines.errors import DatasetError
 from pipelines.fsutil import atomic_write, write_json_atomic
 
@@ -162,7 +162,7 @@ def pack_public(source: str, tokenizer, block_size: int, cache_dir: Path, wanted
     if source == NO_MIX:
         return None, {}
     folder = Path(sysconfig.get_paths()["stdlib"]) if source == STDLIB else Path(source).expanduser()
-    if (folder / "manifest.json").is_file():
+    if is_dataset(folder):
         return pack(folder, "train", tokenizer, block_size)
     if not folder.is_dir():
         raise DatasetError(f"--public-mix {source}: no such folder. Give stdlib, none, a dataset or a folder of code.")

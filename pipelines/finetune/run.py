@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from pipelines.dataset.folder import read_manifest
 from pipelines.errors import InputError, RepopilotError
 from pipelines.finetune import recipe
 from pipelines.finetune.args import TINY, TrainArgs
@@ -153,7 +154,7 @@ def setup(args: TrainArgs, layout: RunLayout, stream: TextIO) -> dict[str, Any]:
         "world_size": world,
         "cache_dir": cache_dir,
         "tokens_per_step": args.micro_batch_size * args.grad_accum * world * block,
-        "dataset_version": json.loads((dataset / "manifest.json").read_text())["dataset_version"],
+        "dataset_version": read_manifest(dataset)["dataset_version"],
         "tokenization": facts,
     }
     if use_deepspeed:

@@ -200,7 +200,7 @@ def make_context(args: argparse.Namespace, engine: Engine) -> RepoContext | None
         raise InputError("--context-tokens must be at least 1 (or leave out --context-dataset).")
     from pipelines.context.provider import ContextProvider
     from pipelines.context.source import DatasetIndex
-    from pipelines.dataset.output import read_manifest
+    from pipelines.dataset.folder import read_manifest
 
     read_manifest(args.context_dataset)  # a clear error now for a folder that holds no dataset
     index = DatasetIndex(args.context_dataset)

@@ -11,7 +11,7 @@ import pytest
 from pipelines.dataset import builder
 from pipelines.dataset.builder import build
 from pipelines.dataset.config import DatasetConfig, RepoSpec
-from pipelines.dataset.output import file_index
+from pipelines.dataset.folder import file_index
 from tests.dataset.conftest import Repo, python_file, read_dataset, records, run_cli
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:" + "ab" * 32 + "\nsize 1234\n"
