@@ -20,7 +20,7 @@ from typing import Any
 
 import platformdirs
 
-from agent.policy import parse_quiet_hours
+from agent.quiet_hours import parse_quiet_hours
 from pipelines.errors import InputError
 from pipelines.fsutil import write_bytes_atomic
 from pipelines.serve.exposure import DEFAULT_HOST, check_address, exposure_problem

@@ -8,7 +8,6 @@ SQLite write transaction, so several claimers (threads or processes) never take 
 from __future__ import annotations
 
 import builtins
-import enum
 import json
 import os
 import socket
@@ -18,34 +17,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.models import RETRYABLE, JobKind, JobState
 from agent.procs import pid_alive
 from agent.store import Store
 from pipelines.errors import RepopilotError
 
-
-class JobKind(str, enum.Enum):
-    """What a job does."""
-
-    DATASET = "dataset"
-    TRAIN = "train"
-    EVAL = "eval"
-    CONVERT = "convert"
-    DEPLOY = "deploy"
-
-
-class JobState(str, enum.Enum):
-    """Where a job stands."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-
-
 FINISHED_BADLY = frozenset({JobState.FAILED, JobState.CANCELLED})
-RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED})
 GATE_PASSED = "gate_passed"
 
 

@@ -16,6 +16,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class JobKind(str, enum.Enum):
+    """What a job does."""
+
+    DATASET = "dataset"
+    TRAIN = "train"
+    EVAL = "eval"
+    CONVERT = "convert"
+    DEPLOY = "deploy"
+
+
+class JobState(str, enum.Enum):
+    """Where a job stands."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+ACTIVE = frozenset({JobState.QUEUED, JobState.RUNNING})
+RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED})
+
+
 class AgentState(str, enum.Enum):
     """The one-word state the tray icon shows."""
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agent.executors.base import ExecutorError, TrainTask, repopilot_command, run_logged
 from agent.jobs import Job, JobKind
 from agent.store import Model, ModelStatus, StoreError
+from pipelines.cli_util import Exit
 from pipelines.convert.layout import ft_folder, hf_folder
 from pipelines.dataset.folder import MANIFEST, STATS, data_files, indexed_commits, is_dataset, read_manifest, read_stats
 from pipelines.errors import RepoError, RepopilotError
@@ -27,8 +28,6 @@ from pipelines.fsutil import write_json_atomic
 
 if TYPE_CHECKING:
     from agent.core import Agent
-
-EVAL_GATE_FAILED = 3
 
 
 class StepError(RepopilotError):
@@ -258,7 +257,7 @@ def run_eval(ctx: StepContext) -> dict[str, Any]:
         *(["--context", "repo"] if agent.config.server.context else []),  # judged as it will be served
         *agent.config.training.eval_args,
     )  # fmt: skip
-    if code not in (0, EVAL_GATE_FAILED):
+    if code not in (Exit.OK, Exit.CHECK_FAILED):  # the gate said no: a verdict, not a failure
         raise ctx.fail("`repopilot eval`", code)
     passed = code == 0
     report = out / "report.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import enum
 import os
 import sys
 import traceback
@@ -10,6 +11,17 @@ from collections.abc import Callable
 
 from pipelines.errors import RepopilotError
 from pipelines.procutil import Terminated, terminate_unwinds
+
+
+class Exit(enum.IntEnum):
+    """Every command's exit codes, in one table."""
+
+    OK = 0
+    ERROR = 1  # ``title: what to do`` on stderr
+    BUG = 2  # an unexpected error: a bug in repopilot
+    CHECK_FAILED = 3  # the command ran and its answer is no: eval gate failed, server unhealthy, agent not running
+    INTERRUPTED = 130  # Ctrl-C
+    TERMINATED = 143  # SIGTERM
 
 
 def run_main(body: Callable[[], int]) -> int:
@@ -20,13 +32,13 @@ def run_main(body: Callable[[], int]) -> int:
         return body()
     except RepopilotError as exc:
         print(f"{exc.title}: {exc.message}", file=sys.stderr)
-        return 1
+        return Exit.ERROR
     except KeyboardInterrupt:
         print("Interrupted: nothing was lost; run the same command again to continue.", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     except Terminated:
         print("Terminated: nothing was lost; run the same command again to continue.", file=sys.stderr)
-        return 143
+        return Exit.TERMINATED
     except Exception as exc:  # a bug: say so briefly, with the details only on request
         if os.environ.get("REPOPILOT_DEBUG"):
             traceback.print_exc()
@@ -35,7 +47,7 @@ def run_main(body: Callable[[], int]) -> int:
             "run again with REPOPILOT_DEBUG=1 to see the details and report them.",
             file=sys.stderr,
         )
-        return 2
+        return Exit.BUG
 
 
 def standalone_main(

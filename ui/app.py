@@ -32,15 +32,17 @@ APP_ID = "repopilot"
 def connect_agent(config_file: str | None = None, timeout: float = 60) -> Api:
     """The HTTP client of the agent; the agent is started in the background when it does not run.
 
-    From source the agent's own ``connect_or_start`` starts it with this Python. A frozen bundle holds the
+    From source the agent's ``start_background`` starts it with this Python. A frozen bundle holds the
     tray only (no torch, no pipelines), so it starts the ``repopilot`` command that pip installed instead
     (``$REPOPILOT_AGENT_COMMAND`` or ``repopilot`` on PATH).
     """
     from agent.api.client import connect_or_start
 
     if not getattr(sys, "frozen", False):
-        return connect_or_start(config_file, timeout=timeout)
-    return connect_or_start(config_file, timeout=timeout, start=start_installed_agent)
+        from agent.daemon import start_background  # from source: the agent runs with this Python
+
+        return connect_or_start(config_file, timeout, start_background)
+    return connect_or_start(config_file, timeout, start_installed_agent)
 
 
 def start_installed_agent(config_file: str | None, timeout: float) -> None:

@@ -5,7 +5,7 @@ Values come back as the dataclasses of :mod:`agent.models`; failures are raised 
 and message always), or :class:`AgentNotRunning` when no agent answers.
 
     client = AgentClient.connect()          # the agent of the configured data folder
-    client = connect_or_start()             # ... started in the background if it does not run (tray app)
+    client = connect_or_start(None, 60, start_background)  # ... started if it does not run (tray app)
     for event in client.stream_events():    # or client.wait_events(cursor) in a loop
         ...
 """
@@ -362,13 +362,14 @@ def _parse_sse(response: http.client.HTTPResponse) -> Iterator[Event]:
 
 
 def connect_or_start(
-    config_file: str | os.PathLike[str] | None = None,
-    timeout: float = 60,
-    start: Callable[[str | os.PathLike[str] | None, float], object] | None = None,
+    config_file: str | os.PathLike[str] | None,
+    timeout: float,
+    start: Callable[[str | os.PathLike[str] | None, float], object],
 ) -> AgentClient:
     """The client of the running agent; starts one in the background (and waits for it) if none runs.
 
-    ``start(config_file, timeout)`` starts it; by default with this Python (:func:`agent.daemon.start_background`).
+    ``start(config_file, timeout)`` starts it: :func:`agent.daemon.start_background` with this Python, or the
+    installed ``repopilot`` command (the tray bundle).
     """
     try:
         client = AgentClient.connect(config_file)
@@ -376,9 +377,5 @@ def connect_or_start(
         return client
     except AgentNotRunning:
         pass
-    if start is None:
-        from agent.daemon import start_background
-
-        start = start_background
     start(config_file, timeout)
     return AgentClient.connect(config_file)

@@ -10,8 +10,7 @@ from agent import daemon
 from agent.api.client import NOT_RUNNING
 from agent.cli_verbs.common import client, config_option, json_option, print_json
 from agent.models import AgentStatus
-
-NOT_RUNNING_EXIT = 3
+from pipelines.cli_util import Exit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         running = daemon.running_client(args.config)
         if running is None:
             print(json.dumps({"running": False}) if args.json else NOT_RUNNING)
-            return NOT_RUNNING_EXIT
+            return Exit.CHECK_FAILED
         status = running.status()
         if args.json:
             print_json({"running": True, "url": running.url, "status": status})
@@ -83,7 +82,7 @@ def wait_idle(agent, timeout: float) -> int:
             return 1 if failed else 0
         cursor = agent.wait_events(cursor, min(5.0, max(deadline - time.monotonic(), 0.1))).cursor
     print(f"still busy after {timeout:.0f} s")
-    return NOT_RUNNING_EXIT
+    return Exit.CHECK_FAILED
 
 
 def print_status(status: AgentStatus, url: str) -> None:

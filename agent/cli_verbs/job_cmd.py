@@ -8,9 +8,7 @@ import time
 
 from agent.api.client import AgentClient
 from agent.cli_verbs.common import client, config_option, elapsed, json_option, print_json, print_table, when
-from agent.models import JobInfo
-
-ACTIVE_STATES = ("queued", "running")
+from agent.models import ACTIVE, JobInfo, JobState
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     verbs = parser.add_subparsers(dest="job_command", required=True, metavar="COMMAND")
     config, as_json = config_option(), json_option()
     listing = verbs.add_parser("list", parents=[config, as_json], help="jobs, newest first")
-    listing.add_argument("--state", choices=("queued", "running", "done", "failed", "cancelled", "interrupted"))
+    listing.add_argument("--state", choices=[state.value for state in JobState])
     listing.add_argument("-n", "--limit", type=int, default=30)
     for name, what in (
         ("show", "one job in detail"),
@@ -61,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(job: JobInfo) -> str:
     """One line: the error of a job that ended badly, the progress of a running one, or why it was queued."""
-    if job.error and job.state not in ACTIVE_STATES:
+    if job.error and job.state not in ACTIVE:
         return f"{job.error.title}: {job.error.message}".splitlines()[0]
     progress = job.progress or {}
-    if job.state == "running" and progress:
+    if job.state == JobState.RUNNING and progress:
         fraction = f"{progress['fraction']:.0%} " if progress.get("fraction") is not None else ""
         return f"{fraction}{progress.get('message') or ''}".strip()
     return str(job.params.get("reason") or job.params.get("model") or "")
@@ -104,7 +102,7 @@ def follow_log(agent: AgentClient, job_id: int, lines: int, poll_s: float = 1.0)
         for line in new:
             print(line, flush=True)
         shown = (shown + new)[-1000:]
-        if state not in ACTIVE_STATES:
+        if state not in ACTIVE:
             print(f"(job {job_id} is {state})")
             return 0
         time.sleep(poll_s)

@@ -10,8 +10,7 @@ import json
 
 from agent.cli_verbs.common import client, config_option, json_option, print_json
 from agent.models import ServerInfo
-
-UNHEALTHY_EXIT = 3
+from pipelines.cli_util import Exit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     info = {"start": agent.start_server, "stop": agent.stop_server, "status": agent.server_status}[command]()
     print_json(info) if args.json else print_server(info)
     if command == "status" and not (info.running and info.healthy):
-        return UNHEALTHY_EXIT
+        return Exit.CHECK_FAILED
     return 0
 
 

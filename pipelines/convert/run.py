@@ -280,6 +280,46 @@ def _settings(opts: ConvertOptions, cfg: FTConfig, tok: Any) -> dict[str, Any]:
     }
 
 
+def _export_hf(
+    opts: ConvertOptions, source: CodeGenSource, padded: dict[str, Any], rows_out: int, out: Path, reuse: bool
+) -> dict[str, Any]:
+    """The Hugging Face export for the embedded engine, staged in ``out`` (unless one of the same weights stays)."""
+    hf: dict[str, Any] = {"staged": False}
+    if not opts.export_hf:
+        return hf
+    if reuse:
+        return {**hf, "how": "kept: an export of the same weights is already in place and intact"}
+    rewrite = rows_out != source.dims.vocab_rows or source.mp_num != 4
+    sd_mp4 = gptj.to_codegen_mp4(padded, source.mp_num) if rewrite else None
+    return {"how": hfexport.export_hf(source, sd_mp4, rows_out, out), "staged": True}
+
+
+def _raise_if_failed(checks: dict[str, Any], hf: dict[str, Any]) -> None:
+    failed = [k for k in ("gptj_vs_codegen", "ft_files_vs_codegen") if not checks[k]["ok"]]
+    failed += ["byte_sizes"] if checks["byte_sizes"]["problems"] else []
+    failed += ["hf_export"] if hf.get("check") and not hf["check"]["ok"] else []
+    if failed:
+        details = {k: checks.get(k, hf.get("check")) for k in failed}
+        raise VerificationError(
+            f"{', '.join(failed)} failed ({json.dumps(details, default=str)}); nothing was put in place. "
+            "This is a bug in repopilot's converter: please report it with this message."
+        )
+
+
+def _seal(staging: Path, summary: dict[str, Any], hf: dict[str, Any]) -> int:
+    """Write the verification summaries and checksums of the staged outputs, re-verify them, make them durable;
+    the number of files checksummed in the FT folder."""
+    write_json_atomic(staging / "ft" / VERIFICATION, summary)
+    files = len(write_manifest(staging / "ft"))
+    if hf["staged"]:
+        write_json_atomic(staging / "hf" / VERIFICATION, {**summary, "checks": {"logits": hf["check"]}, "sample": None})
+        write_manifest(staging / "hf")
+        verify_output(staging / "hf", checksums=False)
+    verify_output(staging / "ft", checksums=False)
+    fsync_tree(staging)
+    return files
+
+
 def _convert_into(
     opts: ConvertOptions,
     source: CodeGenSource,
@@ -313,15 +353,7 @@ def _convert_into(
     checks["byte_sizes"] = {"files": len(list(weights.glob("*.bin"))), "problems": size_problems(weights, cfg)}
     laps("write_ft")
 
-    hf: dict[str, Any] = {"staged": False}
-    if opts.export_hf:
-        if reuse_hf:
-            hf.update(how="kept: an export of the same weights is already in place and intact")
-        else:
-            rewrite = rows_out != dims.vocab_rows or source.mp_num != 4
-            sd_mp4 = gptj.to_codegen_mp4(padded, source.mp_num) if rewrite else None
-            hf.update(how=hfexport.export_hf(source, sd_mp4, rows_out, staging / "hf"), staged=True)
-            del sd_mp4
+    hf = _export_hf(opts, source, padded, rows_out, staging / "hf", reuse_hf)
     del sd, padded, gptj_sd  # before the read-back, so that only one copy of the model is ever in memory
     _release_memory()
     laps("hf_export")
@@ -337,15 +369,7 @@ def _convert_into(
         progress.event("embedded export logits", **hf["check"])
         laps("hf_export_check")
 
-    failed = [k for k in ("gptj_vs_codegen", "ft_files_vs_codegen") if not checks[k]["ok"]]
-    failed += ["byte_sizes"] if checks["byte_sizes"]["problems"] else []
-    failed += ["hf_export"] if hf.get("check") and not hf["check"]["ok"] else []
-    if failed:
-        details = {k: checks.get(k, hf.get("check")) for k in failed}
-        raise VerificationError(
-            f"{', '.join(failed)} failed ({json.dumps(details, default=str)}); nothing was put in place. "
-            "This is a bug in repopilot's converter: please report it with this message."
-        )
+    _raise_if_failed(checks, hf)
     summary = {
         "passed": True,
         "format_version": FORMAT_VERSION,
@@ -356,14 +380,7 @@ def _convert_into(
         "sample": sample_record(ids, reference).to_json(),
         "warnings": warnings,
     }
-    write_json_atomic(staging / "ft" / VERIFICATION, summary)
-    checks["checksums"] = {"files": len(write_manifest(staging / "ft"))}
-    if hf["staged"]:
-        write_json_atomic(staging / "hf" / VERIFICATION, {**summary, "checks": {"logits": hf["check"]}, "sample": None})
-        write_manifest(staging / "hf")
-        verify_output(staging / "hf", checksums=False)
-    verify_output(staging / "ft", checksums=False)
-    fsync_tree(staging)
+    checks["checksums"] = {"files": _seal(staging, summary, hf)}
     laps("checksums_and_fsync")
     return {
         "status": "converted",

@@ -229,9 +229,8 @@ def choose_mp_num(config: dict[str, Any], path: Path, requested: int | None) -> 
     return 4, "CodeGen default (4 shards, as in CodeGen-1 and transformers)"
 
 
-def inspect_model(path: Path, tokenizer_dir: Path | None = None, mp_num: int | None = None) -> CodeGenSource:
-    """Check that ``path`` is a complete CodeGen model this converter can handle; raise with every problem."""
-    path = Path(path).expanduser().resolve()
+def _codegen_config(path: Path) -> dict[str, Any]:
+    """config.json of a CodeGen model folder, or a clear error for anything else."""
     if not path.is_dir():
         raise ModelInputError(f"{path} is not a directory. Give a Hugging Face CodeGen model folder.")
     try:
@@ -248,6 +247,28 @@ def inspect_model(path: Path, tokenizer_dir: Path | None = None, mp_num: int | N
             "Only CodeGen models (Salesforce codegen-*, CodeGen2, or a `repopilot train` result) can be "
             "converted for FauxPilot."
         )
+    return config
+
+
+def _expected_shapes(n_layer: int, tied: bool, lm_bias: bool) -> dict[str, tuple[str, ...]]:
+    """Every weight a CodeGen checkpoint must hold, with its shape in symbols (H, 3H, I, V)."""
+    expected = {
+        "transformer.wte.weight": ("V", "H"),
+        "transformer.ln_f.weight": ("H",),
+        "transformer.ln_f.bias": ("H",),
+    }
+    expected.update({f"transformer.h.{i}.{k}": v for i in range(n_layer) for k, v in LAYER_KEYS.items()})
+    if not tied:
+        expected["lm_head.weight"] = ("V", "H")
+    if lm_bias:
+        expected["lm_head.bias"] = ("V",)
+    return expected
+
+
+def inspect_model(path: Path, tokenizer_dir: Path | None = None, mp_num: int | None = None) -> CodeGenSource:
+    """Check that ``path`` is a complete CodeGen model this converter can handle; raise with every problem."""
+    path = Path(path).expanduser().resolve()
+    config = _codegen_config(path)
     fmt, files = _weight_files(path)
     shapes, dtypes = _tensor_shapes(fmt, files)
     problems: list[str] = []
@@ -263,18 +284,9 @@ def inspect_model(path: Path, tokenizer_dir: Path | None = None, mp_num: int | N
     if not (n_embd and n_head and n_layer) or wte is None or fc_in is None:
         raise ModelInputError(f"{path} is missing n_embd/n_head/n_layer in config.json or its embedding weights.")
     rows, inter = wte[2][0], fc_in[2][0]
-    sizes = {"H": n_embd, "3H": 3 * n_embd, "I": inter, "V": rows}
-    expected = {
-        "transformer.wte.weight": ("V", "H"),
-        "transformer.ln_f.weight": ("H",),
-        "transformer.ln_f.bias": ("H",),
-    }
-    expected.update({f"transformer.h.{i}.{k}": v for i in range(n_layer) for k, v in LAYER_KEYS.items()})
     tied = "lm_head.weight" not in shapes
-    if not tied:
-        expected["lm_head.weight"] = ("V", "H")
-    if "lm_head.bias" in shapes:
-        expected["lm_head.bias"] = ("V",)
+    expected = _expected_shapes(n_layer, tied, "lm_head.bias" in shapes)
+    sizes = {"H": n_embd, "3H": 3 * n_embd, "I": inter, "V": rows}
     for name, dims in expected.items():
         want = tuple(sizes[d] for d in dims)
         if name not in shapes:

@@ -19,11 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.cli_util import standalone_main
+from pipelines.cli_util import Exit, standalone_main
 from pipelines.errors import InputError
 from pipelines.progress import MODES, Progress
-
-GATE_FAILED = 3
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -312,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
             f"Keep serving the baseline; details in {args.out / REPORT_MD}.",
             file=sys.stderr,
         )
-        return GATE_FAILED
+        return Exit.CHECK_FAILED
     return 0
 
 

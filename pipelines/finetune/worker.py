@@ -54,77 +54,61 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
-
-    class Progress(TrainerCallback):
-        """Writes progress.jsonl (rank 0) and stops with a checkpoint when asked to."""
-
-        def __init__(self) -> None:
-            self.started = time.monotonic()
-            self.first_step: int | None = None
-
-        def on_step_begin(self, targs, state, control, **kw):
-            if self.first_step is None:  # the first step of this launch (after a resume: the checkpoint's)
-                self.started, self.first_step = time.monotonic(), state.global_step
-                if state.is_world_process_zero:
-                    append_event(layout.progress, "start", step=state.global_step, max_steps=state.max_steps)
-
-        def on_log(self, targs, state, control, logs=None, **kw):
-            if not state.is_world_process_zero or not logs:
-                return
-            done = state.global_step - (self.first_step or 0)
-            elapsed = time.monotonic() - self.started
-            per_step = elapsed / done if done else None
-            event = {
-                "step": state.global_step,
-                "max_steps": state.max_steps,
-                "epoch": round(state.epoch or 0, 4),
-                "elapsed_s": round(elapsed, 2),
-                "tokens_per_s": round(done * resolved["tokens_per_step"] / elapsed, 1) if done else None,
-                "eta_s": round(per_step * (state.max_steps - state.global_step), 1) if per_step else None,
-                "memory_mb": _memory_mb(torch),
-            }
-            for key in ("loss", "learning_rate", "grad_norm", "eval_loss"):
-                if key in logs:
-                    event[key] = round(float(logs[key]), 6)
-            for key in ("train_runtime", "train_loss"):
-                if key in logs:
-                    event[key] = round(float(logs[key]), 6)
-            kind = "eval" if "eval_loss" in logs else "summary" if "train_runtime" in logs else "log"
-            append_event(layout.progress, kind, **event)
-
-        def on_step_end(self, targs, state, control, **kw):
-            if _stop_requested or layout.stop_request.exists():
-                control.should_save = True
-                control.should_training_stop = True
-                if state.is_world_process_zero:
-                    append_event(layout.progress, "stopping", step=state.global_step)
-
-        def on_save(self, targs, state, control, **kw):
-            if state.is_world_process_zero:
-                append_event(layout.progress, "checkpoint", step=state.global_step)
+    from transformers import AutoTokenizer, Trainer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved["model_path"])
     train_set, val_packed = training_data(args, resolved, tokenizer)
+    trainer = Trainer(
+        model=_model(args, resolved),
+        args=_training_arguments(args, resolved, layout),
+        train_dataset=train_set,
+        eval_dataset=BlockDataset(val_packed) if val_packed.blocks else None,
+        callbacks=[_progress_callback(layout, resolved["tokens_per_step"], torch)],
+    )
+    # A fresh run starts in an empty folder (checked up front), so a checkpoint here means: resume.
+    resume = last_checkpoint(layout.checkpoints)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if _stop_requested or layout.stop_request.exists():
+        return 0
+    metrics = dict(result.metrics)
+    if val_packed.blocks:
+        metrics.update(trainer.evaluate())
+    trainer.save_model(str(layout.trained))
+    if trainer.is_world_process_zero():
+        metrics["global_step"] = trainer.state.global_step
+        (layout.trained / "train_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        append_event(layout.progress, "trained", step=trainer.state.global_step, **_floats(metrics))
+    return 0
+
+
+def _model(args: TrainArgs, resolved: dict[str, Any]) -> Any:
+    """The base model, checked against the resolved settings, with LoRA adapters when asked for."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(resolved["model_path"], dtype=torch.float32)
     rows = model.get_input_embeddings().weight.shape[0]
     if rows != resolved["embedding_rows"]:
         raise SystemExit(f"embedding has {rows} rows, expected {resolved['embedding_rows']}")
-    if args.lora:
-        from peft import LoraConfig, get_peft_model
+    if not args.lora:
+        return model
+    from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                task_type="CAUSAL_LM",
-                r=args.lora_r,
-                lora_alpha=args.lora_alpha,
-                lora_dropout=args.lora_dropout,
-                target_modules=list(args.lora_targets),
-            ),
-        )
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=list(args.lora_targets),
+    )
+    return get_peft_model(model, config)
+
+
+def _training_arguments(args: TrainArgs, resolved: dict[str, Any], layout: RunLayout) -> Any:
+    from transformers import TrainingArguments
+
     precision = resolved["precision"]
-    targs = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(layout.checkpoints),
         per_device_train_batch_size=args.micro_batch_size,
         per_device_eval_batch_size=args.micro_batch_size,
@@ -147,27 +131,56 @@ def main(argv: list[str] | None = None) -> int:
         dataloader_num_workers=0,
         log_level="warning",
     )
-    trainer = Trainer(
-        model=model,
-        args=targs,
-        train_dataset=train_set,
-        eval_dataset=BlockDataset(val_packed) if val_packed.blocks else None,
-        callbacks=[Progress()],
-    )
-    # A fresh run starts in an empty folder (checked up front), so a checkpoint here means: resume.
-    resume = last_checkpoint(layout.checkpoints)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if _stop_requested or layout.stop_request.exists():
-        return 0
-    metrics = dict(result.metrics)
-    if val_packed.blocks:
-        metrics.update(trainer.evaluate())
-    trainer.save_model(str(layout.trained))
-    if trainer.is_world_process_zero():
-        metrics["global_step"] = trainer.state.global_step
-        (layout.trained / "train_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        append_event(layout.progress, "trained", step=trainer.state.global_step, **_floats(metrics))
-    return 0
+
+
+def _progress_callback(layout: RunLayout, tokens_per_step: int, torch: Any) -> Any:
+    """A Trainer callback that writes progress.jsonl (rank 0) and stops with a checkpoint when asked to."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+            self.first_step: int | None = None
+
+        def on_step_begin(self, targs, state, control, **kw):
+            if self.first_step is None:  # the first step of this launch (after a resume: the checkpoint's)
+                self.started, self.first_step = time.monotonic(), state.global_step
+                if state.is_world_process_zero:
+                    append_event(layout.progress, "start", step=state.global_step, max_steps=state.max_steps)
+
+        def on_log(self, targs, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            done = state.global_step - (self.first_step or 0)
+            elapsed = time.monotonic() - self.started
+            per_step = elapsed / done if done else None
+            event = {
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "epoch": round(state.epoch or 0, 4),
+                "elapsed_s": round(elapsed, 2),
+                "tokens_per_s": round(done * tokens_per_step / elapsed, 1) if done else None,
+                "eta_s": round(per_step * (state.max_steps - state.global_step), 1) if per_step else None,
+                "memory_mb": _memory_mb(torch),
+            }
+            for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_runtime", "train_loss"):
+                if key in logs:
+                    event[key] = round(float(logs[key]), 6)
+            kind = "eval" if "eval_loss" in logs else "summary" if "train_runtime" in logs else "log"
+            append_event(layout.progress, kind, **event)
+
+        def on_step_end(self, targs, state, control, **kw):
+            if _stop_requested or layout.stop_request.exists():
+                control.should_save = True
+                control.should_training_stop = True
+                if state.is_world_process_zero:
+                    append_event(layout.progress, "stopping", step=state.global_step)
+
+        def on_save(self, targs, state, control, **kw):
+            if state.is_world_process_zero:
+                append_event(layout.progress, "checkpoint", step=state.global_step)
+
+    return Progress()
 
 
 def _memory_mb(torch) -> float:

@@ -23,6 +23,7 @@ from agent.api.client import connect_or_start, pid_alive
 from agent.cli import build_parser
 from agent.cli_verbs.job_cmd import _after
 from agent.config import AgentConfig, Config, PolicyConfig, ServerConfig, TrainingConfig, save_config
+from agent.daemon import start_background
 from tests.dataset.conftest import Repo, python_file
 from tests.services import free_port
 
@@ -142,10 +143,12 @@ def test_the_data_folder_is_private_to_its_user(fresh: Cli, tmp_path: Path) -> N
 
 
 def test_connect_or_start_starts_the_agent_once(fresh: Cli) -> None:
-    client = connect_or_start(fresh.config, timeout=60)
+    client = connect_or_start(fresh.config, 60, start_background)
     pid = client.status().pid
     assert pid == fresh.endpoint()["pid"] and pid != os.getpid()
-    assert connect_or_start(fresh.config).status().pid == pid  # the running one, not a second agent
+    assert (
+        connect_or_start(fresh.config, 60, start_background).status().pid == pid
+    )  # the running one, not a second agent
 
 
 def test_a_second_start_finds_the_agent_running(running: Cli) -> None:

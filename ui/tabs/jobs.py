@@ -19,11 +19,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from agent.models import ACTIVE, RETRYABLE, JobState
 from ui.tabs.base import Tab
 from ui.widgets import LossChart, fill_table, human_duration, human_time, make_table, select_key, selected_key
 
 COLUMNS = ("Job", "Kind", "State", "Progress", "ETA", "Message", "Created", "Took")
-ACTIVE = ("queued", "running")
 
 
 def job_fraction(job: Any) -> float | None:
@@ -34,7 +34,7 @@ def job_fraction(job: Any) -> float | None:
 
 
 def job_eta(job: Any) -> float | None:
-    if job.state != "running":
+    if job.state != JobState.RUNNING:
         return None
     value = (job.progress or {}).get("eta_s")
     return float(value) if isinstance(value, int | float) else None
@@ -57,7 +57,7 @@ def job_took(job: Any) -> str:
 
 def _row_bar(fraction: float | None, state: str) -> QProgressBar:
     bar = QProgressBar()
-    bar.setRange(0, 0 if fraction is None and state == "running" else 100)
+    bar.setRange(0, 0 if fraction is None and state == JobState.RUNNING else 100)
     bar.setValue(int((fraction or 0.0) * 100))
     bar.setTextVisible(True)
     bar.setFormat(f"{state}" if fraction is None else "%p%")
@@ -153,7 +153,7 @@ class JobsTab(Tab):
         fill_table(self.table, rows, keys=[j.id for j in self.jobs])
         for r, job in enumerate(self.jobs):
             self.table.setCellWidget(r, 3, _row_bar(job_fraction(job), job.state))
-        running = [j for j in self.jobs if j.state == "running"]
+        running = [j for j in self.jobs if j.state == JobState.RUNNING]
         if self.jobs and (selected_key(self.table) is None or (running and not self.pinned)):
             select_key(self.table, (running or self.jobs)[0].id)
         self.loaded()
@@ -183,14 +183,14 @@ class JobsTab(Tab):
         self.job = job
         self.title_label.setText(f"{job.id} ({job.kind}): {job.state}")
         fraction = job_fraction(job)
-        if fraction is None and job.state == "running":
+        if fraction is None and job.state == JobState.RUNNING:
             self.progress_bar.setRange(0, 0)  # busy indicator
         else:
             self.progress_bar.setRange(0, 1000)
             self.progress_bar.setValue(int((fraction or 0.0) * 1000))
         eta = job_eta(job)
         self.eta_label.setText(
-            human_duration(eta) if eta is not None else ("–" if job.state != "running" else "unknown")
+            human_duration(eta) if eta is not None else ("–" if job.state != JobState.RUNNING else "unknown")
         )
         self.error_label.setText("" if job.error is None else f"{job.error.title}: {job.error.message}")
         self.chart.set_points(job.losses or [])
@@ -209,10 +209,10 @@ class JobsTab(Tab):
     def _update_buttons(self) -> None:
         state = self.job.state if self.job is not None else None
         self.cancel_button.setEnabled(state in ACTIVE)
-        self.retry_button.setEnabled(state in ("failed", "cancelled", "interrupted"))
+        self.retry_button.setEnabled(state in RETRYABLE)
 
     def _tick(self) -> None:
-        if self.isVisible() and self.job is not None and self.job.state == "running":
+        if self.isVisible() and self.job is not None and self.job.state == JobState.RUNNING:
             self.load_selected()
 
     # -- actions ----------------------------------------------------------------------------------------------
