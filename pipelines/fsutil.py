@@ -55,6 +55,22 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, dump_json(obj))
 
 
+def user_cache_dir() -> Path:
+    """Where repopilot keeps what is slow to work out and safe to lose (``$XDG_CACHE_HOME/repopilot``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repopilot"
+
+
+def write_cache(path: Path, data: bytes) -> None:
+    """Write a cache file atomically; a read-only home only means it is worked out again next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError:
+        pass
+
+
 def sync_files(folder: Path, paths: list[Path]) -> None:
     """Make the content of many files just written durable: one ``syncfs`` of their filesystem (Linux), else an
     ``fsync`` of each."""

@@ -6,14 +6,12 @@ byte-for-byte the same files.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.dataset import dedup
+from pipelines.dataset.analysis import analysed_blobs, analysis_pool
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
-from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, analyze_many, path_reason, redact_spans
+from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, path_reason, redact_spans
 from pipelines.dataset.folder import is_dataset
 from pipelines.dataset.gitsource import GitSource, TreeEntry
 from pipelines.dataset.output import (
@@ -35,14 +34,13 @@ from pipelines.dataset.output import (
     recover,
 )
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
-from pipelines.dataset.secrets import shared_prefilter
+from pipelines.dataset.prefilter import shared_prefilter
 from pipelines.dataset.state import CachedBlob, FileRow, Key, LshIndex, Store
 from pipelines.errors import DatasetError
-from pipelines.procutil import worker_pool
 from pipelines.progress import Progress
 
 if TYPE_CHECKING:
-    from concurrent.futures import Executor, Future
+    from concurrent.futures import Executor
 
 STATE = "state.sqlite"
 CANDIDATE = "candidate"
@@ -51,7 +49,6 @@ _CACHE_FLUSH_ROWS = 500
 _PARALLEL_FROM = 400  # blobs to analyse before a process pool pays for its start-up
 _PREFILTER_FROM = 100  # blobs to analyse before the secret prefilter pays for its compilation (~0.1 s)
 INDEX_CHUNK_FILES = 256  # mean number of files per index chunk
-_WORKER_NICE = 5  # the history walk (one git process) is the longest chain: analysis workers yield to it
 
 
 @dataclass
@@ -268,7 +265,7 @@ class _Work:
         if prefilter:
             shared_prefilter()  # compiled once, before the workers fork, so that they inherit it
         with contextlib.ExitStack() as stack:  # on the way out: the history walks stop, then the pool
-            pool = stack.enter_context(_forked_pool()) if total >= _PARALLEL_FROM else None
+            pool = stack.enter_context(analysis_pool()) if total >= _PARALLEL_FROM else None
             for plan in plans:  # threads only now: the pool forked while this process had none
                 stack.callback(plan.close_history)
                 plan.start_history()
@@ -332,19 +329,7 @@ class _Work:
     ) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
         """(sha, content, analysis) for each blob, in ``pool`` (on every core) when given."""
         blobs = ((sha, data) for name, shas in missing.items() for sha, data in self.sources[name].read_blobs(shas))
-        if pool is None:
-            for batch in _batches(blobs):
-                yield from _zip_batch(batch, _analyse_batch([d for _, d in batch], self.config, prefilter))
-            return
-        in_flight: collections.deque = collections.deque()
-        workers = _workers()
-        for batch in _batches(blobs):
-            in_flight.append((batch, pool.submit(_analyse_batch, [d for _, d in batch], self.config, prefilter)))
-            _failpoint("pool-running")
-            while len(in_flight) > 2 * workers:
-                yield from _finished(in_flight.popleft())
-        while in_flight:
-            yield from _finished(in_flight.popleft())
+        return analysed_blobs(blobs, self.config, pool, prefilter)
 
     def _remember_text(self, sha: str, text: str) -> None:
         if self.text_bytes + len(text) <= _TEXT_MEMORY_BUDGET:
@@ -457,7 +442,7 @@ class _Work:
         def similar_of(keys: list[Key]) -> dict[Key, list[Key]]:
             candidates = lsh.sharing(keys)
             self._prefetch_blobs([key for key in candidates if key not in signatures])
-            return _similar_pairs(keys, candidates, sig, threshold)
+            return dedup.similar_pairs(keys, candidates, sig, threshold)
 
         nodes, similar = dedup.component(seeds, similar_of)
         lsh.flush()
@@ -493,69 +478,6 @@ class _Work:
                     )
                 texts[sha] = redact_spans(data.decode("utf-8"), blobs[sha].redactions)
         return texts
-
-
-def _workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-@contextlib.contextmanager
-def _forked_pool() -> Iterator[Executor]:
-    """A worker per core (at most 8), all started now (forked, while this process runs no other thread)."""
-    with worker_pool(_workers(), fork=True, nice=_WORKER_NICE) as pool:
-        pool.submit(os.getpid).result()
-        yield pool
-
-
-def _analyse_batch(datas: list[bytes | None], config: DatasetConfig, prefilter: bool) -> list[BlobAnalysis]:
-    return analyze_many(datas, config, shared_prefilter() if prefilter else None)
-
-
-def _batches(blobs: Iterator[tuple[str, bytes | None]], max_bytes: int = 4 << 20, max_items: int = 256) -> Iterator:
-    batch: list[tuple[str, bytes | None]] = []
-    size = 0
-    for sha, data in blobs:
-        batch.append((sha, data))
-        size += len(data or b"")
-        if size >= max_bytes or len(batch) >= max_items:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def _finished(item: tuple[list, Future]) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
-    batch, future = item
-    return _zip_batch(batch, future.result())
-
-
-def _zip_batch(batch: list[tuple[str, bytes | None]], results: list[BlobAnalysis]) -> Iterator:
-    for (sha, data), result in zip(batch, results, strict=True):
-        yield sha, data, result
-
-
-def _similar_pairs(
-    keys: list[Key], candidates: set[Key], sig: Callable[[Key], np.ndarray | None], threshold: float
-) -> dict[Key, list[Key]]:
-    """For each of ``keys``, the ``candidates`` (those sharing an LSH bucket with one of them), sorted, whose
-    similarity to it reaches ``threshold``, found with numpy over every band at once."""
-    universe = sorted({*keys, *(n for n in candidates if sig(n) is not None)})
-    if not universe:
-        return {}
-    matrix = np.stack([sig(key) for key in universe])
-    position = {key: i for i, key in enumerate(universe)}
-    wanted = np.zeros(len(universe), dtype=bool)
-    wanted[[position[key] for key in keys]] = True
-    pairs = dedup.candidate_pairs(dedup.band_buckets_many(matrix), wanted)
-    similar = [
-        chunk[dedup.pair_similarities(matrix, chunk) >= threshold]
-        for chunk in np.split(pairs, range(8192, len(pairs), 8192))
-    ]
-    linked: dict[int, list[int]] = {}
-    for a, b in np.concatenate(similar).tolist():
-        linked.setdefault(a, []).append(b)
-        linked.setdefault(b, []).append(a)
-    return {key: [universe[j] for j in sorted(linked.get(position[key], ()))] for key in keys}
 
 
 def _ref(key: Key) -> str:

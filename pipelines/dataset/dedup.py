@@ -181,6 +181,32 @@ def candidate_pairs(buckets: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.stack([codes // max(n, 1), codes % max(n, 1)], axis=1)
 
 
+def similar_pairs(
+    keys: list[Hashable],
+    candidates: set[Hashable],
+    sig: Callable[[Hashable], np.ndarray | None],
+    threshold: float,
+) -> dict[Hashable, list[Hashable]]:
+    """For each of ``keys``, the ``candidates`` (those sharing an LSH bucket with one of them), sorted, whose
+    similarity to it reaches ``threshold``, found with numpy over every band at once."""
+    universe = sorted({*keys, *(n for n in candidates if sig(n) is not None)})
+    if not universe:
+        return {}
+    matrix = np.stack([sig(key) for key in universe])
+    position = {key: i for i, key in enumerate(universe)}
+    wanted = np.zeros(len(universe), dtype=bool)
+    wanted[[position[key] for key in keys]] = True
+    pairs = candidate_pairs(band_buckets_many(matrix), wanted)
+    similar = [
+        chunk[pair_similarities(matrix, chunk) >= threshold] for chunk in np.split(pairs, range(8192, len(pairs), 8192))
+    ]
+    linked: dict[int, list[int]] = {}
+    for a, b in np.concatenate(similar).tolist():
+        linked.setdefault(a, []).append(b)
+        linked.setdefault(b, []).append(a)
+    return {key: [universe[j] for j in sorted(linked.get(position[key], ()))] for key in keys}
+
+
 def to_bytes(sig: np.ndarray | None) -> bytes | None:
     return None if sig is None else sig.astype("<u4").tobytes()
 

@@ -17,7 +17,8 @@ from pipelines.dataset import dedup
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.gitsource import MODE_SUBMODULE, MODE_SYMLINK
 from pipelines.dataset.languages import language_of
-from pipelines.dataset.secrets import Prefilter, Redaction, find_secrets, redact
+from pipelines.dataset.prefilter import Prefilter
+from pipelines.dataset.secrets import Redaction, find_secrets, redact
 
 
 class Reason(str, Enum):

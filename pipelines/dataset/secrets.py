@@ -4,9 +4,9 @@ Vendor token formats come from detect-secrets' regex plugins; private-key blocks
 assignments, URL passwords, JWTs and high-entropy literals are detected here. Every regex runs
 once over the whole text; slow plugin regexes sit behind a cheap gate searched first.
 
-For many files at once, :class:`Prefilter` first runs every pattern together in one Hyperscan pass over
-the file's bytes (in prefilter mode, which matches at least what the pattern matches); a Python regex then
-runs only where its pattern may match, so the result is the same as without it, at disk speed.
+For many files at once, ``pipelines.dataset.prefilter`` first runs every pattern together in one Hyperscan
+pass over the file's bytes (in prefilter mode, which matches at least what the pattern matches); a Python
+regex then runs only where its pattern may match, so the result is the same as without it, at disk speed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 import re
 import string
 from collections import Counter
@@ -24,10 +23,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-try:
-    import hyperscan
-except ImportError:  # the dataset extra installs it; without it every regex runs in Python
-    hyperscan = None
+from pipelines.fsutil import user_cache_dir, write_cache
 
 
 @dataclass(frozen=True, order=True)
@@ -127,7 +123,7 @@ def _plugin_patterns() -> list[tuple[str, list[tuple[str, int]]]]:
         raise ImportError("detect-secrets is not installed: pip install detect-secrets")
     folder = Path(spec.origin).parent / "plugins"
     stamp = hashlib.sha256(repr(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.py"))).encode())
-    cache = _cache_dir() / f"secret-rules-{stamp.hexdigest()[:16]}.json"
+    cache = user_cache_dir() / f"secret-rules-{stamp.hexdigest()[:16]}.json"
     try:
         return [(name, [(p, f) for p, f in patterns]) for name, patterns in json.loads(cache.read_text())]
     except (OSError, ValueError):
@@ -139,22 +135,8 @@ def _plugin_patterns() -> list[tuple[str, list[tuple[str, int]]]]:
     for cls in sorted(set(get_mapping_from_secret_type_to_class().values()), key=lambda c: c.__name__):
         if cls.__name__ not in _SKIP_PLUGINS and issubclass(cls, RegexBasedDetector):
             found.append((cls.__name__, [(p.pattern, p.flags) for p in cls().denylist]))
-    _write_cache(cache, json.dumps(found).encode())
+    write_cache(cache, json.dumps(found).encode())
     return found
-
-
-def _write_cache(path: Path, data: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except OSError:
-        pass  # a read-only home: work it out again next time
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repopilot"
 
 
 # Formats detect-secrets lacks or matches too narrowly.
@@ -415,7 +397,8 @@ def _merge(spans: list[_Span]) -> list[Redaction]:
 def find_secrets(text: str, hits: Hits = None) -> list[Redaction]:
     """Return the sorted, non-overlapping spans of ``text`` that hold credentials.
 
-    ``hits`` (from :meth:`Prefilter.hits`) names the patterns that may match; None runs them all.
+    ``hits`` (from ``Prefilter.hits`` of :mod:`pipelines.dataset.prefilter`) names the patterns that may match;
+    None runs them all.
     """
     low = _lowered(text)
     spans: list[_Span] = [
@@ -432,76 +415,16 @@ def find_secrets(text: str, hits: Hits = None) -> list[Redaction]:
 Hits = frozenset[int] | None
 # Every pattern searched over a whole file, with whether it is written for the lowered text (token rules first,
 # so that a token rule's id is its index in _TOKEN_RULES).
-_SCANNED: list[tuple[re.Pattern[str], bool]] = [
+SCANNED: list[tuple[re.Pattern[str], bool]] = [
     *((rule.pattern, rule.on_lower) for rule in _TOKEN_RULES),
     *((pattern, True) for pattern in _ASSIGN),
     *((pattern, False) for pattern in (_URL_CREDS, _HE_QUOTED, _HE_BARE)),
 ]
-_PATTERN_IDS = {pattern: i for i, (pattern, _) in enumerate(_SCANNED)}
+_PATTERN_IDS = {pattern: i for i, (pattern, _) in enumerate(SCANNED)}
 
 
 def _may_match(pattern: re.Pattern[str], hits: Hits) -> bool:
     return hits is None or _PATTERN_IDS[pattern] in hits
-
-
-class Prefilter:
-    """All patterns in one Hyperscan database, compiled once per process (~0.2 s).
-
-    Sound only for ASCII input, where bytes and characters agree (``\\w``, ``\\s``, counts, case); other
-    files get None (every regex runs). A pattern for the lowered text is scanned case-insensitively over the
-    original, which matches at least what it matches on the lowered text.
-    """
-
-    def __init__(self) -> None:
-        if hyperscan is None:
-            raise RuntimeError("hyperscan is not installed")
-        expressions, flags = [], []
-        for pattern, on_lower in _SCANNED:
-            flag = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
-            if on_lower or pattern.flags & re.IGNORECASE:
-                flag |= hyperscan.HS_FLAG_CASELESS
-            if pattern.flags & re.MULTILINE:
-                flag |= hyperscan.HS_FLAG_MULTILINE
-            if pattern.flags & re.DOTALL:
-                flag |= hyperscan.HS_FLAG_DOTALL
-            expressions.append(re.sub(r"\(\?P<\w+>", "(", pattern.pattern).encode())
-            flags.append(flag)
-        key = hashlib.sha256(repr((hyperscan.__version__, expressions, flags)).encode()).hexdigest()[:16]
-        cache = _cache_dir() / f"secret-prefilter-{key}.hsdb"
-        try:  # compiling takes ~0.1 s; a compiled database is kept in the user's cache
-            self.database = hyperscan.loadb(cache.read_bytes(), mode=hyperscan.HS_MODE_BLOCK)
-            self.database.scratch = hyperscan.Scratch(self.database)
-            return
-        except (OSError, hyperscan.error):
-            pass
-        self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        self.database.compile(expressions=expressions, ids=list(range(len(expressions))), flags=flags)
-        _write_cache(cache, hyperscan.dumpb(self.database))
-
-    def hits(self, data: bytes) -> Hits:
-        """The ids of the patterns that may match the file ``data`` (None: not ASCII, run them all)."""
-        if not data.isascii():
-            return None
-        found: set[int] = set()
-        self.database.scan(data, match_event_handler=_collect, context=found)
-        return frozenset(found)
-
-
-_shared: list[Prefilter] = []
-
-
-def shared_prefilter() -> Prefilter | None:
-    """This process's :class:`Prefilter`, compiled on first use (None without hyperscan). Compiled before a
-    fork, it is inherited by the children."""
-    if hyperscan is None:
-        return None
-    if not _shared:
-        _shared.append(Prefilter())
-    return _shared[0]
-
-
-def _collect(pattern_id: int, start: int, end: int, flags: int, found: set[int]) -> None:
-    found.add(pattern_id)
 
 
 def redact(text: str, spans: list[Redaction]) -> str:

@@ -402,14 +402,6 @@ class LshIndex:
         self.alive = np.ones(len(rows), dtype=bool)
         self.pending: dict[Key, bytes | None] = {}
 
-    def neighbours(self, key: Key) -> set[Key]:
-        """The keys sharing a bucket with ``key``."""
-        i = self.position.get(key)
-        if i is None or not self.alive[i]:
-            return set()
-        found = np.flatnonzero((self.buckets == self.buckets[i]).any(axis=1) & self.alive)
-        return {self.keys[j] for j in found.tolist() if j != i}
-
     def sharing(self, keys: list[Key]) -> set[Key]:
         """Every key sharing a bucket with one of ``keys`` (at once, for many)."""
         rows = [self.position[k] for k in keys if k in self.position and self.alive[self.position[k]]]

@@ -15,7 +15,8 @@ from itertools import pairwise
 
 import pytest
 
-from pipelines.dataset.secrets import Prefilter, Redaction, find_secrets, redact
+from pipelines.dataset.prefilter import Prefilter
+from pipelines.dataset.secrets import Redaction, find_secrets, redact
 
 _RNG = random.Random(20240611)  # consumed only while building SAMPLES at import
 _UPPER_DIGITS = string.ascii_uppercase + string.digits
