@@ -34,18 +34,18 @@ def analysis_pool() -> Iterator[Executor]:
 
 
 def analysed_blobs(
-    blobs: Iterable[Blob], config: DatasetConfig, pool: Executor | None, prefilter: bool
+    blobs: Iterable[Blob], config: DatasetConfig, pool: Executor | None
 ) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
-    """(sha, content, analysis) for each (sha, content), in order; in ``pool`` when given, else here.
-    ``prefilter``: scan secrets behind the one-pass prefilter (worth it from about a hundred blobs)."""
+    """(sha, content, analysis) for each (sha, content), in order; in ``pool`` when given, else here. Secrets
+    are scanned behind the one-pass prefilter (its compiled database comes from the user's cache)."""
     if pool is None:
         for batch in _batches(blobs):
-            yield from _zip_batch(batch, _analyse_batch([d for _, d in batch], config, prefilter))
+            yield from _zip_batch(batch, _analyse_batch([d for _, d in batch], config))
         return
     in_flight: collections.deque = collections.deque()
     workers = _workers()
     for batch in _batches(blobs):
-        in_flight.append((batch, pool.submit(_analyse_batch, [d for _, d in batch], config, prefilter)))
+        in_flight.append((batch, pool.submit(_analyse_batch, [d for _, d in batch], config)))
         _failpoint("pool-running")
         while len(in_flight) > 2 * workers:
             yield from _finished(in_flight.popleft())
@@ -57,8 +57,8 @@ def _workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _analyse_batch(datas: list[bytes | None], config: DatasetConfig, prefilter: bool) -> list[BlobAnalysis]:
-    return analyze_many(datas, config, shared_prefilter() if prefilter else None)
+def _analyse_batch(datas: list[bytes | None], config: DatasetConfig) -> list[BlobAnalysis]:
+    return analyze_many(datas, config, shared_prefilter())
 
 
 def _batches(blobs: Iterable[Blob], max_bytes: int = 4 << 20, max_items: int = 256) -> Iterator:

@@ -47,7 +47,6 @@ CANDIDATE = "candidate"
 _TEXT_MEMORY_BUDGET = 256 * 1024 * 1024
 _CACHE_FLUSH_ROWS = 500
 _PARALLEL_FROM = 400  # blobs to analyse before a process pool pays for its start-up
-_PREFILTER_FROM = 100  # blobs to analyse before the secret prefilter pays for its compilation (~0.1 s)
 INDEX_CHUNK_FILES = 256  # mean number of files per index chunk
 
 
@@ -261,16 +260,15 @@ class _Work:
         self.blobs.update(self.store.cached_blobs(self.akey, wanted))
         missing = {name: sorted(set(shas) - set(self.blobs)) for name, shas in to_read.items()}
         total = sum(len(v) for v in missing.values())
-        prefilter = total >= _PREFILTER_FROM
-        if prefilter:
-            shared_prefilter()  # compiled once, before the workers fork, so that they inherit it
+        if total:
+            shared_prefilter()  # loaded (or compiled) once, before the workers fork, so that they inherit it
         with contextlib.ExitStack() as stack:  # on the way out: the history walks stop, then the pool
             pool = stack.enter_context(analysis_pool()) if total >= _PARALLEL_FROM else None
             for plan in plans:  # threads only now: the pool forked while this process had none
                 stack.callback(plan.close_history)
                 plan.start_history()
             if total:
-                self._analyse(missing, pool, prefilter)
+                self._analyse(missing, pool)
             for plan in plans:
                 plan.finish_history()
         commits = {plan.spec.name: plan.commits for plan in plans}
@@ -303,11 +301,11 @@ class _Work:
             status=reason or CANDIDATE,
         )
 
-    def _analyse(self, missing: dict[str, list[str]], pool: Executor | None, prefilter: bool) -> None:
+    def _analyse(self, missing: dict[str, list[str]], pool: Executor | None) -> None:
         self.progress.start("analysing", sum(len(v) for v in missing.values()))
         pending: list[tuple[str, str | None, int, str, bytes | None]] = []
         last_flush = time.monotonic()
-        analysed = self._analysed(missing, pool, prefilter)
+        analysed = self._analysed(missing, pool)
         with contextlib.closing(analysed):  # closed at once on an error or a signal
             for sha, data, result in analysed:
                 cached = CachedBlob(
@@ -325,11 +323,11 @@ class _Work:
         self.progress.finish()
 
     def _analysed(
-        self, missing: dict[str, list[str]], pool: Executor | None, prefilter: bool
+        self, missing: dict[str, list[str]], pool: Executor | None
     ) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
         """(sha, content, analysis) for each blob, in ``pool`` (on every core) when given."""
         blobs = ((sha, data) for name, shas in missing.items() for sha, data in self.sources[name].read_blobs(shas))
-        return analysed_blobs(blobs, self.config, pool, prefilter)
+        return analysed_blobs(blobs, self.config, pool)
 
     def _remember_text(self, sha: str, text: str) -> None:
         if self.text_bytes + len(text) <= _TEXT_MEMORY_BUDGET:

@@ -13,9 +13,13 @@ order and a file is dropped when a file kept before it is similar to it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Callable, Hashable, Iterable
 
 import numpy as np
+
+from pipelines.fsutil import user_cache_dir, write_cache
 
 NUM_PERM = 128
 BANDS = 16
@@ -23,9 +27,29 @@ ROWS = NUM_PERM // BANDS
 SHINGLE = 5
 _BIN_SHIFT = np.uint64(64 - 7)  # 2**7 == NUM_PERM bins
 _PROBES = 64  # probe sequence length per bin; a miss on all of them falls back to the next non-empty bin
-_rng = np.random.default_rng(20231105)
-_PROBE = _rng.integers(0, NUM_PERM, size=(NUM_PERM, _PROBES))
-_BAND_WEIGHTS = _rng.integers(1, 1 << 63, size=(1, ROWS), dtype=np.uint64) | np.uint64(1)
+_SEED = 20231105
+
+
+def _random_tables() -> tuple[np.ndarray, np.ndarray]:
+    """The probe sequences and the band weights: fixed random numbers (numpy's PCG64 from ``_SEED``), kept in the
+    user's cache because importing numpy.random costs ~10 ms of every one-file ``repopilot dataset update``."""
+    cache = user_cache_dir() / f"minhash-tables-{_SEED}-numpy{np.__version__}.bin"
+    probe_bytes, weight_bytes = NUM_PERM * _PROBES * 8, ROWS * 8
+    with contextlib.suppress(OSError):
+        raw = cache.read_bytes()
+        body, digest = raw[:-32], raw[-32:]
+        if len(body) == probe_bytes + weight_bytes and hashlib.sha256(body).digest() == digest:
+            probe = np.frombuffer(body[:probe_bytes], dtype="<i8").reshape(NUM_PERM, _PROBES).astype(np.int64)
+            return probe, np.frombuffer(body[probe_bytes:], dtype="<u8").reshape(1, ROWS).astype(np.uint64)
+    rng = np.random.default_rng(_SEED)
+    probe = rng.integers(0, NUM_PERM, size=(NUM_PERM, _PROBES), dtype=np.int64)
+    weights = rng.integers(1, 1 << 63, size=(1, ROWS), dtype=np.uint64) | np.uint64(1)
+    body = probe.astype("<i8").tobytes() + weights.astype("<u8").tobytes()
+    write_cache(cache, body + hashlib.sha256(body).digest())
+    return probe, weights
+
+
+_PROBE, _BAND_WEIGHTS = _random_tables()
 _WORD_BYTE = np.zeros(256, dtype=bool)
 for _low, _high in ((48, 58), (65, 91), (97, 123), (95, 96), (128, 256)):
     _WORD_BYTE[_low:_high] = True
@@ -177,7 +201,8 @@ def candidate_pairs(buckets: np.ndarray, wanted: np.ndarray) -> np.ndarray:
             high = np.maximum.outer(chosen, members).ravel()
             keep = low != high
             found.append(low[keep].astype(np.int64) * n + high[keep])
-    codes = np.unique(np.concatenate(found))
+    codes = np.sort(np.concatenate(found))  # not np.unique: its first call imports numpy.ma (~17 ms per update)
+    codes = codes[np.concatenate([[True], codes[1:] != codes[:-1]])] if len(codes) else codes
     return np.stack([codes // max(n, 1), codes % max(n, 1)], axis=1)
 
 

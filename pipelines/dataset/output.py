@@ -65,19 +65,25 @@ def _affected_ranges(store: Store, keys: Iterable[tuple[Selection, Key]]) -> lis
         by_selection.setdefault(sel, []).append(key)
     starts: set[tuple[Selection, Key]] = set()
     for sel, wanted in by_selection.items():
-        # Few keys: ask SQLite for each; many (a big update): read the selection's keys once.
+        # Few keys: ask SQLite; many (a big update): read the selection's keys once.
         ranges = store if len(wanted) < _BULK_RANGES else SelectionKeys(store, sel)
-        for key in wanted:
+        start: Key | None = None
+        end: Key | None = None
+        for key in sorted(set(wanted)):
+            if start is not None and start < key and (end is None or key < end):
+                continue  # inside the range found last: so is the key before it (a shard's keys move together)
             for probe in (key, ranges.before(sel, key)):
-                if probe is not None:
-                    start = ranges.range_start(sel, probe)
-                    if start is not None:
-                        starts.add((sel, start))
+                found = None if probe is None else ranges.range_start(sel, probe)
+                if found is not None:
+                    starts.add((sel, found))
+            start = ranges.range_start(sel, key)
+            end = None if start is None else ranges.range_end(sel, start)
     return sorted(starts, key=lambda item: (item[0].params, item[1]))
 
 
 class SelectionKeys:
-    """All keys of one selection in memory, answering :meth:`Store.before` and :meth:`Store.range_start`."""
+    """All keys of one selection in memory, answering :meth:`Store.before`, :meth:`Store.range_start` and
+    :meth:`Store.range_end`."""
 
     def __init__(self, store: Store, sel: Selection) -> None:
         self.keys, self.starts = store.selection_keys(sel)
@@ -91,6 +97,10 @@ class SelectionKeys:
         if i:
             return self.starts[i - 1]
         return self.keys[0] if self.keys else None
+
+    def range_end(self, sel: Selection, start: Key) -> Key | None:
+        i = bisect.bisect_right(self.starts, start)
+        return self.starts[i] if i < len(self.starts) else None
 
 
 class OutputWriter:

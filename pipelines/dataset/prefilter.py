@@ -29,18 +29,9 @@ class Prefilter:
     def __init__(self) -> None:
         if hyperscan is None:
             raise RuntimeError("hyperscan is not installed")
-        expressions, flags = [], []
-        for pattern, on_lower in SCANNED:
-            flag = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
-            if on_lower or pattern.flags & re.IGNORECASE:
-                flag |= hyperscan.HS_FLAG_CASELESS
-            if pattern.flags & re.MULTILINE:
-                flag |= hyperscan.HS_FLAG_MULTILINE
-            if pattern.flags & re.DOTALL:
-                flag |= hyperscan.HS_FLAG_DOTALL
-            expressions.append(re.sub(r"\(\?P<\w+>", "(", pattern.pattern).encode())
-            flags.append(flag)
-        key = hashlib.sha256(repr((hyperscan.__version__, expressions, flags)).encode()).hexdigest()[:16]
+        expressions = [re.sub(r"\(\?P<\w+>", "(", pattern.pattern).encode() for pattern, _ in SCANNED]
+        written = [(pattern.declared_flags, on_lower) for pattern, on_lower in SCANNED]
+        key = hashlib.sha256(repr((hyperscan.__version__, expressions, written)).encode()).hexdigest()[:16]
         cache = user_cache_dir() / f"secret-prefilter-{key}.hsdb"
         try:  # compiling takes ~0.1 s; a compiled database is kept in the user's cache
             self.database = hyperscan.loadb(cache.read_bytes(), mode=hyperscan.HS_MODE_BLOCK)
@@ -48,6 +39,7 @@ class Prefilter:
             return
         except (OSError, hyperscan.error):
             pass
+        flags = [_hyperscan_flags(pattern.flags, on_lower) for pattern, on_lower in SCANNED]
         self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         self.database.compile(expressions=expressions, ids=list(range(len(expressions))), flags=flags)
         write_cache(cache, hyperscan.dumpb(self.database))
@@ -72,6 +64,18 @@ def shared_prefilter() -> Prefilter | None:
     if not _shared:
         _shared.append(Prefilter())
     return _shared[0]
+
+
+def _hyperscan_flags(flags: int, on_lower: bool) -> int:
+    """Hyperscan's flags for a Python regex's (compiled) flags."""
+    flag = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
+    if on_lower or flags & re.IGNORECASE:
+        flag |= hyperscan.HS_FLAG_CASELESS
+    if flags & re.MULTILINE:
+        flag |= hyperscan.HS_FLAG_MULTILINE
+    if flags & re.DOTALL:
+        flag |= hyperscan.HS_FLAG_DOTALL
+    return flag
 
 
 def _collect(pattern_id: int, start: int, end: int, flags: int, found: set[int]) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 from pipelines.fsutil import user_cache_dir, write_cache
 
@@ -35,15 +36,46 @@ class Redaction:
     kind: str
 
 
+class LazyPattern:
+    """A regex compiled on its first use: compiling the ~130 patterns here costs ~45 ms, which every
+    ``repopilot dataset update`` of one file would pay, while the prefilter lets only a few of them run."""
+
+    __slots__ = ("_compiled", "declared_flags", "pattern")
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self.pattern = pattern
+        self.declared_flags = flags  # as written; ``flags`` adds inline ones, such as (?i)
+        self._compiled: re.Pattern[str] | None = None
+
+    @property
+    def compiled(self) -> re.Pattern[str]:
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern, self.declared_flags)
+        return self._compiled
+
+    @property
+    def flags(self) -> int:
+        return self.compiled.flags
+
+    def __getattr__(self, name: str) -> Any:  # search, finditer, sub, ...: the compiled pattern's
+        return getattr(self.compiled, name)
+
+
 @dataclass(frozen=True)
 class _Rule:
     kind: str
-    pattern: re.Pattern[str]
-    group: int = 0  # the group holding the secret; 0 is the whole match, trimmed
-    gates: tuple[re.Pattern[str], ...] = ()  # searched on the lowered text; one must hit for the rule to run
+    pattern: LazyPattern
+    group: int | None = 0  # the group holding the secret; 0 is the whole match, trimmed; None: 1 if any, else 0
+    gates: tuple[LazyPattern, ...] = ()  # searched on the lowered text; one must hit for the rule to run
     on_lower: bool = False  # the pattern is written for the lowered text
     prio: int = 0  # lower wins when two rules report the same span
     literal: bool = False  # the secret must also pass the placeholder and identifier checks
+
+    @property
+    def secret_group(self) -> int:
+        if self.group is None:
+            return 1 if self.pattern.compiled.groups else 0
+        return self.group
 
 
 # Plugins replaced by detectors below (or not secrets at all), and those without a regex list.
@@ -104,11 +136,10 @@ def _plugin_rules() -> list[_Rule]:
     rules = []
     for name, patterns in _plugin_patterns():
         kinds = _PLUGIN_KINDS.get(name, (_kebab(name),))
-        gates = tuple(re.compile(g) for g in _GATES.get(name, ()))
+        gates = tuple(LazyPattern(g) for g in _GATES.get(name, ()))
         for i, (source, flags) in enumerate(patterns):
-            pattern = re.compile(source, flags)
-            group = 1 if name in _GROUP_PLUGINS and pattern.groups else 0
-            rules.append(_Rule(kinds[min(i, len(kinds) - 1)], pattern, group, gates))
+            group = None if name in _GROUP_PLUGINS else 0
+            rules.append(_Rule(kinds[min(i, len(kinds) - 1)], LazyPattern(source, flags), group, gates))
     return rules
 
 
@@ -141,40 +172,40 @@ def _plugin_patterns() -> list[tuple[str, list[tuple[str, int]]]]:
 
 # Formats detect-secrets lacks or matches too narrowly.
 _OWN_RULES = [
-    _Rule("github-token", re.compile(r"github_pat_[A-Za-z0-9_]{60,}")),
-    _Rule("gitlab-token", re.compile(r"glpat-[A-Za-z0-9_-]{20,}")),
-    _Rule("openai-key", re.compile(r"sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}")),
-    _Rule("google-api-key", re.compile(r"AIza[0-9A-Za-z_-]{35}")),
-    _Rule("npm-token", re.compile(r"npm_[A-Za-z0-9]{36}")),
+    _Rule("github-token", LazyPattern(r"github_pat_[A-Za-z0-9_]{60,}")),
+    _Rule("gitlab-token", LazyPattern(r"glpat-[A-Za-z0-9_-]{20,}")),
+    _Rule("openai-key", LazyPattern(r"sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}")),
+    _Rule("google-api-key", LazyPattern(r"AIza[0-9A-Za-z_-]{35}")),
+    _Rule("npm-token", LazyPattern(r"npm_[A-Za-z0-9]{36}")),
     _Rule(
         "aws-secret-key",
-        re.compile(r"aws_?secret_?(?:access_?)?key[\"']?[ \t]*[:=][ \t]*[\"']?([a-z0-9/+]{40})(?![a-z0-9/+])"),
+        LazyPattern(r"aws_?secret_?(?:access_?)?key[\"']?[ \t]*[:=][ \t]*[\"']?([a-z0-9/+]{40})(?![a-z0-9/+])"),
         group=1,
-        gates=(re.compile("aws_?secret"),),
+        gates=(LazyPattern("aws_?secret"),),
         on_lower=True,
     ),
     _Rule(
         "auth-header",
-        re.compile(r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:bearer|basic|token)[ \t]+([a-z0-9+/=._~-]{16,})"),
+        LazyPattern(r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:bearer|basic|token)[ \t]+([a-z0-9+/=._~-]{16,})"),
         group=1,
         on_lower=True,
         prio=2,
         literal=True,
     ),
-    _Rule("jwt", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
-    _Rule("huggingface-token", re.compile(r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{34,}(?![A-Za-z0-9])")),
+    _Rule("jwt", LazyPattern(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
+    _Rule("huggingface-token", LazyPattern(r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{34,}(?![A-Za-z0-9])")),
     _Rule(  # mysql -p<password> (no space: with one, mysql asks for it), also mysqldump/mysqladmin
         "password-argument",
-        re.compile(r"\bmysql(?:dump|admin|import|sh)?\b[^\n]*?[ \t]-p([^\s\"'`-][^\s\"'`]{2,})"),
+        LazyPattern(r"\bmysql(?:dump|admin|import|sh)?\b[^\n]*?[ \t]-p([^\s\"'`-][^\s\"'`]{2,})"),
         group=1,
-        gates=(re.compile("mysql"),),
+        gates=(LazyPattern("mysql"),),
         literal=True,
     ),
     _Rule(  # curl -u user:password, --user user:password
         "password-argument",
-        re.compile(r"\bcurl\b[^\n]*?[ \t](?:-u|--user)[ \t=]*[\"']?[^\s:\"']+:([^\s\"'`]{3,})"),
+        LazyPattern(r"\bcurl\b[^\n]*?[ \t](?:-u|--user)[ \t=]*[\"']?[^\s:\"']+:([^\s\"'`]{3,})"),
         group=1,
-        gates=(re.compile("curl"),),
+        gates=(LazyPattern("curl"),),
         literal=True,
     ),
 ]
@@ -184,18 +215,18 @@ _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
 _ALNUM = frozenset(string.ascii_letters + string.digits)
 _LEAD_TRIM = frozenset(" \t\r\n\"'=:")
 _TAIL_TRIM = frozenset(" \t\r\n\"'")
-_KEY_PREFIX = re.compile(r"[A-Za-z]+=")
-_MASKED = re.compile(r"([xX*])\1{5}")
+_KEY_PREFIX = LazyPattern(r"[A-Za-z]+=")
+_MASKED = LazyPattern(r"([xX*])\1{5}")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
-_PEM_BEGIN = re.compile(r"-{4,5} ?BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?) ?-{4,5}")
-_PEM_BODY = re.compile(r"(?:\s|\\[rn]|[\"'+,]|[A-Za-z][A-Za-z-]*:[^\n\\]*(?=\n|\\))*[A-Za-z0-9+/]{16}")
-_PEM_TAIL = re.compile(r" ?-{0,5}")
-_PUTTY = re.compile(r"PuTTY-User-Key-File-\d+:")
-_PUTTY_END = re.compile(r"Private-MAC: *[0-9a-fA-F]*")
-_MATERIAL_LINE = re.compile(r"[ \t]*(?:[A-Za-z0-9+/=]{8,}|[A-Z][A-Za-z-]*: [^\n]*)?[ \t]*")
+_PEM_BEGIN = LazyPattern(r"-{4,5} ?BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?) ?-{4,5}")
+_PEM_BODY = LazyPattern(r"(?:\s|\\[rn]|[\"'+,]|[A-Za-z][A-Za-z-]*:[^\n\\]*(?=\n|\\))*[A-Za-z0-9+/]{16}")
+_PEM_TAIL = LazyPattern(r" ?-{0,5}")
+_PUTTY = LazyPattern(r"PuTTY-User-Key-File-\d+:")
+_PUTTY_END = LazyPattern(r"Private-MAC: *[0-9a-fA-F]*")
+_MATERIAL_LINE = LazyPattern(r"[ \t]*(?:[A-Za-z0-9+/=]{8,}|[A-Z][A-Za-z-]*: [^\n]*)?[ \t]*")
 
-_URL_CREDS = re.compile(r"://([^\s:/?#@\"'<>`]{1,256}):([^\s/?#@\"'<>`]{1,256})@(?=[\w\[])(?!example\.)")
+_URL_CREDS = LazyPattern(r"://([^\s:/?#@\"'<>`]{1,256}):([^\s/?#@\"'<>`]{1,256})@(?=[\w\[])(?!example\.)")
 
 # A key ending in a credential word, its separator, and a quoted or bare value; one regex per
 # word so that each search starts from a literal (lowered text).
@@ -206,29 +237,29 @@ _ASSIGN_TAIL = (
     r"|(?P<bare>[^\s\"'`,;()\[\]{}<>&]+)(?=[;&\"'`]|[ \t]*(?:\r?$|#|//)))"
 )
 _ASSIGN = tuple(
-    re.compile(word + _ASSIGN_TAIL, re.M) for word in ("pass(?:word|wd|phrase)?", "pwd", "secret", "token", "key")
+    LazyPattern(word + _ASSIGN_TAIL, re.M) for word in ("pass(?:word|wd|phrase)?", "pwd", "secret", "token", "key")
 )
-_KEY_QUALIFIER = re.compile(
+_KEY_QUALIFIER = LazyPattern(
     r"(?:api|access|secret|private|auth|signing|encryption|master|account|app|client|consumer|session"
     r"|shared)[_-]?$"
 )
-_ENV_LINE = re.compile(r"[ \t]*(?:export[ \t]+)?[A-Za-z0-9_.-]*")
-_PLACEHOLDER = re.compile(
+_ENV_LINE = LazyPattern(r"[ \t]*(?:export[ \t]+)?[A-Za-z0-9_.-]*")
+_PLACEHOLDER = LazyPattern(
     r"password|passwd|secret|token|changeme|example|placeholder|dummy|redacted|your[_-]|xxxx|\*\*\*|\.\.\."
     r"|^[\d.,:_-]+$|[{}<>\s\\]|\$[{(A-Za-z_]|%[(s]|^(.)\1*$|^(?:none|null|nil|true|false|undefined)$",
     re.I,
 )
-_PATH_OR_URL = re.compile(r"^(?:/|\.\.?/|~/|[A-Za-z]:\\)|://|\.(?:pem|key|crt|cer|json|ya?ml|txt|p12|pfx|env|pub)$")
-_WORDY = re.compile(r"^[A-Za-z][a-z]*(?:[._-][A-Za-z][a-z]*)*$|^[A-Z]+(?:_[A-Z0-9]+)+$|^#[0-9a-fA-F]{3,8}$")
-_IDENT_CHAIN = re.compile(r"^[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*$")
+_PATH_OR_URL = LazyPattern(r"^(?:/|\.\.?/|~/|[A-Za-z]:\\)|://|\.(?:pem|key|crt|cer|json|ya?ml|txt|p12|pfx|env|pub)$")
+_WORDY = LazyPattern(r"^[A-Za-z][a-z]*(?:[._-][A-Za-z][a-z]*)*$|^[A-Z]+(?:_[A-Z0-9]+)+$|^#[0-9a-fA-F]{3,8}$")
+_IDENT_CHAIN = LazyPattern(r"^[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*$")
 
-_HE_QUOTED = re.compile(r"([\"'`])([A-Za-z0-9+/=_-]{20,})\1")
-_HE_BARE = re.compile(r"[=:][ \t]*([A-Za-z0-9+/_-]{20,}={0,2})[ \t]*\r?$", re.M)
-_HEX = re.compile(r"^(?=.*[0-9])(?=.*[a-fA-F])[0-9a-fA-F]+$")
-_B64 = re.compile(r"^(?=.*[0-9])(?=.*[a-z])(?=.*[A-Z])")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-_WORD_PARTS = re.compile(r"[A-Z]?[a-z]{3,}|[A-Z]{3,}(?![a-z])")
-_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*_\w*$")
+_HE_QUOTED = LazyPattern(r"([\"'`])([A-Za-z0-9+/=_-]{20,})\1")
+_HE_BARE = LazyPattern(r"[=:][ \t]*([A-Za-z0-9+/_-]{20,}={0,2})[ \t]*\r?$", re.M)
+_HEX = LazyPattern(r"^(?=.*[0-9])(?=.*[a-fA-F])[0-9a-fA-F]+$")
+_B64 = LazyPattern(r"^(?=.*[0-9])(?=.*[a-z])(?=.*[A-Z])")
+_UUID = LazyPattern(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_WORD_PARTS = LazyPattern(r"[A-Z]?[a-z]{3,}|[A-Z]{3,}(?![a-z])")
+_IDENTIFIER = LazyPattern(r"^[A-Za-z_]\w*_\w*$")
 _CHAR_CLASS = str.maketrans(
     dict.fromkeys(string.ascii_uppercase, "A")
     | dict.fromkeys(string.ascii_lowercase, "a")
@@ -252,11 +283,12 @@ def _token_spans(text: str, low: str, hits: Hits) -> Iterator[_Span]:
     for rule in rules:
         if rule.gates and not any(g.search(low) for g in rule.gates):
             continue
+        group = rule.secret_group
         for m in rule.pattern.finditer(low if rule.on_lower else text):
-            if m.start(rule.group) < 0:
+            if m.start(group) < 0:
                 continue
-            s, e = m.span(rule.group)
-            if rule.group == 0:
+            s, e = m.span(group)
+            if group == 0:
                 while s < e and text[s] in _LEAD_TRIM:
                     s += 1
                 while e > s and text[e - 1] in _TAIL_TRIM:
@@ -266,7 +298,7 @@ def _token_spans(text: str, low: str, hits: Hits) -> Iterator[_Span]:
                     s = prefix.end()
             while e < n and text[e] in _TOKEN_CHARS:
                 e += 1
-            inside_word = rule.group == 0 and s and text[s - 1] in _ALNUM  # a group may follow a flag (-pSECRET)
+            inside_word = group == 0 and s and text[s - 1] in _ALNUM  # a group may follow a flag (-pSECRET)
             if s == e or inside_word or _MASKED.search(text, s, e):
                 continue
             if not rule.literal or _plausible(text[s:e]):
@@ -415,7 +447,7 @@ def find_secrets(text: str, hits: Hits = None) -> list[Redaction]:
 Hits = frozenset[int] | None
 # Every pattern searched over a whole file, with whether it is written for the lowered text (token rules first,
 # so that a token rule's id is its index in _TOKEN_RULES).
-SCANNED: list[tuple[re.Pattern[str], bool]] = [
+SCANNED: list[tuple[LazyPattern, bool]] = [
     *((rule.pattern, rule.on_lower) for rule in _TOKEN_RULES),
     *((pattern, True) for pattern in _ASSIGN),
     *((pattern, False) for pattern in (_URL_CREDS, _HE_QUOTED, _HE_BARE)),
@@ -423,7 +455,7 @@ SCANNED: list[tuple[re.Pattern[str], bool]] = [
 _PATTERN_IDS = {pattern: i for i, (pattern, _) in enumerate(SCANNED)}
 
 
-def _may_match(pattern: re.Pattern[str], hits: Hits) -> bool:
+def _may_match(pattern: LazyPattern, hits: Hits) -> bool:
     return hits is None or _PATTERN_IDS[pattern] in hits
 
 

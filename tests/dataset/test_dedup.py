@@ -64,3 +64,22 @@ def test_near_copies_share_a_band_bucket() -> None:
     pairs = dedup.candidate_pairs(dedup.band_buckets_many(sigs), np.ones(3, dtype=bool)).tolist()
     assert [0, 1] in pairs and [0, 2] not in pairs and [1, 2] not in pairs
     assert dedup.band_buckets(sigs[0]) == dedup.band_buckets_many(sigs)[0].tolist()
+
+
+def test_the_cached_random_tables_are_numpys_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch) -> None:
+    """The MinHash's fixed random numbers come from the user's cache (no numpy.random import per update); what
+    the cache gives is exactly what numpy's generator gives, and a damaged file is noticed and replaced."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rng = np.random.default_rng(dedup._SEED)
+    probe = rng.integers(0, dedup.NUM_PERM, size=(dedup.NUM_PERM, dedup._PROBES))
+    weights = rng.integers(1, 1 << 63, size=(1, dedup.ROWS), dtype=np.uint64) | np.uint64(1)
+    for attempt in ("generated", "from the cache", "after damage"):
+        got_probe, got_weights = dedup._random_tables()
+        assert got_probe.dtype == probe.dtype and (got_probe == probe).all(), attempt
+        assert got_weights.dtype == weights.dtype and (got_weights == weights).all(), attempt
+        (cache,) = (tmp_path / "repopilot").iterdir()
+        if attempt == "from the cache":
+            raw = bytearray(cache.read_bytes())
+            raw[100] ^= 0xFF
+            cache.write_bytes(bytes(raw))
+    assert np.array_equal(dedup._PROBE, probe) and np.array_equal(dedup._BAND_WEIGHTS, weights)

@@ -100,10 +100,8 @@ def test_build_and_update_give_the_stored_dataset(tmp_path: Path, fixed_clock: N
 def test_the_bulk_paths_give_the_same_dataset(
     tmp_path: Path, fixed_clock: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a big repository takes (worker pool, secret prefilter, bulk range lookups) gives what the
-    one-at-a-time paths give."""
-    for name in ("_PARALLEL_FROM", "_PREFILTER_FROM"):
-        monkeypatch.setattr(builder, name, 0)
+    """What a big repository takes (worker pool, bulk range lookups) gives what the one-at-a-time paths give."""
+    monkeypatch.setattr(builder, "_PARALLEL_FROM", 0)
     monkeypatch.setattr(output, "_BULK_RANGES", 0)
     expected = json.loads(EXPECTED.read_text(encoding="utf-8"))
     assert build_both_ways(tmp_path) == (expected, expected)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.dataset import builder, output
+from pipelines.dataset import output
 from pipelines.dataset.builder import build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from tests.dataset.conftest import Repo, python_file, read_dataset, records, run_cli
@@ -66,8 +66,7 @@ def random_commit(repo: Repo, rng: random.Random, step: int) -> str:
 def test_replayed_history_matches_fresh_builds(
     repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk_paths: bool
 ) -> None:
-    if bulk_paths:  # the paths big updates take (prefiltered secrets, bulk range lookups) decide the same
-        monkeypatch.setattr(builder, "_PREFILTER_FROM", 0)
+    if bulk_paths:  # the path big updates take (bulk range lookups) decides the same
         monkeypatch.setattr(output, "_BULK_RANGES", 0)
     rng = random.Random(7)
     repo.commit({"pkg0/base.py": python_file("base"), "README.md": "# project\n"}, "initial")
