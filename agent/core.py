@@ -22,6 +22,7 @@ from typing import Any
 
 from agent import retrain
 from agent.config import Config, config_path, config_to_dict, load_config, merge_settings, save_config
+from agent.errors import AgentError, StoreError
 from agent.events import EventLog
 from agent.executors import make_executor
 from agent.executors.base import Executor, stop_orphan
@@ -42,7 +43,7 @@ from agent.policy import Decision
 from agent.retrain import RESOURCES
 from agent.server import ServerControl
 from agent.steps import STEPS, StepContext, disk_full
-from agent.store import Repo, Store, StoreError
+from agent.store import Repo, Store
 from agent.views import agent_status, dataset_info, job_info, model_info, repo_info, repo_name
 from agent.watcher import RepoWatch, Watcher, default_ref, find_git_dir, resolve
 from pipelines.dataset.folder import is_dataset
@@ -50,10 +51,6 @@ from pipelines.errors import InputError, RepoError, RepopilotError
 from pipelines.fsutil import make_private
 
 log = logging.getLogger(__name__)
-
-
-class AgentError(RepopilotError):
-    title = "Agent problem"
 
 
 class Agent:

@@ -21,8 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from agent.api.client import AgentClient, AgentNotRunning
+from agent.api.client import AgentClient
 from agent.config import CONFIG_ENV, config_path, load_config
+from agent.errors import AgentNotRunning, DaemonError
 from agent.models import AgentStatus
 from agent.paths import AgentPaths
 from agent.procs import pid_alive
@@ -32,10 +33,6 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 90.0
 """How long a stopping agent may take (a training job writes its checkpoint) before it is killed."""
-
-
-class DaemonError(RepopilotError):
-    title = "Agent did not start"
 
 
 def data_paths(config_file: str | os.PathLike[str] | None = None) -> AgentPaths:

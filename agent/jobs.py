@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.errors import JobError, UnknownJob
 from agent.models import RETRYABLE, JobKind, JobState
 from agent.procs import pid_alive
 from agent.store import Store
@@ -24,12 +25,6 @@ from pipelines.errors import RepopilotError
 
 FINISHED_BADLY = frozenset({JobState.FAILED, JobState.CANCELLED})
 GATE_PASSED = "gate_passed"
-
-
-class JobError(RepopilotError):
-    """A job does not exist or cannot make the change asked for in its state."""
-
-    title = "Job problem"
 
 
 class JobCancelled(Exception):
@@ -340,7 +335,7 @@ class JobQueue:
     def _row(self, conn: sqlite3.Connection, job_id: int) -> Job:
         row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise JobError(f"no job with id {job_id}", title="Unknown job")
+            raise UnknownJob(f"no job with id {job_id}")
         return _job(row)
 
     def _select(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> builtins.list[Job]:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import TrainingConfig
+from agent.errors import StoreError
 from agent.executors.base import read_json
 from agent.jobs import GATE_PASSED, Job, JobKind, JobSpec, JobState
 from agent.policy import Decision, should_retrain
-from agent.store import StoreError
 
 if TYPE_CHECKING:
     from agent.core import Agent

@@ -13,10 +13,11 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.errors import AgentError, StackError, StoreError
 from agent.models import ServerInfo, ServiceInfo
 from agent.stack.compose import TRITON_IMAGE, StackSettings
-from agent.stack.embedded import EmbeddedRuntime, StackError
-from agent.store import Model, ModelStatus, StoreError
+from agent.stack.embedded import EmbeddedRuntime
+from agent.store import Model, ModelStatus
 from pipelines.dataset.folder import is_dataset
 
 if TYPE_CHECKING:
@@ -100,8 +101,6 @@ class ServerControl:
     def start(self) -> ServerInfo:
         deployment = self.agent.store.current_deployment()
         if deployment is None:
-            from agent.core import AgentError
-
             raise AgentError(
                 "No model is deployed yet. Add a repository and wait for the first model (or `repopilot retrain`).",
                 title="Nothing to serve",

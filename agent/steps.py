@@ -17,21 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.executors.base import ExecutorError, TrainTask, repopilot_command, run_logged
+from agent.errors import ExecutorError, StepError, StoreError
+from agent.executors.base import TrainTask, repopilot_command, run_logged
 from agent.jobs import Job, JobKind
-from agent.store import Model, ModelStatus, StoreError
+from agent.store import Model, ModelStatus
 from pipelines.cli_util import Exit
 from pipelines.convert.layout import ft_folder, hf_folder
 from pipelines.dataset.folder import MANIFEST, STATS, data_files, indexed_commits, is_dataset, read_manifest, read_stats
-from pipelines.errors import RepoError, RepopilotError
+from pipelines.errors import RepoError
 from pipelines.fsutil import write_json_atomic
 
 if TYPE_CHECKING:
     from agent.core import Agent
-
-
-class StepError(RepopilotError):
-    title = "Job failed"
 
 
 @dataclass

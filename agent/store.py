@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import RepopilotError
+from agent.errors import StoreError, UnknownRecord
 
 SCHEMA_VERSION = 1
 
@@ -78,12 +78,6 @@ _MIGRATIONS: dict[int, str] = {
     );
     """,
 }
-
-
-class StoreError(RepopilotError):
-    """The state database is unreadable, too new, or was asked for something it does not hold."""
-
-    title = "Agent state problem"
 
 
 class ModelStatus(str, enum.Enum):
@@ -257,7 +251,7 @@ class Store:
         """The repository called ``name``; StoreError when unknown."""
         row = self.conn().execute("SELECT * FROM repos WHERE name = ?", (name,)).fetchone()
         if row is None:
-            raise StoreError(f"no watched repository called {name!r}", title="Unknown repository")
+            raise UnknownRecord(f"no watched repository called {name!r}", title="Unknown repository")
         return _repo(row)
 
     def list_repos(self) -> list[Repo]:
@@ -268,7 +262,7 @@ class Store:
         """Record the last commit the dataset was built from."""
         with self.transaction() as conn:
             if conn.execute("UPDATE repos SET last_indexed_commit = ? WHERE name = ?", (commit, name)).rowcount != 1:
-                raise StoreError(f"no watched repository called {name!r}", title="Unknown repository")
+                raise UnknownRecord(f"no watched repository called {name!r}", title="Unknown repository")
 
     def remove_repo(self, name: str) -> None:
         """Stop watching a repository (no error when it was not watched)."""
@@ -313,7 +307,7 @@ class Store:
         """The model ``version``; StoreError when unknown."""
         row = self.conn().execute("SELECT * FROM models WHERE version = ?", (version,)).fetchone()
         if row is None:
-            raise StoreError(f"no model with version {version!r}", title="Unknown model")
+            raise UnknownRecord(f"no model with version {version!r}", title="Unknown model")
         return _model(row)
 
     def list_models(self, status: ModelStatus | None = None) -> list[Model]:
@@ -339,7 +333,7 @@ class Store:
         with self.transaction() as conn:
             cur = conn.execute(f"UPDATE models SET {assignments} WHERE version = ?", (*values.values(), version))
             if cur.rowcount != 1:
-                raise StoreError(f"no model with version {version!r}", title="Unknown model")
+                raise UnknownRecord(f"no model with version {version!r}", title="Unknown model")
         return self.get_model(version)
 
     def remove_model(self, version: str) -> None:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.errors import StoreError
 from agent.jobs import Job, JobKind, JobState
 from agent.models import AgentState, AgentStatus, DatasetInfo, ErrorInfo, JobInfo, ModelInfo, RepoInfo
 from agent.policy import models_to_prune, should_retrain
-from agent.store import Model, Repo, StoreError
+from agent.store import Model, Repo
 from agent.watcher import find_git_dir, resolve
 from pipelines.dataset.folder import read_stats
 from pipelines.errors import InputError

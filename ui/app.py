@@ -20,6 +20,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QTimer
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
+from agent.errors import AgentNotRunning
 from ui import __version__
 from ui.backend import Api, Backend
 from ui.dashboard import Dashboard
@@ -47,8 +48,6 @@ def connect_agent(config_file: str | None = None, timeout: float = 60) -> Api:
 
 def start_installed_agent(config_file: str | None, timeout: float) -> None:
     """`repopilot agent start` of the pip-installed agent (what a frozen bundle, without the agent inside, runs)."""
-    from agent.api.client import AgentNotRunning
-
     command = os.environ.get("REPOPILOT_AGENT_COMMAND") or shutil.which("repopilot")
     if not command:
         raise AgentNotRunning(

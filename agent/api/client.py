@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from agent.api import API_PREFIX
-from agent.jobs import JobError
+from agent.errors import BY_NAME, NOT_RUNNING, AgentNotRunning
 from agent.models import (
     AgentStatus,
     DatasetInfo,
@@ -37,23 +37,12 @@ from agent.models import (
     from_json,
 )
 from agent.procs import pid_alive
-from agent.stack.embedded import StackError
-from agent.store import StoreError
-from pipelines import errors as _errors
 from pipelines.errors import RepopilotError
 
-NOT_RUNNING = "The repopilot agent is not running. Start it with `repopilot agent start`."
 LONG_CALL_S = 900.0
 """Calls that start or ask the completion server wait this long (loading a model takes a while)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class AgentNotRunning(RepopilotError):
-    title = "Agent not running"
-
-    def __init__(self, message: str = NOT_RUNNING, *, title: str | None = None) -> None:
-        super().__init__(message, title=title)
 
 
 class RemoteError(RepopilotError):
@@ -70,25 +59,9 @@ class RemoteError(RepopilotError):
         self.status = status
 
 
-# Error classes rebuilt as themselves (a RemoteError too): `except RepoError` works the same in-process and here.
-_KNOWN_ERRORS: dict[str, type[RepopilotError]] = {
-    cls.__name__: cls
-    for cls in (
-        _errors.RepopilotError,
-        _errors.InputError,
-        _errors.RepoError,
-        _errors.DatasetError,
-        JobError,
-        StoreError,
-        StackError,
-        AgentNotRunning,
-    )
-}
-
-
 @functools.cache
 def _remote_class(name: str) -> type[RemoteError]:
-    base = _KNOWN_ERRORS.get(name)
+    base = BY_NAME.get(name)  # rebuilt as itself (a RemoteError too): `except JobError` works here as in process
     if base is None:
         return RemoteError
     return typing.cast(type[RemoteError], type(f"Remote{name}", (RemoteError, base), {"__module__": __name__}))

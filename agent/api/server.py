@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agent.api import API_PREFIX, RPC_METHODS
+from agent.errors import ApiError, http_status
 from agent.models import to_json
 from pipelines.errors import InputError, RepopilotError
 from pipelines.fsutil import write_json_atomic
@@ -47,10 +48,6 @@ LOOPBACK = "127.0.0.1"
 MAX_BODY = 1 << 20
 MAX_POLL_S = 60.0
 TOKEN_BYTES = 32
-
-
-class ApiError(RepopilotError):
-    title = "Agent API problem"
 
 
 # -- token and endpoint files ------------------------------------------------------------------------------
@@ -103,18 +100,7 @@ def remove_endpoint(path: Path) -> None:
 
 # -- errors as HTTP ----------------------------------------------------------------------------------------
 
-_STATUS_BY_CLASS = {"InputError": 400, "JobError": 409, "AgentError": 409, "StackError": 409, "ExecutorError": 409}
 MAX_CONNECTIONS = 64
-
-
-def http_status(exc: RepopilotError) -> int:
-    """400 for bad input, 404 for an unknown job/model/repo, 409 for a request the agent's state refuses."""
-    if exc.title.lower().startswith("unknown ") or "not found" in exc.title.lower():
-        return 404
-    for cls in type(exc).__mro__:
-        if cls.__name__ in _STATUS_BY_CLASS:
-            return _STATUS_BY_CLASS[cls.__name__]
-    return 500
 
 
 def error_body(kind: str, title: str, message: str) -> dict[str, Any]:

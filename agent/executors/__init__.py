@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from agent.executors.base import Executor, ExecutorError
+from agent.errors import UnknownBox
+from agent.executors.base import Executor
 from agent.executors.local import LocalExecutor
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ def make_executor(
         wanted = box_name or config.training.box
         box = next((b for b in boxes if b.name == wanted), None)
         if box is None and wanted != "local":
-            raise ExecutorError(f"No GPU box named {wanted!r} in {where}.", title="Unknown GPU box")
+            raise UnknownBox(f"No GPU box named {wanted!r} in {where}.")
     elif boxes:
         box = boxes[0]
     work = paths.jobs

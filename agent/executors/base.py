@@ -22,17 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import RepopilotError
-
 Report = Callable[[dict[str, Any]], None]
 IsCancelled = Callable[[], bool]
 JOB_ENV = "REPOPILOT_JOB_ID"
-
-
-class ExecutorError(RepopilotError):
-    """A box cannot run the job (unreachable, not set up, out of disk...)."""
-
-    title = "Training box problem"
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from agent.errors import ExecutorError
 from agent.executors.base import (
     Executor,
-    ExecutorError,
     IsCancelled,
     Report,
     TrainTask,

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import agent
 from agent.config import GpuBox
+from agent.errors import ExecutorError
 from agent.executors.base import (
     Executor,
-    ExecutorError,
     IsCancelled,
     Report,
     TrainTask,

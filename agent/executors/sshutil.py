@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.executors.base import JOB_ENV, ExecutorError, TrainTask
+from agent.errors import ExecutorError
+from agent.executors.base import JOB_ENV, TrainTask
 
 if sys.version_info >= (3, 11):
     import tomllib

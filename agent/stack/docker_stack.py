@@ -9,8 +9,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from agent.errors import StackError
 from agent.stack.compose import StackSettings, read_settings, write_project
-from agent.stack.embedded import ServiceStatus, StackError
+from agent.stack.embedded import ServiceStatus
 from agent.stack.health import Probe, api_health, test_completion, triton_ready, wait_for
 
 SERVICES = ("triton", "copilot_proxy")

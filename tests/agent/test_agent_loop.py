@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.core import Agent, AgentError
+from agent.core import Agent
+from agent.errors import AgentError
 from agent.models import AgentState
 from pipelines.errors import RepoError
 from tests.agent.agentkit import jobs_summary, make_repo, settled, wait_for, write_config

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from agent.api import RPC_METHODS
-from agent.api.client import NOT_RUNNING, AgentClient, AgentNotRunning, RemoteError
+from agent.api.client import AgentClient, RemoteError
 from agent.api.server import ApiServer, ensure_token
 from agent.config import AgentConfig, Config, PolicyConfig, ServerConfig, TrainingConfig
 from agent.core import Agent
-from agent.jobs import JobError
+from agent.errors import NOT_RUNNING, AgentNotRunning, JobError
 from agent.models import AgentState, AgentStatus, EventBatch, RepoInfo
 from pipelines.errors import InputError, RepoError, RepopilotError
 from tests.dataset.conftest import Repo, python_file

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.executors.base import ExecutorError, TrainTask
+from agent.errors import ExecutorError
+from agent.executors.base import TrainTask
 from agent.executors.ssh import SshExecutor, install_script, training_requirements
 from agent.executors.sshutil import PRIVATE, RemoteRun, control_dir_for
 from agent.jobs import JobCancelled

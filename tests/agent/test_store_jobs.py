@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.jobs import GATE_PASSED, Job, JobCancelled, JobError, JobKind, JobQueue, JobSpec, JobState
-from agent.store import SCHEMA_VERSION, Model, ModelStatus, Repo, Store, StoreError
+from agent.errors import JobError, StoreError
+from agent.jobs import GATE_PASSED, Job, JobCancelled, JobKind, JobQueue, JobSpec, JobState
+from agent.store import SCHEMA_VERSION, Model, ModelStatus, Repo, Store
 from pipelines.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parents[2]

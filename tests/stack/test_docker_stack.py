@@ -14,9 +14,9 @@ import time
 
 import pytest
 
+from agent.errors import StackError
 from agent.stack.compose import TRITON_CPU_STANDIN_IMAGE, StackSettings
 from agent.stack.docker_stack import DockerStack, docker_available
-from agent.stack.embedded import StackError
 from pipelines.convert import ConvertOptions, convert
 from tests.services import ROOT, complete, free_port, listening_on, require, trained_tiny
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.stack.embedded import EmbeddedRuntime, StackError
+from agent.errors import StackError
+from agent.stack.embedded import EmbeddedRuntime
 from tests.services import complete, free_port, trained_tiny
 
 
