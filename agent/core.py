@@ -24,8 +24,7 @@ from agent import retrain
 from agent.config import Config, config_path, config_to_dict, load_config, merge_settings, save_config
 from agent.errors import AgentError, StoreError
 from agent.events import EventLog
-from agent.executors import make_executor
-from agent.executors.base import Executor, stop_orphan
+from agent.executors.base import stop_orphan
 from agent.jobs import Job, JobCancelled, JobKind, JobQueue, JobSpec, JobState
 from agent.logs import log_to, tail
 from agent.models import (
@@ -42,11 +41,11 @@ from agent.paths import AgentPaths
 from agent.policy import Decision
 from agent.retrain import RESOURCES
 from agent.server import ServerControl
+from agent.services import Services
 from agent.steps import STEPS, StepContext, disk_full
 from agent.store import Repo, Store
 from agent.views import agent_status, dataset_info, job_info, model_info, repo_info, repo_name
 from agent.watcher import RepoWatch, Watcher, default_ref, find_git_dir, resolve
-from pipelines.dataset.folder import is_dataset
 from pipelines.errors import InputError, RepoError, RepopilotError
 from pipelines.fsutil import make_private
 
@@ -58,19 +57,22 @@ class Agent:
 
     def __init__(self, config: Config | None = None, config_file: str | Path | None = None, workers: int = 2) -> None:
         self.config_file = config_path(config_file)
-        self.config = config or load_config(self.config_file)
-        self.paths = AgentPaths(Path(self.config.agent.data_dir).expanduser())
+        config = config or load_config(self.config_file)
+        self.paths = AgentPaths(Path(config.agent.data_dir).expanduser())
         self.paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.paths.jobs.mkdir(exist_ok=True, mode=0o700)
         self.store = Store(self.paths.state_db)
         self.queue = JobQueue(self.store)
         self.events = EventLog()
-        self.server = ServerControl(self)
         self.watcher = Watcher(self._on_repo_change, debounce_s=1.0, poll_interval_s=5.0, on_error=self._on_watch_error)
+        self.services = Services(
+            config, self.config_file, self.paths, self.store, self.queue, self.events, self.watcher
+        )
+        self.server = ServerControl(self.services)
         self._workers = workers
         self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
-        self._wake = threading.Condition()
+        self._stopping = self.services.stopping
+        self._wake = self.services.wake
         self._lock_handle: Any = None
         self._last_error: ErrorInfo | None = None
         self._policy_lock = threading.Lock()
@@ -97,7 +99,7 @@ class Agent:
             stop_orphan(self.paths.job_pid(job.id), job.id)
             if job.kind == JobKind.TRAIN:
                 with contextlib.suppress(RepopilotError):
-                    self.executor(job.params.get("box")).cleanup_orphans(job.id)
+                    self.services.executor(job.params.get("box")).cleanup_orphans(job.id)
             log.info("job %s (%s) was interrupted and is re-queued", job.id, job.kind.value)
         for repo in self.store.list_repos():
             self._watch(repo)
@@ -133,6 +135,11 @@ class Agent:
         self.store.close()
         log.info("agent stopped")
 
+    @property
+    def config(self) -> Config:
+        """The configuration in force (replaced by :meth:`update_settings`)."""
+        return self.services.config
+
     def _spawn(self, target: Any, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
@@ -141,16 +148,11 @@ class Agent:
     # -- status and events ------------------------------------------------------------------------------------
     def status(self) -> AgentStatus:
         """The state at a glance (what the tray icon shows)."""
-        return agent_status(self, self._last_error)
+        return agent_status(self.services, self._last_error, self.server.running())
 
     def wait_events(self, since: int = 0, timeout: float = 25.0) -> EventBatch:
         """Events after ``since`` (waits up to ``timeout`` s for one); pass the batch's cursor next time."""
         return self.events.wait(since, min(max(timeout, 0.0), 60.0))
-
-    def notify(self, title: str, message: str) -> None:
-        """A desktop notification for the tray (model trained/deployed/rolled back, job failed)."""
-        log.info("%s: %s", title, message)
-        self.events.publish("notification", {"title": title, "message": message})
 
     def clear_error(self) -> AgentStatus:
         """Forget the last error (the tray's "dismiss")."""
@@ -190,7 +192,7 @@ class Agent:
             self._watch(repo)
         self.changed("repo", name=name, action="added")
         self._queue_dataset(f"repository {name} added")
-        return repo_info(self, repo)
+        return repo_info(self.services, repo)
 
     def remove_repo(self, name: str) -> None:
         """Stop watching ``name``; the dataset is rebuilt without it."""
@@ -202,11 +204,11 @@ class Agent:
             self._queue_dataset(f"repository {name} removed")
 
     def list_repos(self) -> list[RepoInfo]:
-        return [repo_info(self, r) for r in self.store.list_repos()]
+        return [repo_info(self.services, r) for r in self.store.list_repos()]
 
     def dataset(self) -> DatasetInfo:
         """The current dataset, its stats, and what the retrain policy thinks of it."""
-        return dataset_info(self)
+        return dataset_info(self.services)
 
     def pause_watching(self) -> None:
         self.paths.paused_flag.touch()
@@ -229,16 +231,16 @@ class Agent:
     def list_jobs(self, state: str | None = None, limit: int = 100) -> list[JobInfo]:
         """Jobs, newest first."""
         jobs = self.queue.list(state)
-        return [job_info(self, j) for j in reversed(jobs[-limit:])] if limit > 0 else []
+        return [job_info(self.paths, j) for j in reversed(jobs[-limit:])] if limit > 0 else []
 
     def get_job(self, job_id: int) -> JobInfo:
-        return job_info(self, self.queue.get(job_id), with_losses=True)
+        return job_info(self.paths, self.queue.get(job_id), with_losses=True)
 
     def cancel_job(self, job_id: int) -> JobInfo:
         """Cancel a queued or running job (a running one is stopped) and the jobs waiting on it."""
         job = self.queue.cancel(job_id)
         self.changed("job", id=job_id, state=job.state.value)
-        return job_info(self, job)
+        return job_info(self.paths, job)
 
     def retry_job(self, job_id: int) -> JobInfo:
         """Run a failed, cancelled or interrupted job again (and the jobs it took down with it)."""
@@ -250,7 +252,7 @@ class Agent:
         job = self.queue.retry(job_id)
         self.changed("job", id=job_id, state=job.state.value)
         self.kick()
-        return job_info(self, job)
+        return job_info(self.paths, job)
 
     def job_log(self, job_id: int, lines: int = 200) -> str:
         self.queue.get(job_id)
@@ -258,7 +260,7 @@ class Agent:
 
     def retrain_now(self) -> list[JobInfo]:
         """Update the dataset, then train, evaluate, convert and deploy, whatever the policy says."""
-        pending = retrain.pending_retrain(self)
+        pending = retrain.pending_retrain(self.queue)
         if pending is not None:
             raise AgentError(
                 f"A retrain is already queued or running (job {pending.id}, {pending.kind.value}).",
@@ -269,23 +271,23 @@ class Agent:
         jobs = self.queue.chain(
             [
                 JobSpec(JobKind.DATASET, {"reason": "retrain now"}, RESOURCES[JobKind.DATASET]),
-                *retrain.retrain_steps(self, {}),
+                *retrain.retrain_steps(self.services, {}),
             ]
         )
         self.changed("job", id=jobs[0].id, state="queued", message="retrain requested")
         self.kick()
-        return [job_info(self, j) for j in jobs]
+        return [job_info(self.paths, j) for j in jobs]
 
     # -- models and serving -----------------------------------------------------------------------------------
     def list_models(self) -> list[ModelInfo]:
         """Models, newest first."""
         serving = self.store.current_deployment()
         models = sorted(self.store.list_models(), key=lambda m: m.created_at, reverse=True)
-        return [model_info(self, m, serving.model if serving else None) for m in models]
+        return [model_info(m, serving.model if serving else None) for m in models]
 
     def get_model(self, version: str) -> ModelInfo:
         serving = self.store.current_deployment()
-        return model_info(self, self.store.get_model(version), serving.model if serving else None)
+        return model_info(self.store.get_model(version), serving.model if serving else None)
 
     def deploy_model(self, version: str) -> JobInfo:
         """Queue serving ``version`` (any kept model: this is also how to roll back to an older one)."""
@@ -295,7 +297,7 @@ class Agent:
         job = self.queue.enqueue(JobKind.DEPLOY, {"model": version, "reason": "manual"}, (), RESOURCES[JobKind.DEPLOY])
         self.changed("job", id=job.id, state="queued")
         self.kick()
-        return job_info(self, job)
+        return job_info(self.paths, job)
 
     def rollback(self) -> JobInfo:
         """Queue serving the model that served before the current one."""
@@ -313,7 +315,7 @@ class Agent:
                     )
                     self.changed("job", id=job.id, state="queued")
                     self.kick()
-                    return job_info(self, job)
+                    return job_info(self.paths, job)
         raise AgentError(f"{current.model} is the only model that served; nothing to roll back to.",
                          title="Nothing to roll back")  # fmt: skip
 
@@ -350,48 +352,16 @@ class Agent:
         if Path(new.agent.data_dir).expanduser() != self.paths.root:
             raise InputError("agent.data_dir cannot change while the agent runs; edit the file and restart it.")
         save_config(new, self.config_file)
-        self.config = new
+        self.services.config = new
         self.changed("settings")
         self.apply_policy()
         return config_to_dict(new)
 
-    # -- internals: executors, policy, deploy ------------------------------------------------------------------
-    def executor(self, box_name: str | None = None) -> Executor:
-        """The executor of the GPU box ``box_name`` (default: ``[training] box``, else the first box, else here)."""
-        # detach: when the agent stops, a remote job keeps running and the next start reattaches to it
-        return make_executor(self.config, box_name, self.paths, detach=self._stopping.is_set, where=self.config_file)
-
-    def latest_dataset(self, version: str | None = None) -> dict[str, Any] | None:
-        versions = self.store.list_dataset_versions()
-        if version is None and versions:
-            version = max(versions, key=lambda v: v.created_at).version
-        if version is None or not is_dataset(self.paths.snapshot(version)):
-            return None
-        return {"dataset_version": version, "snapshot": str(self.paths.snapshot(version))}
-
-    def serve_model(self, version: str, reason: str = "deploy") -> dict[str, Any]:
-        """Make the server serve ``version`` now (start it when configured to); records the deployment."""
-        result = self.server.serve(version, reason)
-        self._prune_models()
-        return result
-
+    # -- internals: policy, workers, watcher ------------------------------------------------------------------
     def apply_policy(self, now: dt.datetime | None = None) -> Decision | None:
         """Queue a retrain chain when the policy says so (called after each dataset update and on a timer)."""
         with self._policy_lock:
-            return retrain.apply_policy(self, now or dt.datetime.now())
-
-    def train_args(self) -> list[str]:
-        return retrain.train_args(self.config.training)
-
-    def baseline_for(self, version: str, run_dir: Path) -> tuple[Path, str]:
-        """What a new model is compared with: the serving model, else the base it was trained from."""
-        return retrain.baseline_for(self, version, run_dir)
-
-    def _prune_models(self) -> None:
-        from agent.views import prune_models
-
-        with contextlib.suppress(OSError, RepopilotError):
-            prune_models(self)
+            return retrain.apply_policy(self.services, now or dt.datetime.now())
 
     def _queue_dataset(self, reason: str) -> None:
         if any(j.kind == JobKind.DATASET for j in self.queue.list(JobState.QUEUED)):
@@ -418,8 +388,15 @@ class Agent:
     # -- internals: workers -----------------------------------------------------------------------------------
     def kick(self) -> None:
         """Wake the workers: a job was queued."""
-        with self._wake:
-            self._wake.notify_all()
+        self.services.kick()
+
+    def changed(self, event: str, **data: Any) -> None:
+        """Publish an event (``job``, ``repo``, ``model``, ``server``, ``status``, ``settings``)."""
+        self.services.changed(event, **data)
+
+    def notify(self, title: str, message: str) -> None:
+        """A desktop notification for the tray (model trained/deployed/rolled back, job failed)."""
+        self.services.notify(title, message)
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -459,7 +436,7 @@ class Agent:
 
         try:
             try:
-                result = STEPS[job.kind](StepContext(job, self, report, is_cancelled))
+                result = STEPS[job.kind](StepContext(job, self.services, self.server, report, is_cancelled))
             except OSError as exc:  # the agent's own writes (snapshot, store, logs)
                 full = disk_full(self.paths.root, job.id, str(exc))
                 if full is None:
@@ -492,7 +469,3 @@ class Agent:
         while not self._stopping.wait(60.0):
             with contextlib.suppress(Exception):
                 self.apply_policy()
-
-    def changed(self, event: str, **data: Any) -> None:
-        """Publish an event (``job``, ``repo``, ``model``, ``server``, ``status``, ``settings``)."""
-        self.events.publish(event, data)

@@ -11,17 +11,15 @@ import json
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.errors import AgentError, StackError, StoreError
 from agent.models import ServerInfo, ServiceInfo
+from agent.services import Services
 from agent.stack.compose import TRITON_IMAGE, StackSettings
 from agent.stack.embedded import EmbeddedRuntime
 from agent.store import Model, ModelStatus
 from pipelines.dataset.folder import is_dataset
-
-if TYPE_CHECKING:
-    from agent.core import Agent
 
 
 def docker_settings(docker) -> StackSettings | None:
@@ -34,20 +32,20 @@ def docker_settings(docker) -> StackSettings | None:
 
 
 class ServerControl:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
 
     # -- what runs ----------------------------------------------------------------------------------------------
     @property
     def stack_dir(self) -> Path:
-        return self.agent.paths.stack
+        return self.svc.paths.stack
 
     def runtime(self) -> str:
         """The runtime in use (the one recorded by the last start), else the configured one."""
         marker = self.stack_dir / "runtime"
         if marker.exists():
             return marker.read_text().strip()
-        wanted = self.agent.config.server.runtime
+        wanted = self.svc.config.server.runtime
         if wanted == "auto":
             from agent.stack.cli import choose_runtime
 
@@ -70,8 +68,8 @@ class ServerControl:
 
     def info(self, probe: bool = True) -> ServerInfo:
         runtime = self.runtime()
-        port = self.agent.config.server.port
-        deployment = self.agent.store.current_deployment()
+        port = self.svc.config.server.port
+        deployment = self.svc.store.current_deployment()
         model = deployment.model if deployment else None
         url = f"http://127.0.0.1:{port}/v1"
         if runtime == "embedded":
@@ -99,13 +97,13 @@ class ServerControl:
 
     # -- actions ------------------------------------------------------------------------------------------------
     def start(self) -> ServerInfo:
-        deployment = self.agent.store.current_deployment()
+        deployment = self.svc.store.current_deployment()
         if deployment is None:
             raise AgentError(
                 "No model is deployed yet. Add a repository and wait for the first model (or `repopilot retrain`).",
                 title="Nothing to serve",
             )
-        self._up(self.agent.store.get_model(deployment.model))
+        self._up(self.svc.store.get_model(deployment.model))
         return self.info()
 
     def stop(self) -> ServerInfo:
@@ -128,7 +126,7 @@ class ServerControl:
                 elif not embedded.wait_healthy():  # started by an agent that died before it was healthy
                     embedded.down()
                     self._up(model)
-            elif self.agent.config.server.start_on_deploy:
+            elif self.svc.config.server.start_on_deploy:
                 self._up(model)
         else:
             if self._docker_running():
@@ -136,29 +134,29 @@ class ServerControl:
                 settings = docker_settings(docker)
                 if settings is None or settings.model != model.version or not all(s.healthy for s in docker.status()):
                     docker.swap(model.version)
-            elif self.agent.config.server.start_on_deploy:
+            elif self.svc.config.server.start_on_deploy:
                 self._up(model)
         return self.info(probe=False)
 
     def serve(self, version: str, reason: str = "deploy") -> dict[str, Any]:
         """Deploy ``version`` (see :meth:`deploy`) and record it: deployments, model statuses, events."""
-        agent = self.agent
-        model = agent.store.get_model(version)
+        svc = self.svc
+        model = svc.store.get_model(version)
         info = self.deploy(model)
-        current = agent.store.current_deployment()
+        current = svc.store.current_deployment()
         if current is None or current.model != version:
             previous = current.model if current else None
-            agent.store.start_deployment(version, info.runtime)
+            svc.store.start_deployment(version, info.runtime)
             if previous:
                 with contextlib.suppress(StoreError):
-                    agent.store.update_model(previous, status=ModelStatus.CONVERTED)
-            agent.store.update_model(version, status=ModelStatus.DEPLOYED)
+                    svc.store.update_model(previous, status=ModelStatus.CONVERTED)
+            svc.store.update_model(version, status=ModelStatus.DEPLOYED)
             title = "Model rolled back" if reason == "rollback" else "Model deployed"
-            agent.notify(
+            svc.notify(
                 title, f"{version} now serves completions at {info.url}" + (f" (was {previous})" if previous else "")
             )
-        agent.changed("model", version=version, action="deployed")
-        agent.changed("server", running=info.running)
+        svc.changed("model", version=version, action="deployed")
+        svc.changed("server", running=info.running)
         return {"model": version, "runtime": info.runtime, "url": info.url, "server_running": info.running}
 
     def complete(self, prompt: str, max_tokens: int = 32) -> str:
@@ -167,8 +165,8 @@ class ServerControl:
             raise StackError("The completion server is not running. Start it first.", title="Server stopped")
         body = {"model": "fastertransformer", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
         headers = {"Content-Type": "application/json"}
-        if self.agent.config.server.api_key:
-            headers["Authorization"] = f"Bearer {self.agent.config.server.api_key}"
+        if self.svc.config.server.api_key:
+            headers["Authorization"] = f"Bearer {self.svc.config.server.api_key}"
         request = urllib.request.Request(f"{info.url}/engines/codegen/completions", json.dumps(body).encode(), headers)
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
@@ -190,17 +188,17 @@ class ServerControl:
             "fauxpilot.maxLines": 150,  # the window the server prefills ahead for (`repopilot serve --window-lines`)
             "fauxpilot.inlineCompletion": True,
         }
-        if self.agent.config.server.api_key:
-            settings["fauxpilot.token"] = self.agent.config.server.api_key
+        if self.svc.config.server.api_key:
+            settings["fauxpilot.token"] = self.svc.config.server.api_key
         return settings
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _up(self, model: Model) -> None:
-        server = self.agent.config.server
+        server = self.svc.config.server
         runtime = self.runtime() if (self.stack_dir / "runtime").exists() else self._configured_runtime()
         self.stack_dir.mkdir(parents=True, exist_ok=True)
         (self.stack_dir / "runtime").write_text(runtime)
-        current = self.agent.paths.current_dataset
+        current = self.svc.paths.current_dataset
         context = current if server.context and is_dataset(current) else None
         if runtime == "embedded":
             target = self._embedded_dir(model)
@@ -210,7 +208,7 @@ class ServerControl:
         from agent.stack.cli import has_nvidia_gpu
 
         settings = StackSettings(
-            models_root=str(self.agent.paths.serving_root.resolve()),
+            models_root=str(self.svc.paths.serving_root.resolve()),
             model=model.version,
             num_gpus=server.gpus,
             gpus=",".join(str(i) for i in range(server.gpus)),
@@ -229,7 +227,7 @@ class ServerControl:
         self._docker().up(settings)
 
     def _configured_runtime(self) -> str:
-        wanted = self.agent.config.server.runtime
+        wanted = self.svc.config.server.runtime
         if wanted == "auto":
             from agent.stack.cli import choose_runtime
 

@@ -15,26 +15,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.errors import ExecutorError, StepError, StoreError
 from agent.executors.base import TrainTask, repopilot_command, run_logged
 from agent.jobs import Job, JobKind
+from agent.pruning import prune_models
+from agent.retrain import baseline_for, train_args
+from agent.server import ServerControl
+from agent.services import Services
 from agent.store import Model, ModelStatus
 from pipelines.cli_util import Exit
 from pipelines.convert.layout import ft_folder, hf_folder
 from pipelines.dataset.folder import MANIFEST, STATS, data_files, indexed_commits, is_dataset, read_manifest, read_stats
-from pipelines.errors import RepoError
+from pipelines.errors import RepoError, RepopilotError
 from pipelines.fsutil import write_json_atomic
-
-if TYPE_CHECKING:
-    from agent.core import Agent
 
 
 @dataclass
 class StepContext:
+    """What a step gets: its job, the agent's services and completion server, and how to report and to know it
+    is cancelled."""
+
     job: Job
-    agent: Agent
+    svc: Services
+    server: ServerControl
     report: Callable[[dict[str, Any]], None]
     is_cancelled: Callable[[], bool]
 
@@ -42,7 +47,7 @@ class StepContext:
         """The result of the nearest job of ``kind`` this job depends on (directly or not)."""
         frontier, seen = list(self.job.depends_on), set()
         while frontier:
-            job = self.agent.queue.get(frontier.pop(0))
+            job = self.svc.queue.get(frontier.pop(0))
             if job.kind == kind:
                 return job.result or {}
             seen.add(job.id)
@@ -51,7 +56,7 @@ class StepContext:
 
     def run_cli(self, *args: str) -> int:
         """`repopilot ARGS` with JSON progress, logged to the job's log; its exit code."""
-        paths = self.agent.paths
+        paths = self.svc.paths
         return run_logged(
             repopilot_command(*args),
             job_id=self.job.id,
@@ -62,9 +67,9 @@ class StepContext:
         )
 
     def fail(self, what: str, code: int) -> StepError:
-        log = self.agent.paths.job_log(self.job.id)
+        log = self.svc.paths.job_log(self.job.id)
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-12:]) if log.exists() else ""
-        return disk_full(self.agent.paths.root, self.job.id, tail) or StepError(
+        return disk_full(self.svc.paths.root, self.job.id, tail) or StepError(
             f"{what} exited with code {code}. Log: {log}\n{tail}", title=f"{self.job.kind.value} failed"
         )
 
@@ -108,8 +113,8 @@ def disk_full(root: Path, job_id: int, text: str = "") -> StepError | None:
 
 
 def run_dataset(ctx: StepContext) -> dict[str, Any]:
-    agent, paths = ctx.agent, ctx.agent.paths
-    repos = agent.store.list_repos()
+    svc, paths = ctx.svc, ctx.svc.paths
+    repos = svc.store.list_repos()
     if not repos:
         raise StepError("No repository is watched. Add one with `repopilot repo add PATH`.", title="Nothing to index")
     for repo in repos:
@@ -139,14 +144,12 @@ def run_dataset(ctx: StepContext) -> dict[str, Any]:
     snapshot = freeze(folder, paths.snapshot(version))
     stats = read_stats(folder)
     commits = indexed_commits(manifest)
-    with agent.store.transaction() as conn:
-        known = conn.execute("SELECT 1 FROM dataset_versions WHERE version = ?", (version,)).fetchone()
-    if not known:
-        agent.store.add_dataset_version(version, {**_stats_summary(stats), "commits": commits})
+    if not any(v.version == version for v in svc.store.list_dataset_versions()):
+        svc.store.add_dataset_version(version, {**_stats_summary(stats), "commits": commits})
     for name, commit in commits.items():
         if commit:
             with contextlib.suppress(StoreError):  # removed while indexing
-                agent.store.set_repo_indexed(name, commit)
+                svc.store.set_repo_indexed(name, commit)
     return {"dataset_version": version, "dataset_dir": str(folder), "snapshot": str(snapshot), "commits": commits}
 
 
@@ -184,29 +187,29 @@ def freeze(folder: Path, snapshot: Path) -> Path:
 
 
 def run_train(ctx: StepContext) -> dict[str, Any]:
-    agent = ctx.agent
-    dataset = ctx.upstream(JobKind.DATASET) or agent.latest_dataset()
+    svc = ctx.svc
+    dataset = ctx.upstream(JobKind.DATASET) or svc.latest_dataset()
     if not dataset:
         raise StepError("There is no dataset yet. Add a repository first.", title="Nothing to train on")
     version = model_version(ctx.job)
-    run_dir = agent.paths.runs / version
-    executor = agent.executor(ctx.job.params.get("box"))
+    run_dir = svc.paths.runs / version
+    executor = svc.executor(ctx.job.params.get("box"))
     task = TrainTask(
         job_id=ctx.job.id,
         dataset_dir=Path(dataset["snapshot"]),
         run_dir=run_dir,
-        train_args=agent.train_args(),
-        log_file=agent.paths.job_log(ctx.job.id),
+        train_args=train_args(svc.config.training),
+        log_file=svc.paths.job_log(ctx.job.id),
     )
     ctx.report({"message": f"training {version} on {executor.name}", "fraction": 0.0})
     result = executor.train(task, ctx.report, ctx.is_cancelled)
     if not (run_dir / "model").is_dir():
         raise ExecutorError(f"the run finished but {run_dir}/model is missing", title="Training failed")
-    serving = agent.store.current_deployment()
+    serving = svc.store.current_deployment()
     try:
-        agent.store.get_model(version)
+        svc.store.get_model(version)
     except StoreError:
-        agent.store.add_model(
+        svc.store.add_model(
             Model(
                 version=version,
                 parent=serving.model if serving else None,
@@ -218,7 +221,7 @@ def run_train(ctx: StepContext) -> dict[str, Any]:
                 status=ModelStatus.TRAINED,
             )
         )
-    agent.notify("Model trained", f"{version}: {result.get('steps')} steps, loss {_num(result.get('train_loss'))}")
+    svc.notify("Model trained", f"{version}: {result.get('steps')} steps, loss {_num(result.get('train_loss'))}")
     return {
         "model": version,
         "run_dir": str(run_dir),
@@ -239,30 +242,30 @@ def _num(value: Any) -> str:
 
 
 def run_eval(ctx: StepContext) -> dict[str, Any]:
-    agent = ctx.agent
+    svc = ctx.svc
     train = ctx.upstream(JobKind.TRAIN)
-    dataset = ctx.upstream(JobKind.DATASET) or agent.latest_dataset()
+    dataset = ctx.upstream(JobKind.DATASET) or svc.latest_dataset()
     if not train or not dataset:
         raise StepError("evaluation needs a training job and a dataset upstream", title="Job problem")
     version = train["model"]
     run_dir = Path(train["run_dir"])
-    baseline, baseline_name = agent.baseline_for(version, run_dir)
-    out = agent.paths.evals(version)
+    baseline, baseline_name = baseline_for(svc, version, run_dir)
+    out = svc.paths.evals(version)
     code = ctx.run_cli(
         "eval", dataset["snapshot"], "--baseline", str(baseline), "--candidate", str(run_dir / "model"),
         "--out", str(out), "--gate", "--progress", "json",
-        *(["--context", "repo"] if agent.config.server.context else []),  # judged as it will be served
-        *agent.config.training.eval_args,
+        *(["--context", "repo"] if svc.config.server.context else []),  # judged as it will be served
+        *svc.config.training.eval_args,
     )  # fmt: skip
     if code not in (Exit.OK, Exit.CHECK_FAILED):  # the gate said no: a verdict, not a failure
         raise ctx.fail("`repopilot eval`", code)
     passed = code == 0
     report = out / "report.json"
-    agent.store.update_model(
+    svc.store.update_model(
         version, eval_report=str(report), status=ModelStatus.EVALUATED if passed else ModelStatus.REJECTED
     )
     if not passed:
-        agent.notify("Model rejected", f"{version} is worse than {baseline_name} on held-out code; it is not deployed.")
+        svc.notify("Model rejected", f"{version} is worse than {baseline_name} on held-out code; it is not deployed.")
     return {"gate": "pass" if passed else "fail", "model": version, "baseline": baseline_name, "report": str(report)}
 
 
@@ -270,12 +273,12 @@ def run_eval(ctx: StepContext) -> dict[str, Any]:
 
 
 def run_convert(ctx: StepContext) -> dict[str, Any]:
-    agent = ctx.agent
+    svc = ctx.svc
     train = ctx.upstream(JobKind.TRAIN)
     if not train:
         raise StepError("conversion needs a training job upstream", title="Job problem")
-    version, gpus = train["model"], agent.config.server.gpus
-    root = agent.paths.serving_root
+    version, gpus = train["model"], svc.config.server.gpus
+    root = svc.paths.serving_root
     code = ctx.run_cli(
         "convert", str(Path(train["run_dir"]) / "model"), "--models-root", str(root), "--name", version,
         "--gpus", str(gpus), "--force", "--progress", "json",
@@ -283,7 +286,7 @@ def run_convert(ctx: StepContext) -> dict[str, Any]:
     if code != 0:
         raise ctx.fail("`repopilot convert`", code)
     dirs = {"fastertransformer": str(ft_folder(root, version, gpus)), "hf": str(hf_folder(root, version))}
-    agent.store.update_model(version, converted_dirs=dirs, status=ModelStatus.CONVERTED)
+    svc.store.update_model(version, converted_dirs=dirs, status=ModelStatus.CONVERTED)
     return {"model": version, **dirs}
 
 
@@ -295,7 +298,10 @@ def run_deploy(ctx: StepContext) -> dict[str, Any]:
     if not version:
         raise StepError("nothing to deploy: no model given and no training job upstream", title="Job problem")
     ctx.report({"message": f"deploying {version}"})
-    return ctx.agent.serve_model(version, reason=ctx.job.params.get("reason", "deploy"))
+    result = ctx.server.serve(version, reason=ctx.job.params.get("reason", "deploy"))
+    with contextlib.suppress(OSError, RepopilotError):  # a model too many is no reason to fail the deploy
+        prune_models(ctx.svc)
+    return result
 
 
 STEPS: dict[JobKind, Callable[[StepContext], dict[str, Any]]] = {

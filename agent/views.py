@@ -1,5 +1,4 @@
-"""Read-side helpers of the agent: store rows and files turned into the API's dataclasses, change counts
-for the retrain policy, and pruning of old models."""
+"""The agent's read side: store rows and files turned into the API's dataclasses (nothing here writes)."""
 
 from __future__ import annotations
 
@@ -9,26 +8,21 @@ import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent import __version__
-from agent.errors import StoreError
 from agent.jobs import Job, JobKind, JobState
 from agent.models import AgentState, AgentStatus, DatasetInfo, ErrorInfo, JobInfo, ModelInfo, RepoInfo
-from agent.policy import models_to_prune, should_retrain
+from agent.paths import AgentPaths
+from agent.retrain import decide
+from agent.services import Services
 from agent.store import Model, Repo
 from agent.watcher import find_git_dir, resolve
 from pipelines.dataset.folder import read_stats
 from pipelines.errors import InputError
 
-if TYPE_CHECKING:
-    from agent.core import Agent
-
 log = logging.getLogger(__name__)
-EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's well-known empty tree
 
 
 RUNNING_STATE = {
@@ -40,11 +34,11 @@ RUNNING_STATE = {
 }
 
 
-def agent_status(agent: Agent, last_error: ErrorInfo | None) -> AgentStatus:
+def agent_status(svc: Services, last_error: ErrorInfo | None, server_running: bool) -> AgentStatus:
     """The state at a glance (what the tray icon shows)."""
-    running = agent.queue.list(JobState.RUNNING)
-    queued = agent.queue.list(JobState.QUEUED)
-    serving = agent.store.current_deployment()
+    running = svc.queue.list(JobState.RUNNING)
+    queued = svc.queue.list(JobState.QUEUED)
+    serving = svc.store.current_deployment()
     progress, state, detail = None, AgentState.IDLE, "idle"
     if running:
         job = running[0]
@@ -58,18 +52,18 @@ def agent_status(agent: Agent, last_error: ErrorInfo | None) -> AgentStatus:
         state, detail = AgentState.ERROR, f"{last_error.title}: {last_error.message}"
     elif serving:
         detail = f"serving {serving.model}"
-    if agent.watcher.paused and state == AgentState.IDLE:
+    if svc.watcher.paused and state == AgentState.IDLE:
         detail += " (watching paused)"
     return AgentStatus(
         state=state,
         detail=detail.splitlines()[0][:300],
         progress=progress,
-        paused=agent.watcher.paused,
-        repos=len(agent.store.list_repos()),
+        paused=svc.watcher.paused,
+        repos=len(svc.store.list_repos()),
         jobs_queued=len(queued),
         running_job=running[0].id if running else None,
         serving_model=serving.model if serving else None,
-        server_running=agent.server.running(),
+        server_running=server_running,
         last_error=last_error,
         pid=os.getpid(),
         version=__version__,
@@ -81,7 +75,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min" if seconds >= 120 else f"{seconds} s"
 
 
-def repo_info(agent: Agent, repo: Repo) -> RepoInfo:
+def repo_info(svc: Services, repo: Repo) -> RepoInfo:
     head, problem = None, None
     path = Path(repo.path)
     git_dir = find_git_dir(path) if path.exists() else None
@@ -93,7 +87,7 @@ def repo_info(agent: Agent, repo: Repo) -> RepoInfo:
         head = resolve(git_dir, repo.ref)
         if head is None:
             problem = f"ref {repo.ref} not found"
-    stats = _latest_stats(agent).get("repos", {}).get(repo.name, {})
+    stats = _latest_stats(svc).get("repos", {}).get(repo.name, {})
     return RepoInfo(
         name=repo.name,
         path=repo.path,
@@ -108,11 +102,11 @@ def repo_info(agent: Agent, repo: Repo) -> RepoInfo:
     )
 
 
-def job_info(agent: Agent, job: Job, with_losses: bool = False) -> JobInfo:
+def job_info(paths: AgentPaths, job: Job, with_losses: bool = False) -> JobInfo:
     error = ErrorInfo(job.error_title, job.error_message or "", job.id) if job.error_title else None
     losses: list[list[float]] = []
     if with_losses and job.kind == JobKind.TRAIN:
-        losses = _losses(agent.paths.runs / f"v{job.id}" / "progress.jsonl")
+        losses = _losses(paths.runs / f"v{job.id}" / "progress.jsonl")
     return JobInfo(
         id=job.id,
         kind=job.kind.value,
@@ -142,7 +136,7 @@ def _losses(progress: Path) -> list[list[float]]:
     return [[step, loss] for step, loss in sorted(points.items())]
 
 
-def model_info(agent: Agent, model: Model, serving: str | None) -> ModelInfo:
+def model_info(model: Model, serving: str | None) -> ModelInfo:
     run_dir = Path(model.run_dir)
     train = _read_json(run_dir / "result.json")
     report = _read_json(Path(model.eval_report)) if model.eval_report else None
@@ -161,15 +155,10 @@ def model_info(agent: Agent, model: Model, serving: str | None) -> ModelInfo:
     )
 
 
-def dataset_info(agent: Agent) -> DatasetInfo:
-    latest = agent.latest_dataset()
-    stats = _latest_stats(agent)
-    lines, files = changes_since_serving(agent) if latest else (0, 0)
-    models = agent.store.list_models()
-    last = max((m.created_at for m in models), default=None)
-    decision = should_retrain(
-        (lines, files), dt.datetime.fromtimestamp(last) if last else None, dt.datetime.now(), agent.config.policy
-    )
+def dataset_info(svc: Services) -> DatasetInfo:
+    latest = svc.latest_dataset()
+    stats = _latest_stats(svc)
+    decision, (lines, files) = decide(svc, dt.datetime.now())
     return DatasetInfo(
         version=latest["dataset_version"] if latest else None,
         path=latest["snapshot"] if latest else None,
@@ -185,92 +174,11 @@ def dataset_info(agent: Agent) -> DatasetInfo:
     )
 
 
-def _latest_stats(agent: Agent) -> dict[str, Any]:
-    latest = agent.latest_dataset()
+def _latest_stats(svc: Services) -> dict[str, Any]:
+    latest = svc.latest_dataset()
     if not latest:
         return {}
     return read_stats(Path(latest["snapshot"]))
-
-
-def changes_since_serving(agent: Agent) -> tuple[int, int]:
-    """(changed lines, changed files) between the serving model's data and the latest dataset, per git."""
-    versions = {v.version: v for v in agent.store.list_dataset_versions()}
-    latest = agent.latest_dataset()
-    if not latest or latest["dataset_version"] not in versions:
-        return 0, 0
-    now_commits = versions[latest["dataset_version"]].stats.get("commits", {})
-    base_commits: dict[str, str] = {}
-    serving = agent.store.current_deployment()
-    if serving:
-        with contextlib.suppress(StoreError):
-            model = agent.store.get_model(serving.model)
-            if model.dataset_version in versions:
-                base_commits = versions[model.dataset_version].stats.get("commits", {})
-    repos = {r.name: r for r in agent.store.list_repos()}
-    lines = files = 0
-    for name, commit in now_commits.items():
-        if not commit or name not in repos:
-            continue
-        old = base_commits.get(name) or EMPTY_TREE
-        if old == commit:
-            continue
-        changed_lines, changed_files = _shortstat(repos[name].path, old, commit)
-        lines, files = lines + changed_lines, files + changed_files
-    return lines, files
-
-
-def _shortstat(path: str, old: str, new: str) -> tuple[int, int]:
-    git_dir = find_git_dir(Path(path))
-    if git_dir is None:
-        return 0, 0
-    proc = subprocess.run(
-        ["git", "--git-dir", str(git_dir), "diff", "--shortstat", old, new],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:  # e.g. history rewritten: count it as a full change
-        proc = subprocess.run(
-            ["git", "--git-dir", str(git_dir), "diff", "--shortstat", EMPTY_TREE, new],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-    numbers = [int(part.split()[0]) for part in proc.stdout.strip().split(",") if part.strip()]
-    files = numbers[0] if numbers else 0
-    return sum(numbers[1:]), files
-
-
-def prune_models(agent: Agent) -> list[str]:
-    """Delete models beyond ``[policy] keep_models`` (never the serving one or one a pending job needs)."""
-    serving = agent.store.current_deployment()
-    models = agent.store.list_models()
-    pending = {
-        job.params.get("model")
-        for state in (JobState.QUEUED, JobState.RUNNING)
-        for job in agent.queue.list(state)
-        if job.kind == JobKind.DEPLOY
-    }
-    candidates = [
-        (m.version, dt.datetime.fromtimestamp(m.created_at), bool(serving and serving.model == m.version))
-        for m in models
-    ]
-    removed = []
-    for version in models_to_prune(candidates, agent.config.policy.keep_models):
-        if version in pending:
-            continue
-        model = agent.store.get_model(version)
-        agent.store.remove_model(version)  # forget first: a half-deleted folder is never offered for deploy
-        for folder in [Path(model.run_dir), agent.paths.evals(version), *map(Path, model.converted_dirs.values())]:
-            shutil.rmtree(folder, ignore_errors=True)
-        removed.append(version)
-        log.info("pruned model %s", version)
-    keep = {m.dataset_version for m in agent.store.list_models()}
-    latest = agent.latest_dataset()
-    if latest:
-        keep.add(latest["dataset_version"])
-    snapshots = agent.paths.datasets / "snapshots"
-    if removed and snapshots.is_dir():
-        for snapshot in snapshots.iterdir():
-            if snapshot.name not in keep and not snapshot.name.endswith(".tmp"):
-                shutil.rmtree(snapshot, ignore_errors=True)
-    return removed
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from agent.core import Agent
 from agent.jobs import JobKind
+from agent.pruning import prune_models
 from agent.store import Model, ModelStatus
-from agent.views import prune_models
 from tests.agent.agentkit import write_config
 
 
@@ -38,7 +38,7 @@ def test_old_models_are_pruned_but_not_the_serving_or_a_pending_one(tmp_path: Pa
     agent.store.start_deployment("v1", "embedded")  # the oldest serves
     agent.queue.enqueue(JobKind.DEPLOY, {"model": "v2"}, (), "deploy")  # and a deploy of v2 waits
 
-    removed = prune_models(agent)
+    removed = prune_models(agent.services)
 
     assert removed == ["v3"]
     assert sorted(m.version for m in agent.store.list_models()) == ["v1", "v2", "v4", "v5"]
