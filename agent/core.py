@@ -1,11 +1,11 @@
 """The agent: one plain-Python API object that owns all state and side effects.
 
-Methods take plain values and return the dataclasses of :mod:`agent.models`; failures raise a
+Methods take plain values and return the dataclasses of :mod:`agent.api.models`; failures raise a
 :class:`~pipelines.errors.RepopilotError` (title + message). The HTTP binding (:mod:`agent.api`), the
 CLI and the tray app are clients of this object and add no logic of their own.
 
 Inside: the SQLite store and job queue, the repo watcher, worker threads that run jobs (see
-:mod:`agent.steps`), a policy timer, the completion server (:mod:`agent.stack`) and an event log.
+:mod:`agent.steps`), a policy timer, the completion server (:mod:`agent.runtimes`) and an event log.
 """
 
 from __future__ import annotations
@@ -21,13 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import retrain
-from agent.config import Config, config_path, config_to_dict, load_config, merge_settings, save_config
-from agent.errors import AgentError, StoreError
-from agent.events import EventLog
-from agent.executors.base import stop_orphan
-from agent.jobs import Job, JobCancelled, JobKind, JobQueue, JobSpec, JobState
-from agent.logs import log_to, tail
-from agent.models import (
+from agent.api.models import (
     AgentStatus,
     DatasetInfo,
     ErrorInfo,
@@ -37,10 +31,16 @@ from agent.models import (
     RepoInfo,
     ServerInfo,
 )
+from agent.completion_server import ServerControl
+from agent.config import Config, config_path, config_to_dict, load_config, merge_settings, save_config
+from agent.errors import AgentError, StoreError
+from agent.events import EventLog
+from agent.executors.base import stop_orphan
+from agent.jobs import Job, JobCancelled, JobKind, JobQueue, JobSpec, JobState
+from agent.logs import log_to, tail
 from agent.paths import AgentPaths
 from agent.policy import Decision
 from agent.retrain import RESOURCES
-from agent.server import ServerControl
 from agent.services import Services
 from agent.steps import STEPS, StepContext, disk_full
 from agent.store import Repo, Store

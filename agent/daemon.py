@@ -5,7 +5,7 @@
 - :func:`start_background`: spawn ``python -m agent.cli agent start --foreground`` in its own session with its
   output in the agent's log file, and wait until its API answers.
 - :func:`stop`: SIGTERM to the pid of the endpoint file, SIGKILL when it does not end in time.
-- :func:`status`: the running agent's :class:`~agent.models.AgentStatus`, or None.
+- :func:`status`: the running agent's :class:`~agent.api.models.AgentStatus`, or None.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from agent.api.client import AgentClient
+from agent.api.models import AgentStatus
 from agent.config import CONFIG_ENV, config_path, load_config
 from agent.errors import AgentNotRunning, DaemonError
-from agent.models import AgentStatus
 from agent.paths import AgentPaths
 from agent.procs import pid_alive
 from pipelines.errors import InputError, RepopilotError

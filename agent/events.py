@@ -7,7 +7,7 @@ import time
 from collections import deque
 from typing import Any
 
-from agent.models import Event, EventBatch
+from agent.api.models import Event, EventBatch
 
 
 class EventLog:

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.api.models import RETRYABLE, JobKind, JobState
 from agent.errors import JobError, UnknownJob
-from agent.models import RETRYABLE, JobKind, JobState
 from agent.procs import pid_alive
 from agent.store import Store
 from pipelines.errors import RepopilotError

@@ -1,9 +1,9 @@
 """What the agent's parts share, passed down to them instead of the Agent.
 
 The job steps (:mod:`agent.steps`), the retrain policy (:mod:`agent.retrain`), the read models
-(:mod:`agent.views`), pruning (:mod:`agent.pruning`) and the completion server (:mod:`agent.server`) each take a
-:class:`Services`; none of them imports :mod:`agent.core` or calls back into the Agent, which is a thin facade
-that builds one of these and hands it down.
+(:mod:`agent.views`), pruning (:mod:`agent.pruning`) and the completion server (:mod:`agent.completion_server`)
+each take a :class:`Services`; none of them imports :mod:`agent.core` or calls back into the Agent, which is a
+thin facade that builds one of these and hands it down.
 """
 
 from __future__ import annotations

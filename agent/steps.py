@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.completion_server import ServerControl
 from agent.errors import ExecutorError, StepError, StoreError
 from agent.executors.base import TrainTask, repopilot_command, run_logged
 from agent.jobs import Job, JobKind
 from agent.pruning import prune_models
 from agent.retrain import baseline_for, train_args
-from agent.server import ServerControl
 from agent.services import Services
 from agent.store import Model, ModelStatus
 from pipelines.cli_util import Exit

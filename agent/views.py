@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.api.models import AgentState, AgentStatus, DatasetInfo, ErrorInfo, JobInfo, ModelInfo, RepoInfo
 from agent.jobs import Job, JobKind, JobState
-from agent.models import AgentState, AgentStatus, DatasetInfo, ErrorInfo, JobInfo, ModelInfo, RepoInfo
 from agent.paths import AgentPaths
 from agent.retrain import decide
 from agent.services import Services

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.report import finish  # noqa: E402
-from pipelines.serve.embedded import cpu_has_amx_bf16  # noqa: E402
+from pipelines.serve.embedded_engine import cpu_has_amx_bf16  # noqa: E402
 from pipelines.serve.engine import CompletionRequest  # noqa: E402
 
 SHARED_TOKENIZER = ROOT.parent / "shared" / "data" / "codegen-tokenizer"
@@ -173,7 +173,7 @@ class ServerThread:
 
 def bench_device(model_dir: Path, device: str, dtype: str, args: argparse.Namespace, baseline: bool = True) -> dict:
     from pipelines.serve.app import create_app
-    from pipelines.serve.embedded import EmbeddedEngine
+    from pipelines.serve.embedded_engine import EmbeddedEngine
 
     engine = EmbeddedEngine(model_dir, device=device, max_batch=8, dtype=dtype)
     engine.load()

@@ -58,7 +58,7 @@ class Served:
 
         from pipelines.context.provider import ContextProvider
         from pipelines.serve.app import RepoContext, create_app
-        from pipelines.serve.embedded import EmbeddedEngine
+        from pipelines.serve.embedded_engine import EmbeddedEngine
 
         self.engine = EmbeddedEngine(model_dir, device="cpu", max_batch=8, dtype=dtype, **settings)
         self.engine.load()

@@ -205,7 +205,7 @@ def main() -> int:
         from agent import daemon
 
         daemon.stop(str(config_file), timeout=60)
-        from agent.stack.embedded import EmbeddedRuntime
+        from agent.runtimes.embedded import EmbeddedRuntime
 
         EmbeddedRuntime(daemon.data_paths(str(config_file)).stack).down()  # the server outlives the agent
         qt.quit()

@@ -62,9 +62,9 @@ class Backend(QObject):
     """Agent calls off the UI thread, plus the event stream as signals."""
 
     status_changed = Signal(object)
-    """An :class:`agent.models.AgentStatus` (after start and after every event batch)."""
+    """An :class:`agent.api.models.AgentStatus` (after start and after every event batch)."""
     events_arrived = Signal(object)
-    """A list of :class:`agent.models.Event`."""
+    """A list of :class:`agent.api.models.Event`."""
     notification = Signal(str, str)
     """title, message of a ``notification`` event (model deployed, job failed...)."""
     connection_changed = Signal(bool, str)

@@ -1,6 +1,6 @@
 """The typed client of the agent's HTTP API: the same methods as :class:`agent.core.Agent`, over HTTP.
 
-Values come back as the dataclasses of :mod:`agent.models`; failures are raised as the
+Values come back as the dataclasses of :mod:`agent.api.models`; failures are raised as the
 :class:`~pipelines.errors.RepopilotError` the agent raised (same class where this side knows it, same title
 and message always), or :class:`AgentNotRunning` when no agent answers.
 
@@ -24,8 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from agent.api import API_PREFIX
-from agent.errors import BY_NAME, NOT_RUNNING, AgentNotRunning
-from agent.models import (
+from agent.api.models import (
     AgentStatus,
     DatasetInfo,
     Event,
@@ -36,6 +35,7 @@ from agent.models import (
     ServerInfo,
     from_json,
 )
+from agent.errors import BY_NAME, NOT_RUNNING, AgentNotRunning
 from agent.procs import pid_alive
 from pipelines.errors import RepopilotError
 

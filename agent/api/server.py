@@ -7,7 +7,7 @@ readable by this user only) and a ``Host`` header naming this server (``127.0.0.
 Routes:
 
 - ``POST /api/v1/<method>`` with a JSON object of keyword arguments calls one of :data:`agent.api.RPC_METHODS`;
-  the answer is ``{"result": ...}`` (the :mod:`agent.models` value as JSON).
+  the answer is ``{"result": ...}`` (the :mod:`agent.api.models` value as JSON).
 - ``GET /api/v1/events?since=N&timeout=S``: long-poll; answers an ``EventBatch`` once there is an event after
   ``N`` or ``S`` seconds passed.
 - ``GET /api/v1/events/stream?since=N``: Server-Sent Events (``id``, ``event: <kind>``, ``data: <Event JSON>``)
@@ -36,8 +36,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agent.api import API_PREFIX, RPC_METHODS
+from agent.api.models import to_json
 from agent.errors import ApiError, http_status
-from agent.models import to_json
 from pipelines.errors import InputError, RepopilotError
 from pipelines.fsutil import write_json_atomic
 from pipelines.jsonbody import MalformedJson, parse_json

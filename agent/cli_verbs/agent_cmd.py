@@ -7,9 +7,9 @@ import json
 import time
 
 from agent import daemon
+from agent.api.models import AgentStatus
 from agent.cli_verbs.common import client, config_option, json_option, print_json
 from agent.errors import NOT_RUNNING
-from agent.models import AgentStatus
 from pipelines.cli_util import Exit
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.api.client import AgentClient
-from agent.models import to_json
+from agent.api.models import to_json
 
 
 def config_option() -> argparse.ArgumentParser:

@@ -7,8 +7,8 @@ import json
 import time
 
 from agent.api.client import AgentClient
+from agent.api.models import ACTIVE, JobInfo, JobState
 from agent.cli_verbs.common import client, config_option, elapsed, json_option, print_json, print_table, when
-from agent.models import ACTIVE, JobInfo, JobState
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

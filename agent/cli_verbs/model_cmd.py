@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from agent.api.models import JobInfo, ModelInfo
 from agent.cli_verbs.common import client, config_option, json_option, print_json, print_table, when
-from agent.models import JobInfo, ModelInfo
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

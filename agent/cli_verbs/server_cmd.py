@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from agent.api.models import ServerInfo
 from agent.cli_verbs.common import client, config_option, json_option, print_json
-from agent.models import ServerInfo
 from pipelines.cli_util import Exit
 
 

@@ -35,7 +35,7 @@ from pipelines.dataset.output import (
 )
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
 from pipelines.dataset.prefilter import shared_prefilter
-from pipelines.dataset.state import CachedBlob, FileRow, Key, LshIndex, Store
+from pipelines.dataset.state import CachedBlob, FileRow, Key, LshIndex, StateStore
 from pipelines.errors import DatasetError
 from pipelines.progress import Progress
 
@@ -83,7 +83,7 @@ def build(
         raise DatasetError(f"{out_dir} is not empty and is not a dataset. Choose an empty or new folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir):
-        store = Store(out_dir / STATE)
+        store = StateStore(out_dir / STATE)
         try:
             return _sync(out_dir, store, repos, config, full=True, progress=progress or Progress("none"))
         finally:
@@ -101,7 +101,7 @@ def update(
     if not (out_dir / STATE).exists():
         raise DatasetError(f"{out_dir} holds no dataset. Create one with `repopilot dataset build {out_dir} REPO...`.")
     with _locked(out_dir):
-        store = Store(out_dir / STATE)
+        store = StateStore(out_dir / STATE)
         try:
             raw = store.get_meta("config")
             if raw is None:
@@ -143,7 +143,7 @@ def _locked(out_dir: Path) -> Iterator[None]:
 
 # -- the one code path --------------------------------------------------------------------------------
 def _sync(
-    out_dir: Path, store: Store, specs: list[RepoSpec], config: DatasetConfig, *, full: bool, progress: Progress
+    out_dir: Path, store: StateStore, specs: list[RepoSpec], config: DatasetConfig, *, full: bool, progress: Progress
 ) -> SyncResult:
     started = time.monotonic()
     recover(out_dir, store)
@@ -225,7 +225,7 @@ class _Work:
     def __init__(
         self,
         out_dir: Path,
-        store: Store,
+        store: StateStore,
         config: DatasetConfig,
         sources: dict[str, GitSource],
         progress: Progress,

@@ -25,7 +25,7 @@ import orjson
 
 from pipelines.dataset.config import DatasetConfig
 from pipelines.dataset.folder import FORMAT, MANIFEST, SPLITS, STATS
-from pipelines.dataset.state import INDEX_SELECTION, FileRow, Key, Selection, Store, shard_selection
+from pipelines.dataset.state import INDEX_SELECTION, FileRow, Key, Selection, StateStore, shard_selection
 from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, start_writeback, sync_files, write_bytes_atomic
 from pipelines.progress import Progress
 
@@ -58,7 +58,7 @@ def index_entry(row: FileRow) -> dict[str, Any]:
     return entry
 
 
-def _affected_ranges(store: Store, keys: Iterable[tuple[Selection, Key]]) -> list[tuple[Selection, Key]]:
+def _affected_ranges(store: StateStore, keys: Iterable[tuple[Selection, Key]]) -> list[tuple[Selection, Key]]:
     """The ranges to rewrite: the one holding each key, and the one before (a boundary may have moved)."""
     by_selection: dict[Selection, list[Key]] = {}
     for sel, key in keys:
@@ -82,10 +82,10 @@ def _affected_ranges(store: Store, keys: Iterable[tuple[Selection, Key]]) -> lis
 
 
 class SelectionKeys:
-    """All keys of one selection in memory, answering :meth:`Store.before`, :meth:`Store.range_start` and
-    :meth:`Store.range_end`."""
+    """All keys of one selection in memory, answering :meth:`StateStore.before`, :meth:`StateStore.range_start` and
+    :meth:`StateStore.range_end`."""
 
-    def __init__(self, store: Store, sel: Selection) -> None:
+    def __init__(self, store: StateStore, sel: Selection) -> None:
         self.keys, self.starts = store.selection_keys(sel)
 
     def before(self, sel: Selection, key: Key) -> Key | None:
@@ -106,7 +106,7 @@ class SelectionKeys:
 class OutputWriter:
     """Rewrites the shards and index chunks an update touched (inside the state's transaction)."""
 
-    def __init__(self, out_dir: Path, store: Store, progress: Progress) -> None:
+    def __init__(self, out_dir: Path, store: StateStore, progress: Progress) -> None:
         self.out_dir = out_dir
         self.store = store
         self.progress = progress
@@ -236,7 +236,7 @@ def contributions(row: FileRow | None, text_bytes: int, redactions: list) -> dic
 
 
 # -- export, recovery, garbage ----------------------------------------------------------------------------
-def dataset_version(store: Store, config: DatasetConfig) -> str:
+def dataset_version(store: StateStore, config: DatasetConfig) -> str:
     ident = {
         "config": config.to_json(),
         "repos": {name: info["commit"] for name, info in store.repos().items()},
@@ -245,7 +245,7 @@ def dataset_version(store: Store, config: DatasetConfig) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def export(out_dir: Path, store: Store) -> None:
+def export(out_dir: Path, store: StateStore) -> None:
     """Write stats.json, then manifest.json (the commit point readers go by), from the state."""
     version = store.get_meta("dataset_version")
     config = json.loads(store.get_meta("config") or "{}")
@@ -300,7 +300,7 @@ def export(out_dir: Path, store: Store) -> None:
     fsync_dir(out_dir)
 
 
-def recover(out_dir: Path, store: Store) -> None:
+def recover(out_dir: Path, store: StateStore) -> None:
     """Finish what a killed run committed but did not export, and sweep what it left half-written."""
     version = store.get_meta("dataset_version")
     if version is not None:
@@ -313,7 +313,7 @@ def recover(out_dir: Path, store: Store) -> None:
     collect_garbage(out_dir, store)
 
 
-def collect_garbage(out_dir: Path, store: Store) -> None:
+def collect_garbage(out_dir: Path, store: StateStore) -> None:
     """Delete output files the state no longer lists, and temporary files of killed runs."""
     keep = store.output_names()
     for folder in FOLDERS:

@@ -12,7 +12,7 @@ from enum import Enum
 
 from pipelines.dataset.config import RepoSpec
 from pipelines.dataset.gitsource import MODE_SUBMODULE, GitSource, HistoryWalk, TreeEntry
-from pipelines.dataset.state import FileRow, Store
+from pipelines.dataset.state import FileRow, StateStore
 
 
 class PlanMode(str, Enum):
@@ -60,7 +60,7 @@ def plan_repo(
     spec: RepoSpec,
     source: GitSource,
     indexed: dict | None,
-    store: Store,
+    store: StateStore,
     full: bool,
 ) -> RepoPlan:
     """Decide how to bring one repo from its indexed state to ``spec.ref``."""
@@ -100,7 +100,7 @@ def _plan_from_tree(plan: RepoPlan, rows: dict[str, FileRow], compare: bool) -> 
     plan.counts["recomputed"] = len(plan.targets)
 
 
-def _plan_from_diff(plan: RepoPlan, old_commit: str, store: Store) -> None:
+def _plan_from_diff(plan: RepoPlan, old_commit: str, store: StateStore) -> None:
     changes = plan.source.diff(old_commit, plan.commit)
     touched = plan.source.last_commits(f"{old_commit}..{plan.commit}")
     counts = {"added": 0, "modified": 0, "deleted": 0, "renamed": 0, "touched": len(touched)}

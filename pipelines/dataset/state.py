@@ -110,7 +110,7 @@ class CachedBlob:
     signature: bytes | None
 
 
-class Store:
+class StateStore:
     """All reads and writes of ``state.sqlite``."""
 
     def __init__(self, path: Path) -> None:
@@ -396,7 +396,7 @@ class LshIndex:
     ``buckets`` is int64[n, BANDS]; two files are candidate near duplicates when they share a bucket in a band.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.store = store
         rows = store.lsh_rows()
         self.keys: list[Key] = [(repo, path) for repo, path, _ in rows]

@@ -14,7 +14,7 @@ from pipelines.cli_util import standalone_main
 from pipelines.context.provider import ContextSettings
 from pipelines.errors import InputError, RepopilotError
 from pipelines.serve.app import DEFAULT_MAX_BODY, LOOPBACK_HOSTS, RepoContext, create_app
-from pipelines.serve.embedded import DEFAULT_PREFIX_CACHE_MB
+from pipelines.serve.embedded_engine import DEFAULT_PREFIX_CACHE_MB
 from pipelines.serve.engine import Engine
 from pipelines.serve.exposure import exposure_problem, is_loopback
 
@@ -171,7 +171,7 @@ def make_engine(args: argparse.Namespace) -> Engine:
         if not args.model_dir.is_dir():
             raise InputError(f"{args.model_dir} is not a folder. Give the model (or tokenizer) folder.")
         return TritonEngine(args.model_dir, args.triton_host, args.triton_port, args.triton_model)
-    from pipelines.serve.embedded import EmbeddedEngine, check_model_dir, resolve_device
+    from pipelines.serve.embedded_engine import EmbeddedEngine, check_model_dir, resolve_device
 
     check_model_dir(args.model_dir)
     resolve_device(args.device)

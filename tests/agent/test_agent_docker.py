@@ -11,8 +11,8 @@ import pytest
 
 from agent.config import load_config, save_config
 from agent.core import Agent
-from agent.stack.compose import TRITON_CPU_STANDIN_IMAGE
-from agent.stack.docker_stack import docker_available
+from agent.runtimes.compose import TRITON_CPU_STANDIN_IMAGE
+from agent.runtimes.docker_stack import docker_available
 from tests.agent.agentkit import jobs_summary, make_repo, settled, wait_for, write_config
 from tests.services import free_port, require
 from tests.stack.test_docker_stack import build_images

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.api.models import AgentState
 from agent.core import Agent
 from agent.errors import AgentError
-from agent.models import AgentState
 from pipelines.errors import RepoError
 from tests.agent.agentkit import jobs_summary, make_repo, settled, wait_for, write_config
 from tests.finetune.conftest import internal_module

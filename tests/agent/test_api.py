@@ -20,11 +20,11 @@ import pytest
 
 from agent.api import RPC_METHODS
 from agent.api.client import AgentClient, RemoteError
+from agent.api.models import AgentState, AgentStatus, EventBatch, RepoInfo
 from agent.api.server import ApiServer, ensure_token
 from agent.config import AgentConfig, Config, PolicyConfig, ServerConfig, TrainingConfig
 from agent.core import Agent
 from agent.errors import NOT_RUNNING, AgentNotRunning, JobError
-from agent.models import AgentState, AgentStatus, EventBatch, RepoInfo
 from pipelines.errors import InputError, RepoError, RepopilotError
 from tests.dataset.conftest import Repo, python_file
 from tests.services import free_port

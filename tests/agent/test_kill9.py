@@ -15,7 +15,7 @@ from pathlib import Path
 from agent.config import load_config
 from agent.core import Agent
 from agent.jobs import JobQueue, JobState
-from agent.stack.embedded import EmbeddedRuntime
+from agent.runtimes.embedded import EmbeddedRuntime
 from agent.store import Store
 from pipelines.finetune.data import iter_records
 from tests.agent.agentkit import make_repo, wait_for, write_config

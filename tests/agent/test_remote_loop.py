@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.api.models import AgentState
 from agent.config import GpuBox
 from agent.core import Agent
-from agent.models import AgentState
 from tests.agent.agentkit import jobs_summary, make_repo, settled, wait_for, write_config
 from tests.services import free_port
 from tests.sshbox import SshBox

@@ -119,7 +119,7 @@ class ServerThread:
 
 
 def started_engine(model_dir: Path, **kwargs):
-    from pipelines.serve.embedded import EmbeddedEngine
+    from pipelines.serve.embedded_engine import EmbeddedEngine
 
     engine = EmbeddedEngine(model_dir, device="cpu", dtype="float32", **kwargs)
     engine.load()

@@ -193,7 +193,7 @@ def test_routes_for_copilot_models_health_and_hosts(server: str) -> None:
 
 
 def test_an_engine_that_is_down_answers_503_with_a_message(tiny_model, tmp_path) -> None:
-    from pipelines.serve.embedded import EmbeddedEngine
+    from pipelines.serve.embedded_engine import EmbeddedEngine
     from pipelines.serve.triton import TritonEngine
     from tests.serve.conftest import free_port
 

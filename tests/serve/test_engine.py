@@ -154,7 +154,7 @@ def test_a_stream_closed_early_frees_its_rows(tiny_model) -> None:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_bfloat16_and_int8_weights_batch_and_finish_like_float32(tiny_model, dtype: str) -> None:
-    from pipelines.serve.embedded import EmbeddedEngine
+    from pipelines.serve.embedded_engine import EmbeddedEngine
 
     engine = EmbeddedEngine(tiny_model, device="cpu", dtype=dtype)
     engine.load()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.stack.compose import StackSettings, read_settings, render_compose, write_project
+from agent.runtimes.compose import StackSettings, read_settings, render_compose, write_project
 from pipelines.errors import InputError
 
 FAUXPILOT_KEYS = {"NUM_GPUS", "GPUS", "API_EXTERNAL_PORT", "TRITON_HOST", "TRITON_PORT", "MODEL", "MODEL_DIR",

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from agent.errors import StackError
-from agent.stack.compose import TRITON_CPU_STANDIN_IMAGE, StackSettings
-from agent.stack.docker_stack import DockerStack, docker_available
+from agent.runtimes.compose import TRITON_CPU_STANDIN_IMAGE, StackSettings
+from agent.runtimes.docker_stack import DockerStack, docker_available
 from pipelines.convert import ConvertOptions, convert
 from tests.services import ROOT, complete, free_port, listening_on, require, trained_tiny
 

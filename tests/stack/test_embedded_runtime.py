@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import StackError
-from agent.stack.embedded import EmbeddedRuntime
+from agent.runtimes.embedded import EmbeddedRuntime
 from tests.services import complete, free_port, trained_tiny
 
 

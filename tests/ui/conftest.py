@@ -31,7 +31,7 @@ class LiveAgent:
     def stop(self) -> None:
         """Stop the agent and the completion server it may have started (that one outlives the agent)."""
         from agent import daemon
-        from agent.stack.embedded import EmbeddedRuntime
+        from agent.runtimes.embedded import EmbeddedRuntime
 
         daemon.stop(str(self.config), timeout=30)
         EmbeddedRuntime(data_paths(str(self.config)).stack).down()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from agent.models import AgentState, AgentStatus, ErrorInfo
+from agent.api.models import AgentState, AgentStatus, ErrorInfo
 from pipelines.errors import RepoError
 from ui.backend import Backend, describe_error
 from ui.icons import LOOKS, look_key, state_pixmap
@@ -126,7 +126,7 @@ REPORT = {
 
 
 def test_models_tab_shows_the_report_side_by_side(qtbot) -> None:
-    from agent.models import ModelInfo
+    from agent.api.models import ModelInfo
 
     tab = ModelsTab(Backend(api=Slow()))
     model = ModelInfo("v2", None, "d1", "deployed", 0.0, True, "/r", "/r/model", {}, {"steps": 20}, REPORT)

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from agent.models import ACTIVE, RETRYABLE, JobState
+from agent.api.models import ACTIVE, RETRYABLE, JobState
 from ui.tabs.base import Tab
 from ui.widgets import LossChart, fill_table, human_duration, human_time, make_table, select_key, selected_key
 

@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 from agent.errors import StackError
-from agent.stack.compose import TRITON_CPU_STANDIN_IMAGE, TRITON_IMAGE, StackSettings
-from agent.stack.docker_stack import DockerStack, docker_available
-from agent.stack.embedded import EmbeddedRuntime, ServiceStatus
+from agent.runtimes.compose import TRITON_CPU_STANDIN_IMAGE, TRITON_IMAGE, StackSettings
+from agent.runtimes.docker_stack import DockerStack, docker_available
+from agent.runtimes.embedded import EmbeddedRuntime, ServiceStatus
 from pipelines.errors import InputError
 
 

@@ -13,17 +13,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from agent.api.models import ServerInfo, ServiceInfo
 from agent.errors import AgentError, StackError, StoreError
-from agent.models import ServerInfo, ServiceInfo
+from agent.runtimes.compose import TRITON_IMAGE, StackSettings
+from agent.runtimes.embedded import EmbeddedRuntime
 from agent.services import Services
-from agent.stack.compose import TRITON_IMAGE, StackSettings
-from agent.stack.embedded import EmbeddedRuntime
 from agent.store import Model, ModelStatus
 from pipelines.dataset.folder import is_dataset
 
 
 def docker_settings(docker) -> StackSettings | None:
-    from agent.stack.compose import read_settings
+    from agent.runtimes.compose import read_settings
 
     try:
         return read_settings(docker.project_dir)
@@ -47,7 +47,7 @@ class ServerControl:
             return marker.read_text().strip()
         wanted = self.svc.config.server.runtime
         if wanted == "auto":
-            from agent.stack.cli import choose_runtime
+            from agent.runtimes.cli import choose_runtime
 
             return choose_runtime("auto")
         return wanted
@@ -205,7 +205,7 @@ class ServerControl:
             extra = [*server.serve_args, *(["--context-dataset", str(context)] if context else [])]
             self._embedded().up(target, server.port, server.host, api_key=server.api_key, extra_args=extra)
             return
-        from agent.stack.cli import has_nvidia_gpu
+        from agent.runtimes.cli import has_nvidia_gpu
 
         settings = StackSettings(
             models_root=str(self.svc.paths.serving_root.resolve()),
@@ -229,7 +229,7 @@ class ServerControl:
     def _configured_runtime(self) -> str:
         wanted = self.svc.config.server.runtime
         if wanted == "auto":
-            from agent.stack.cli import choose_runtime
+            from agent.runtimes.cli import choose_runtime
 
             return choose_runtime("auto")
         return wanted
@@ -238,7 +238,7 @@ class ServerControl:
         return EmbeddedRuntime(self.stack_dir)
 
     def _docker(self):
-        from agent.stack.docker_stack import DockerStack
+        from agent.runtimes.docker_stack import DockerStack
 
         return DockerStack(self.stack_dir / "compose")
 

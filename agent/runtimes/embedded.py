@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent.errors import StackError
 from agent.procs import pid_alive
-from agent.stack.health import Probe, api_health, test_completion, wait_for
+from agent.runtimes.health import Probe, api_health, test_completion, wait_for
 from pipelines.fsutil import write_bytes_atomic, write_json_atomic
 from pipelines.serve.exposure import exposure_problem
 

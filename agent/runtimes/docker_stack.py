@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from agent.errors import StackError
-from agent.stack.compose import StackSettings, read_settings, write_project
-from agent.stack.embedded import ServiceStatus
-from agent.stack.health import Probe, api_health, test_completion, triton_ready, wait_for
+from agent.runtimes.compose import StackSettings, read_settings, write_project
+from agent.runtimes.embedded import ServiceStatus
+from agent.runtimes.health import Probe, api_health, test_completion, triton_ready, wait_for
 
 SERVICES = ("triton", "copilot_proxy")
 
