@@ -21,7 +21,6 @@ COMMANDS = [
     ("eval", "pipelines.evaluate.cli", "train"),
     ("convert", "pipelines.convert.cli", "train"),
     ("serve", "pipelines.serve.cli", "serve"),
-    ("stack", "agent.runtimes.cli", None),
     ("agent", "agent.cli_verbs.agent_cmd", None),
     ("repo", "agent.cli_verbs.repo_cmd", None),
     ("job", "agent.cli_verbs.job_cmd", None),

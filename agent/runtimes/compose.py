@@ -129,7 +129,7 @@ def env_line(key: str, value: str) -> str:
 
 
 def render_env(settings: StackSettings) -> str:
-    lines = ["# Written by repopilot (FauxPilot's keys). `repopilot stack swap` edits MODEL and MODEL_DIR."]
+    lines = ["# Written by repopilot (FauxPilot's keys). `repopilot server swap` edits MODEL and MODEL_DIR."]
     lines += [env_line(key, value) for key, value in settings.env().items()]
     return "\n".join(lines) + "\n"
 

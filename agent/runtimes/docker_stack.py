@@ -9,10 +9,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from agent.api.models import ServiceInfo
+from agent.config import ServerConfig
 from agent.errors import StackError
-from agent.runtimes.compose import StackSettings, read_settings, write_project
-from agent.runtimes.embedded import ServiceStatus
+from agent.runtimes.compose import TRITON_IMAGE, StackSettings, read_settings, write_project
 from agent.runtimes.health import Probe, api_health, test_completion, triton_ready, wait_for
+from agent.store import Model
 
 SERVICES = ("triton", "copilot_proxy")
 
@@ -38,8 +40,16 @@ def docker_available() -> bool:
         return False
 
 
+def has_nvidia_gpu() -> bool:
+    if not shutil.which("nvidia-smi"):
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
 class DockerStack:
-    """The compose project in ``project_dir``."""
+    """The compose project in ``project_dir`` (a :class:`~agent.runtimes.base.Runtime`)."""
+
+    name = "docker"
 
     def __init__(self, project_dir: Path) -> None:
         self.project_dir = Path(project_dir)
@@ -58,7 +68,7 @@ class DockerStack:
         return result
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def up(self, settings: StackSettings, timeout: float = 300) -> list[ServiceStatus]:
+    def up(self, settings: StackSettings, timeout: float = 300) -> list[ServiceInfo]:
         self._check_model(settings)
         write_project(self.project_dir, settings)
         self.compose("up", "-d")
@@ -71,7 +81,58 @@ class DockerStack:
         if (self.project_dir / "docker-compose.yaml").exists():
             self.compose("down", "--remove-orphans")
 
-    def swap(self, model: str, timeout: float = 300) -> list[ServiceStatus]:
+    def target(self, model: Model) -> str:
+        """The converted model's name under the models root."""
+        return model.version
+
+    def start(self, target: str, server: ServerConfig, models_root: Path, context: Path | None) -> list[ServiceInfo]:
+        settings = StackSettings(
+            models_root=str(models_root.resolve()),
+            model=target,
+            num_gpus=server.gpus,
+            gpus=",".join(str(i) for i in range(server.gpus)),
+            api_port=server.port,
+            triton_port=server.triton_port,
+            triton_http_port=server.triton_http_port,
+            triton_metrics_port=server.triton_metrics_port,
+            host_network=server.host_network,
+            triton_host="127.0.0.1" if server.host_network else "triton",
+            gpu=has_nvidia_gpu(),
+            triton_image=server.triton_image or TRITON_IMAGE,
+            api_key=server.api_key,
+            bind=server.host,
+            context_dir=str(context.parent) if context else "",
+        )
+        return self.up(settings)
+
+    def settings(self) -> StackSettings | None:
+        """The settings of the last start or swap, None before the first."""
+        try:
+            return read_settings(self.project_dir)
+        except Exception:  # no project yet
+            return None
+
+    def running(self) -> bool:
+        if not (self.project_dir / ".env").exists():
+            return False
+        try:
+            return any(s.running for s in self.status())
+        except Exception:  # docker not reachable counts as not running
+            return False
+
+    def serving(self) -> str | None:
+        settings = self.settings()
+        return settings.model if settings else None
+
+    def healthy(self, timeout: float = 180) -> bool:
+        settings = self.settings()
+        return settings is not None and self._healthy(settings, timeout).ok
+
+    def url(self) -> str | None:
+        settings = self.settings()
+        return f"http://127.0.0.1:{settings.api_port}/v1" if settings else None
+
+    def swap(self, model: str, timeout: float = 300) -> list[ServiceInfo]:
         """Serve another converted model; roll back to the previous one when it fails its checks."""
         old = read_settings(self.project_dir)
         new = StackSettings(**{**old.to_json(), "model": model})
@@ -90,7 +151,9 @@ class DockerStack:
             f"({'healthy' if back.ok else 'NOT healthy: ' + back.detail}).\n{logs}"
         )
 
-    def status(self) -> list[ServiceStatus]:
+    def status(self) -> list[ServiceInfo]:
+        if not (self.project_dir / ".env").exists():
+            return []
         settings = read_settings(self.project_dir)
         containers = {c["service"]: c for c in self._containers()}
         host = "127.0.0.1"
@@ -105,10 +168,10 @@ class DockerStack:
             detail = probes[service].detail
             if info:
                 detail = f"{info['state']}, restarts {info['restarts']}; {detail}"
-            result.append(ServiceStatus(service, running, running and probes[service].ok, detail))
+            result.append(ServiceInfo(service, running, running and probes[service].ok, detail))
         return result
 
-    def logs(self, service: str | None = None, tail: int = 100) -> str:
+    def logs(self, tail: int = 100, service: str | None = None) -> str:
         args = ["logs", "--no-color", "--tail", str(tail)]
         result = self.compose(*args, *([service] if service else []), check=False)
         return (result.stdout + result.stderr).strip()

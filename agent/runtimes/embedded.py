@@ -14,26 +14,22 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from agent.api.models import ServiceInfo
+from agent.config import ServerConfig
 from agent.errors import StackError
 from agent.procs import pid_alive
 from agent.runtimes.health import Probe, api_health, test_completion, wait_for
+from agent.store import Model
 from pipelines.fsutil import write_bytes_atomic, write_json_atomic
 from pipelines.serve.exposure import exposure_problem
 
 
-@dataclass
-class ServiceStatus:
-    name: str
-    running: bool
-    healthy: bool
-    detail: str
-
-
 class EmbeddedRuntime:
-    """One local `repopilot serve` process per state folder."""
+    """One local `repopilot serve` process per state folder (a :class:`~agent.runtimes.base.Runtime`)."""
+
+    name = "embedded"
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
@@ -42,7 +38,7 @@ class EmbeddedRuntime:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def up(self, model_dir: Path, port: int = 5000, host: str = "127.0.0.1", api_key: str = "",
-           extra_args: list[str] | None = None, timeout: float = 180) -> ServiceStatus:  # fmt: skip
+           extra_args: list[str] | None = None, timeout: float = 180) -> list[ServiceInfo]:  # fmt: skip
         """Start serving ``model_dir``; a running server is left as it is if it serves the same model."""
         refusal = exposure_problem(host, api_key)
         if refusal:
@@ -53,7 +49,7 @@ class EmbeddedRuntime:
                 return self.status()
             raise StackError(
                 f"The embedded server already runs (pid {current['pid']}, model {current['model_dir']}). "
-                "Use `repopilot stack swap` to change the model, or `repopilot stack down` first."
+                "Use `repopilot server swap` to change the model, or `repopilot server down` first."
             )
         self._start(Path(model_dir).resolve(), port, host, api_key, extra_args or [])
         probe = self._check(port, host, api_key, timeout)
@@ -86,33 +82,51 @@ class EmbeddedRuntime:
         """What the last start recorded (pid, model_dir, port, host...), or None."""
         return self._state()
 
-    def is_running(self) -> bool:
+    def running(self) -> bool:
         """Cheap check without HTTP: the server process lives."""
         state = self._state()
         return bool(state and self._alive(state["pid"]))
 
-    def wait_healthy(self, timeout: float = 180) -> bool:
+    def healthy(self, timeout: float = 180) -> bool:
         """Wait until the running server answers its health check and a test completion; False if it does not."""
         state = self._state()
         if not state or not self._alive(state["pid"]):
             return False
         return self._check(state["port"], state["host"], state.get("api_key", ""), timeout).ok
 
-    def status(self) -> ServiceStatus:
+    def status(self) -> list[ServiceInfo]:
         state = self._state()
         if not state:
-            return ServiceStatus("embedded", False, False, "not running")
+            return [ServiceInfo("embedded", False, False, "not running")]
         if not self._alive(state["pid"]):
-            return ServiceStatus("embedded", False, False, f"exited (see {self.log_file})")
+            return [ServiceInfo("embedded", False, False, f"exited (see {self.log_file})")]
         probe = api_health(state["port"], state["host"], state.get("api_key", ""))
         where = f"http://{state['host']}:{state['port']}/v1 serving {state['model_dir']}"
-        return ServiceStatus("embedded", True, probe.ok, f"{where}; {probe.detail}")
+        return [ServiceInfo("embedded", True, probe.ok, f"{where}; {probe.detail}")]
 
-    def swap(self, model_dir: Path, timeout: float = 180) -> ServiceStatus:
+    def serving(self) -> str | None:
+        state = self._state()
+        return state["model_dir"] if state and self._alive(state["pid"]) else None
+
+    def url(self) -> str | None:
+        state = self._state()
+        return f"http://127.0.0.1:{state['port']}/v1" if state else None
+
+    def target(self, model: Model) -> str:
+        """The model's Hugging Face folder (the converted one where there is one), resolved."""
+        hf = model.converted_dirs.get("hf")
+        folder = Path(hf) if hf and (Path(hf) / "config.json").exists() else Path(model.run_dir) / "model"
+        return str(folder.resolve())
+
+    def start(self, target: str, server: ServerConfig, models_root: Path, context: Path | None) -> list[ServiceInfo]:
+        extra = [*server.serve_args, *(["--context-dataset", str(context)] if context else [])]
+        return self.up(Path(target), server.port, server.host, api_key=server.api_key, extra_args=extra)
+
+    def swap(self, model_dir: Path | str, timeout: float = 180) -> list[ServiceInfo]:
         """Serve another model; if it fails its health check or test completion, go back to the old one."""
         state = self._state()
         if not state or not self._alive(state["pid"]):
-            raise StackError("The embedded server is not running. Start it with `repopilot stack up`.")
+            raise StackError("The embedded server is not running. Start it with `repopilot server up`.")
         old_model = Path(state["model_dir"])
         self.down()
         self._start(Path(model_dir).resolve(), state["port"], state["host"], state.get("api_key", ""), state["extra"])
@@ -128,10 +142,10 @@ class EmbeddedRuntime:
             f" ({'healthy' if back.ok else 'NOT healthy: ' + back.detail}).\n{tail}"
         )
 
-    def logs(self, lines: int = 100) -> str:
+    def logs(self, tail: int = 100, service: str | None = None) -> str:
         if not self.log_file.exists():
             return ""
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-tail:])
 
     # -- internals --------------------------------------------------------------------------------------
     def _start(self, model_dir: Path, port: int, host: str, api_key: str, extra: list[str]) -> None:

@@ -125,7 +125,7 @@ def test_kill_9_at_random_points_of_a_retrain_chain(tmp_path: Path) -> None:
             assert json.loads((run / "result.json").read_text())["steps"] == STEPS
             AutoModelForCausalLM.from_pretrained(run / "model")
         assert resumed_from_checkpoint(data / "runs" / trains[0].result["model"])
-        assert EmbeddedRuntime(data / "stack").status().healthy
+        assert EmbeddedRuntime(data / "stack").status()[0].healthy
         resumes = sum(resumed_from_checkpoint(data / "runs" / t.result["model"]) for t in trains)
         print(json.dumps({"kills": len(kills), "rounds": rounds, "jobs": len(final), "training_resumes": resumes,
                           "gate_rejections": len(gate_failed), "kills_at": kills}))  # fmt: skip

@@ -99,7 +99,7 @@ def test_service_restarts_after_a_crash(stack) -> None:
             break
         time.sleep(1)
     else:
-        pytest.fail(f"copilot_proxy did not come back: {docker.logs('copilot_proxy', 20)}")
+        pytest.fail(f"copilot_proxy did not come back: {docker.logs(20, 'copilot_proxy')}")
     assert complete(settings.api_port, "def ", KEY)[0] == 200
 
 

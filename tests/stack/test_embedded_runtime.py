@@ -1,4 +1,5 @@
-"""`repopilot stack` with the embedded runtime: a real background server, swap, rollback, down."""
+"""`repopilot server up|swap|logs|down|status --stack-dir` by hand, embedded runtime: a real background server,
+swap, rollback, down."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def stack(*args: str, stack_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", "stack", "--stack-dir", str(stack_dir), *args],
+        [sys.executable, "-m", "agent.cli", "server", args[0], "--stack-dir", str(stack_dir), *args[1:]],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
 
@@ -64,4 +65,4 @@ def test_a_model_that_cannot_start_is_reported_with_its_log(models, tmp_path: Pa
     with pytest.raises(StackError) as err:
         runtime.up(models["broken"], free_port(), timeout=60)
     assert "did not become healthy" in str(err.value)
-    assert not runtime.status().running
+    assert not runtime.status()[0].running
