@@ -8,13 +8,14 @@ from pathlib import Path
 
 
 def tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log file (of its last 256 KiB); empty when it cannot be read."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
             handle.seek(max(0, size - 256 * 1024))
             text = handle.read().decode("utf-8", "replace")
-    except FileNotFoundError:
+    except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
 

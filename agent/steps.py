@@ -21,6 +21,7 @@ from agent.completion_server import ServerControl
 from agent.errors import ExecutorError, StepError, StoreError
 from agent.executors.base import TrainTask, repopilot_command, run_logged
 from agent.jobs import Job, JobKind
+from agent.logs import tail
 from agent.pruning import prune_models
 from agent.retrain import baseline_for, train_args
 from agent.services import Services
@@ -68,9 +69,9 @@ class StepContext:
 
     def fail(self, what: str, code: int) -> StepError:
         log = self.svc.paths.job_log(self.job.id)
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-12:]) if log.exists() else ""
-        return disk_full(self.svc.paths.root, self.job.id, tail) or StepError(
-            f"{what} exited with code {code}. Log: {log}\n{tail}", title=f"{self.job.kind.value} failed"
+        last = tail(log, 12)
+        return disk_full(self.svc.paths.root, self.job.id, last) or StepError(
+            f"{what} exited with code {code}. Log: {log}\n{last}", title=f"{self.job.kind.value} failed"
         )
 
     def _progress_line(self, line: str) -> None:

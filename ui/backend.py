@@ -22,10 +22,12 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
+from agent.api.spec import AgentApi
+
 log = logging.getLogger(__name__)
 
-Api = Any
-"""An object with the Agent API (``status()``, ``wait_events()``, ``add_repo()`` ...)."""
+Api = AgentApi
+"""The agent's API (``status()``, ``wait_events()``, ``add_repo()`` ...): the HTTP client, or an Agent in tests."""
 OnDone = Callable[[Any], None]
 OnError = Callable[[str, str], None]
 

@@ -1,4 +1,4 @@
-"""The typed client of the agent's HTTP API: the same methods as :class:`agent.core.Agent`, over HTTP.
+"""The typed client of the agent's HTTP API: the methods of :class:`agent.api.spec.AgentApi`, over HTTP.
 
 Values come back as the dataclasses of :mod:`agent.api.models`; failures are raised as the
 :class:`~pipelines.errors.RepopilotError` the agent raised (same class where this side knows it, same title
@@ -20,29 +20,22 @@ import os
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from agent.api import API_PREFIX
 from agent.api.models import (
-    AgentStatus,
-    DatasetInfo,
     Event,
     EventBatch,
-    JobInfo,
-    ModelInfo,
-    RepoInfo,
-    ServerInfo,
     from_json,
 )
+from agent.api.spec import LONG_CALLS, METHODS, RPC_METHODS, AgentApi, hints
 from agent.errors import BY_NAME, NOT_RUNNING, AgentNotRunning
 from agent.procs import pid_alive
 from pipelines.errors import RepopilotError
 
 LONG_CALL_S = 900.0
 """Calls that start or ask the completion server wait this long (loading a model takes a while)."""
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class RemoteError(RepopilotError):
@@ -77,32 +70,26 @@ def remote_error(status: int, body: Any) -> RemoteError:
     return _remote_class(kind)(str(info.get("message") or ""), title=title, type=kind, status=status)
 
 
-def _rpc(timeout: float | None = None) -> Callable[[F], F]:
-    """Make a method with an Agent method's name and signature call it over HTTP and type its result."""
+def _rpc(name: str) -> Callable[..., Any]:
+    """The client's method ``name``: the API's signature, called over HTTP, its result typed by the API."""
+    declared = METHODS[name]
+    signature = inspect.signature(declared)
+    result_type = hints(name)["return"]
+    timeout = LONG_CALL_S if name in LONG_CALLS else 0.0
 
-    def wrap(func: F) -> F:
-        signature = inspect.signature(func)
-        name = func.__name__
+    @functools.wraps(declared)
+    def call(self: AgentClient, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(self, *args, **kwargs)
+        params = {k: v for k, v in bound.arguments.items() if k != "self"}
+        result = self._request("POST", API_PREFIX + name, params, timeout=max(self.timeout, timeout))
+        return from_json(result_type, result)
 
-        @functools.wraps(func)
-        def call(self: AgentClient, *args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(self, *args, **kwargs)
-            params = {k: v for k, v in bound.arguments.items() if k != "self"}
-            result = self._request("POST", API_PREFIX + name, params, timeout=max(self.timeout, timeout or 0))
-            return from_json(_return_type(func), result)
-
-        return typing.cast(F, call)
-
-    return wrap
+    return call
 
 
-@functools.cache
-def _return_type(func: Callable[..., Any]) -> Any:
-    return typing.get_type_hints(func, globalns=globals())["return"]
-
-
-class AgentClient:
-    """A client of one running agent at ``url`` (``http://127.0.0.1:<port>``) with its API token."""
+class AgentClient(AgentApi):
+    """A client of one running agent at ``url`` (``http://127.0.0.1:<port>``) with its API token: every method of
+    :class:`~agent.api.spec.AgentApi` (generated from it, below), and the agent's events."""
 
     def __init__(self, url: str, token: str, timeout: float = 30) -> None:
         parts = urlsplit(url)
@@ -222,94 +209,9 @@ class AgentClient:
         finally:
             connection.close()
 
-    # -- the Agent's methods -----------------------------------------------------------------------------------
-    @_rpc()
-    def status(self) -> AgentStatus: ...
 
-    @_rpc()
-    def clear_error(self) -> AgentStatus: ...
-
-    @_rpc()
-    def agent_log(self, lines: int = 200) -> str: ...
-
-    @_rpc()
-    def add_repo(
-        self,
-        path: str,
-        name: str | None = None,
-        ref: str | None = None,
-        include: list[str] | None = None,
-        exclude: list[str] | None = None,
-    ) -> RepoInfo: ...
-
-    @_rpc()
-    def remove_repo(self, name: str) -> None: ...
-
-    @_rpc()
-    def list_repos(self) -> list[RepoInfo]: ...
-
-    @_rpc()
-    def dataset(self) -> DatasetInfo: ...
-
-    @_rpc()
-    def pause_watching(self) -> None: ...
-
-    @_rpc()
-    def resume_watching(self) -> None: ...
-
-    @_rpc()
-    def check_for_changes(self) -> None: ...
-
-    @_rpc()
-    def list_jobs(self, state: str | None = None, limit: int = 100) -> list[JobInfo]: ...
-
-    @_rpc()
-    def get_job(self, job_id: int) -> JobInfo: ...
-
-    @_rpc()
-    def cancel_job(self, job_id: int) -> JobInfo: ...
-
-    @_rpc()
-    def retry_job(self, job_id: int) -> JobInfo: ...
-
-    @_rpc()
-    def job_log(self, job_id: int, lines: int = 200) -> str: ...
-
-    @_rpc()
-    def retrain_now(self) -> list[JobInfo]: ...
-
-    @_rpc()
-    def list_models(self) -> list[ModelInfo]: ...
-
-    @_rpc()
-    def get_model(self, version: str) -> ModelInfo: ...
-
-    @_rpc()
-    def deploy_model(self, version: str) -> JobInfo: ...
-
-    @_rpc()
-    def rollback(self) -> JobInfo: ...
-
-    @_rpc()
-    def server_status(self) -> ServerInfo: ...
-
-    @_rpc(timeout=LONG_CALL_S)
-    def start_server(self) -> ServerInfo: ...
-
-    @_rpc(timeout=LONG_CALL_S)
-    def stop_server(self) -> ServerInfo: ...
-
-    @_rpc(timeout=LONG_CALL_S)
-    def test_completion(self, prompt: str, max_tokens: int = 32) -> str: ...
-
-    @_rpc()
-    def vscode_settings(self) -> dict[str, Any]: ...
-
-    @_rpc()
-    def get_settings(self) -> dict[str, Any]: ...
-
-    @_rpc()
-    def update_settings(self, settings: dict[str, Any]) -> dict[str, Any]: ...
+for _name in RPC_METHODS:
+    setattr(AgentClient, _name, _rpc(_name))
 
 
 def _parse_sse(response: http.client.HTTPResponse) -> Iterator[Event]:

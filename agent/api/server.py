@@ -6,7 +6,7 @@ readable by this user only) and a ``Host`` header naming this server (``127.0.0.
 
 Routes:
 
-- ``POST /api/v1/<method>`` with a JSON object of keyword arguments calls one of :data:`agent.api.RPC_METHODS`;
+- ``POST /api/v1/<method>`` with a JSON object of keyword arguments calls one of :data:`agent.api.spec.RPC_METHODS`;
   the answer is ``{"result": ...}`` (the :mod:`agent.api.models` value as JSON).
 - ``GET /api/v1/events?since=N&timeout=S``: long-poll; answers an ``EventBatch`` once there is an event after
   ``N`` or ``S`` seconds passed.
@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from agent.api import API_PREFIX, RPC_METHODS
+from agent.api import API_PREFIX
 from agent.api.models import to_json
+from agent.api.spec import METHODS, RPC_METHODS, hints
 from agent.errors import ApiError, http_status
 from pipelines.errors import InputError, RepopilotError
 from pipelines.fsutil import write_json_atomic
@@ -182,21 +183,20 @@ class ApiServer:
             raise _Refused(404, "NotFound", "Unknown API method", f"{method!r} is not a method of the agent's API")
         if not isinstance(kwargs, dict):
             raise InputError(f"the body of {method} must be a JSON object of arguments", title="Bad request")
-        func = getattr(self.agent, method)
         try:
-            inspect.signature(func).bind(**kwargs)
+            inspect.signature(METHODS[method]).bind(None, **kwargs)  # None: the API's self
         except TypeError as exc:
             raise InputError(f"{method}: {exc}", title="Bad request") from None
-        check_arguments(method, func, kwargs)
-        return func(**kwargs)
+        check_arguments(method, kwargs)
+        return getattr(self.agent, method)(**kwargs)
 
 
-def check_arguments(method: str, func: Any, kwargs: dict[str, Any]) -> None:
-    """Refuse arguments whose JSON type is not the one the method declares (a 400 naming the argument, instead
+def check_arguments(method: str, kwargs: dict[str, Any]) -> None:
+    """Refuse arguments whose JSON type is not the one the API declares (a 400 naming the argument, instead
     of an error deep inside the agent)."""
-    hints = typing.get_type_hints(func)
+    declared = hints(method)
     for name, value in kwargs.items():
-        hint = hints.get(name, Any)
+        hint = declared.get(name, Any)
         if not _matches(value, hint):
             raise InputError(
                 f"{method}: {name} must be {_describe(hint)}, not {json.dumps(value)[:60]}", title="Bad request"

@@ -13,6 +13,7 @@ from agent.runtimes import RUNTIMES, has_nvidia_gpu, open_runtime, record_runtim
 from agent.runtimes.compose import TRITON_CPU_STANDIN_IMAGE, TRITON_IMAGE, StackSettings
 from agent.runtimes.docker_stack import DockerStack
 from agent.runtimes.embedded import EmbeddedRuntime
+from pipelines.cli_util import Exit
 from pipelines.errors import InputError
 
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     elif command == "status":
         statuses = runtime.status()
         _print(statuses, args.json)
-        return 0 if statuses and all(s.healthy for s in statuses) else 3
+        return Exit.OK if statuses and all(s.healthy for s in statuses) else Exit.CHECK_FAILED
     elif command == "logs":
         print(runtime.logs(args.tail, args.service))
     elif command == "swap":

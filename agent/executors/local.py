@@ -19,6 +19,7 @@ from agent.executors.base import (
     stop_orphan,
     train_progress,
 )
+from agent.logs import tail
 
 
 class ProgressTail:
@@ -70,7 +71,7 @@ class LocalExecutor(Executor):
         )
         result = read_json(task.run_dir / "result.json")
         if code != 0 or not result:
-            raise ExecutorError(f"`repopilot train` exited with code {code}.\n{_tail(log)}", title="Training failed")
+            raise ExecutorError(f"`repopilot train` exited with code {code}.\n{tail(log, 15)}", title="Training failed")
         return result
 
     def cleanup_orphans(self, job_id: int) -> None:
@@ -92,10 +93,3 @@ def train_command(task: TrainTask, gpus: list[int], cli: list[str] | None = None
         return [*cli, "train", "--resume", "-o", str(task.run_dir), "--json"]
     extra = ["--include", "localhost:" + ",".join(map(str, gpus))] if gpus else []
     return [*cli, "train", str(task.dataset_dir), "-o", str(task.run_dir), *task.train_args, *extra, "--json"]
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

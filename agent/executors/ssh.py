@@ -46,6 +46,7 @@ from agent.executors.sshutil import (
     training_requirements,
 )
 from agent.jobs import JobCancelled
+from agent.logs import tail
 from pipelines.dataset.folder import MANIFEST, STATS, is_dataset
 from pipelines.fsutil import write_json_atomic
 
@@ -309,7 +310,7 @@ class SshExecutor(Executor):
             )
             raise ExecutorError(
                 f"`repopilot train` on {self.name} ended with {code} and no result. Retry the job to resume it from "
-                f"its last checkpoint. The last lines of its log ({run.job}.log):\n{_tail(self._log_path(task))}",
+                f"its last checkpoint. The last lines of its log ({run.job}.log):\n{tail(self._log_path(task), 15)}",
                 title="Training failed",
             )
         report({"message": f"fetching the trained model from {self.name}"})
@@ -433,10 +434,3 @@ def localize(result: dict[str, Any], remote_run: str, local_run: Path) -> dict[s
 def source_root() -> Path:
     """This checkout (or install): the folder holding the ``agent`` package."""
     return Path(agent.__file__).resolve().parents[1]
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

@@ -19,6 +19,7 @@ from pathlib import Path
 from agent.api.models import ServiceInfo
 from agent.config import ServerConfig
 from agent.errors import StackError
+from agent.logs import tail as log_tail
 from agent.procs import pid_alive
 from agent.runtimes.health import Probe, api_health, test_completion, wait_for
 from agent.store import Model
@@ -143,9 +144,7 @@ class EmbeddedRuntime:
         )
 
     def logs(self, tail: int = 100, service: str | None = None) -> str:
-        if not self.log_file.exists():
-            return ""
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-tail:])
+        return log_tail(self.log_file, tail)
 
     # -- internals --------------------------------------------------------------------------------------
     def _start(self, model_dir: Path, port: int, host: str, api_key: str, extra: list[str]) -> None:

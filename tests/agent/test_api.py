@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.api import RPC_METHODS
 from agent.api.client import AgentClient, RemoteError
 from agent.api.models import AgentState, AgentStatus, EventBatch, RepoInfo
 from agent.api.server import ApiServer, ensure_token
+from agent.api.spec import METHODS
 from agent.config import AgentConfig, Config, PolicyConfig, ServerConfig, TrainingConfig
 from agent.core import Agent
 from agent.errors import NOT_RUNNING, AgentNotRunning, JobError
@@ -254,12 +254,19 @@ def test_an_unexpected_failure_is_a_500_without_traceback(api: Api, monkeypatch:
         api.client.dataset()
 
 
-@pytest.mark.parametrize("name", sorted(RPC_METHODS | {"wait_events"}))
-def test_the_client_mirrors_the_agent(name: str) -> None:
-    def params(func) -> list[tuple[str, object]]:
-        return [(p.name, p.default) for p in inspect.signature(func).parameters.values() if p.name != "self"]
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_the_agent_and_the_client_have_the_api_declared_once(name: str) -> None:
+    """The Agent implements each method of the one API declaration with its exact signature (names, defaults,
+    types of arguments and result); the client's methods are that declaration."""
 
-    assert params(getattr(AgentClient, name)) == params(getattr(Agent, name))
+    def shape(func) -> list[tuple[str, object, object]]:
+        signature = inspect.signature(func)
+        return [(p.name, p.default, p.annotation) for p in signature.parameters.values()] + [
+            ("return", None, signature.return_annotation)
+        ]
+
+    assert shape(getattr(Agent, name)) == shape(METHODS[name])
+    assert shape(getattr(AgentClient, name)) == shape(METHODS[name])
 
 
 def test_a_stopped_agent_reads_as_not_running(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.api import API_PREFIX, RPC_METHODS
+from agent.api import API_PREFIX
+from agent.api.spec import RPC_METHODS
 from agent.config import AgentConfig, Config, PolicyConfig, ServerConfig, TrainingConfig, save_config
 from agent.core import Agent
 from tests.fuzzing import FUZZ, RESPONSE_BOUND_S, bodies
