@@ -34,6 +34,7 @@ APP_NAME = "repopilot"
 CONFIG_ENV = "REPOPILOT_CONFIG"
 ERROR_TITLE = "Invalid configuration"
 GPU_BOX_KINDS = ("local", "ssh")
+RUNTIMES = ("auto", "embedded", "docker")  # [server] runtime: see agent.runtimes.choose_runtime
 
 Problems = list[tuple[str, str]]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -172,8 +173,8 @@ class ServerConfig:
 
     def check(self) -> Problems:
         problems: Problems = []
-        if self.runtime not in ("auto", "embedded", "docker"):
-            problems.append(("runtime", f'must be "auto", "embedded" or "docker", got {self.runtime!r}'))
+        if self.runtime not in RUNTIMES:
+            problems.append(("runtime", f"must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"))
         if not 1 <= self.port <= 65535:
             problems.append(("port", f"must be a port from 1 to 65535, got {self.port}"))
         for key in ("triton_port", "triton_http_port", "triton_metrics_port"):

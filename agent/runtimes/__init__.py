@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.config import RUNTIMES
 from agent.errors import StackError
 from agent.runtimes.base import Runtime
 from agent.runtimes.docker_stack import DockerStack, docker_available, has_nvidia_gpu
@@ -21,7 +22,6 @@ __all__ = [
     "runtime_in_use",
 ]
 
-RUNTIMES = ("auto", "docker", "embedded")
 MARKER = "runtime"  # the file of a state folder that says which runtime its last start used
 
 

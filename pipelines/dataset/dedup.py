@@ -171,11 +171,6 @@ def pair_similarities(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return np.count_nonzero(sigs[pairs[:, 0]] == sigs[pairs[:, 1]], axis=1) / NUM_PERM
 
 
-def band_buckets(sig: np.ndarray) -> list[int]:
-    """One bucket id per band; files sharing any bucket are candidate near duplicates."""
-    return band_buckets_many(sig[None, :])[0].tolist()
-
-
 def band_buckets_many(sigs: np.ndarray) -> np.ndarray:
     """int64[n, BANDS]: the bucket of each band of each signature (a 64-bit hash of the band's rows)."""
     rows = sigs.astype(np.uint64).reshape(len(sigs), BANDS, ROWS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import operator
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -246,11 +246,6 @@ class StateStore:
         for keys in found.values():
             keys.sort()
         return found
-
-    def all_rows(self) -> Iterator[FileRow]:
-        cur = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY repo, path")
-        for row in cur:
-            yield FileRow(*row)
 
     # -- ranges: shards (kept files of one split) and index chunks (all files), in key order -------------
     def range_start(self, sel: Selection, key: Key) -> Key | None:

@@ -204,10 +204,6 @@ class StopTracker:
             return piece
         return piece + self._emit(text, len(text))
 
-    @property
-    def text_len(self) -> int:
-        return self.emitted
-
     def _emit(self, text: str, end: int) -> str:
         end = max(end, self.emitted)
         piece = text[self.emitted : end]

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from agent.config import RUNTIMES
 from ui.tabs.base import Tab
 
 SECTION_TITLES = {
@@ -35,7 +36,7 @@ SECTION_TITLES = {
     "policy": "Retrain policy (quiet hours, thresholds, schedule)",
     "server": "Completion server",
 }
-CHOICES = {("server", "runtime"): ["auto", "embedded", "docker"]}
+CHOICES = {("server", "runtime"): list(RUNTIMES)}
 READ_ONLY = {("agent", "data_dir")}
 BOX_FIELDS = ["name", "kind", "host", "user", "port", "key_file", "work_dir", "gpus", "python"]
 BOX_DEFAULTS: dict[str, Any] = {"kind": "local", "port": 22, "gpus": []}
