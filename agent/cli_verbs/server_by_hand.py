@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import typing
 from pathlib import Path
 
 from agent.api.models import ServiceInfo
-from agent.runtimes import RUNTIMES, has_nvidia_gpu, open_runtime, record_runtime, runtime_in_use
-from agent.runtimes.compose import TRITON_CPU_STANDIN_IMAGE, TRITON_IMAGE, StackSettings
-from agent.runtimes.docker_stack import DockerStack
-from agent.runtimes.embedded import EmbeddedRuntime
+from agent.config import RUNTIMES, ServerConfig
+from agent.runtimes import open_runtime, record_runtime, runtime_in_use
+from agent.runtimes.compose import TRITON_CPU_STANDIN_IMAGE
 from pipelines.cli_util import Exit
 from pipelines.errors import InputError
 
@@ -34,8 +32,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     up.add_argument("--runtime", choices=RUNTIMES, default="auto")
     up.add_argument("--model", required=True, help="embedded: a model folder; docker: a converted model name")
     up.add_argument("--models-root", type=Path, help="docker: the folder `repopilot convert` wrote to")
-    up.add_argument("--num-gpus", type=int, default=1)
-    up.add_argument("--gpus", default="0", help="docker: CUDA_VISIBLE_DEVICES for Triton, e.g. 0,1")
+    up.add_argument("--num-gpus", type=int, default=1, help="docker: GPUs Triton splits the model over (0..N-1)")
     up.add_argument("--port", type=int, default=5000, help="API port")
     up.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1; any other needs --api-key)")
     up.add_argument("--triton-port", type=int, default=8001)
@@ -86,29 +83,21 @@ def run(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace, stack_dir: Path) -> int:
     runtime = open_runtime(args.runtime, stack_dir)
-    if isinstance(runtime, EmbeddedRuntime):
-        record_runtime(stack_dir, runtime)
-        _print(runtime.up(Path(args.model), args.port, args.host, api_key=args.api_key, timeout=args.timeout))
-        print(f'VS Code FauxPilot: "fauxpilot.server": "http://localhost:{args.port}/v1"')
-        return 0
-    if not args.models_root:
+    if runtime.name == "docker" and not args.models_root:
         raise InputError("--models-root is needed with the docker runtime (where `repopilot convert` wrote).")
-    settings = StackSettings(
-        models_root=str(args.models_root.resolve()),
-        model=args.model,
-        num_gpus=args.num_gpus,
-        gpus=args.gpus,
-        api_port=args.port,
+    server = ServerConfig(
+        runtime=runtime.name,
+        port=args.port,
+        gpus=args.num_gpus,
+        api_key=args.api_key,
+        host=args.host,
+        triton_image=TRITON_CPU_STANDIN_IMAGE if args.cpu_standin else "",
+        host_network=args.host_network,
         triton_port=args.triton_port,
         triton_http_port=args.triton_http_port,
         triton_metrics_port=args.triton_metrics_port,
-        host_network=args.host_network,
-        triton_host="127.0.0.1" if args.host_network else "triton",
-        gpu=has_nvidia_gpu() and not args.cpu_standin,
-        triton_image=TRITON_CPU_STANDIN_IMAGE if args.cpu_standin else TRITON_IMAGE,
-        api_key=args.api_key,
-        bind=args.host,
     )
     record_runtime(stack_dir, runtime)
-    _print(typing.cast(DockerStack, runtime).up(settings, args.timeout))
+    _print(runtime.start(args.model, server, args.models_root or Path("."), None, args.timeout))
+    print(f'VS Code FauxPilot: "fauxpilot.server": "http://localhost:{args.port}/v1"')
     return 0

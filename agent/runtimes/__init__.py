@@ -13,7 +13,6 @@ from agent.runtimes.embedded import EmbeddedRuntime
 from pipelines.errors import InputError
 
 __all__ = [
-    "RUNTIMES",
     "Runtime",
     "choose_runtime",
     "has_nvidia_gpu",

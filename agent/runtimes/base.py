@@ -25,9 +25,11 @@ class Runtime(Protocol):
         """What this runtime serves for ``model``: a model folder (embedded) or a converted model's name (docker)."""
         ...
 
-    def start(self, target: str, server: ServerConfig, models_root: Path, context: Path | None) -> list[ServiceInfo]:
+    def start(
+        self, target: str, server: ServerConfig, models_root: Path, context: Path | None, timeout: float = 300
+    ) -> list[ServiceInfo]:
         """Start serving ``target`` with the ``[server]`` settings (``context``: a dataset for repository context);
-        raises StackError when it does not become healthy."""
+        raises StackError when it does not become healthy within ``timeout`` s."""
         ...
 
     def swap(self, target: str, timeout: float = 300) -> list[ServiceInfo]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from agent.api.models import ServiceInfo
 from agent.config import ServerConfig
 from agent.errors import StackError
-from agent.runtimes.compose import TRITON_IMAGE, StackSettings, read_settings, write_project
+from agent.runtimes.compose import TRITON_CPU_STANDIN_IMAGE, TRITON_IMAGE, StackSettings, read_settings, write_project
 from agent.runtimes.health import Probe, api_health, test_completion, triton_ready, wait_for
 from agent.store import Model
 
@@ -85,7 +85,9 @@ class DockerStack:
         """The converted model's name under the models root."""
         return model.version
 
-    def start(self, target: str, server: ServerConfig, models_root: Path, context: Path | None) -> list[ServiceInfo]:
+    def start(
+        self, target: str, server: ServerConfig, models_root: Path, context: Path | None, timeout: float = 300
+    ) -> list[ServiceInfo]:
         settings = StackSettings(
             models_root=str(models_root.resolve()),
             model=target,
@@ -97,13 +99,13 @@ class DockerStack:
             triton_metrics_port=server.triton_metrics_port,
             host_network=server.host_network,
             triton_host="127.0.0.1" if server.host_network else "triton",
-            gpu=has_nvidia_gpu(),
+            gpu=has_nvidia_gpu() and server.triton_image != TRITON_CPU_STANDIN_IMAGE,
             triton_image=server.triton_image or TRITON_IMAGE,
             api_key=server.api_key,
             bind=server.host,
             context_dir=str(context.parent) if context else "",
         )
-        return self.up(settings)
+        return self.up(settings, timeout)
 
     def settings(self) -> StackSettings | None:
         """The settings of the last start or swap, None before the first."""

@@ -119,9 +119,13 @@ class EmbeddedRuntime:
         folder = Path(hf) if hf and (Path(hf) / "config.json").exists() else Path(model.run_dir) / "model"
         return str(folder.resolve())
 
-    def start(self, target: str, server: ServerConfig, models_root: Path, context: Path | None) -> list[ServiceInfo]:
+    def start(
+        self, target: str, server: ServerConfig, models_root: Path, context: Path | None, timeout: float = 300
+    ) -> list[ServiceInfo]:
         extra = [*server.serve_args, *(["--context-dataset", str(context)] if context else [])]
-        return self.up(Path(target), server.port, server.host, api_key=server.api_key, extra_args=extra)
+        return self.up(
+            Path(target), server.port, server.host, api_key=server.api_key, extra_args=extra, timeout=timeout
+        )
 
     def swap(self, model_dir: Path | str, timeout: float = 180) -> list[ServiceInfo]:
         """Serve another model; if it fails its health check or test completion, go back to the old one."""
