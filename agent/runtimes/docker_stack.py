@@ -134,10 +134,10 @@ class DockerStack:
         settings = self.settings()
         return f"http://127.0.0.1:{settings.api_port}/v1" if settings else None
 
-    def swap(self, model: str, timeout: float = 300) -> list[ServiceInfo]:
+    def swap(self, target: str, timeout: float = 300) -> list[ServiceInfo]:
         """Serve another converted model; roll back to the previous one when it fails its checks."""
         old = read_settings(self.project_dir)
-        new = StackSettings(**{**old.to_json(), "model": model})
+        new = StackSettings(**{**old.to_json(), "model": target})
         self._check_model(new)
         write_project(self.project_dir, new)
         self.compose("up", "-d")
@@ -149,7 +149,7 @@ class DockerStack:
         self.compose("up", "-d")
         back = self._healthy(old, timeout)
         raise StackError(
-            f"model {model} failed its checks ({probe.detail}); rolled back to {old.model} "
+            f"model {target} failed its checks ({probe.detail}); rolled back to {old.model} "
             f"({'healthy' if back.ok else 'NOT healthy: ' + back.detail}).\n{logs}"
         )
 

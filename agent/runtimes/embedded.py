@@ -127,14 +127,14 @@ class EmbeddedRuntime:
             Path(target), server.port, server.host, api_key=server.api_key, extra_args=extra, timeout=timeout
         )
 
-    def swap(self, model_dir: Path | str, timeout: float = 180) -> list[ServiceInfo]:
+    def swap(self, target: Path | str, timeout: float = 180) -> list[ServiceInfo]:
         """Serve another model; if it fails its health check or test completion, go back to the old one."""
         state = self._state()
         if not state or not self._alive(state["pid"]):
             raise StackError("The embedded server is not running. Start it with `repopilot server up`.")
         old_model = Path(state["model_dir"])
         self.down()
-        self._start(Path(model_dir).resolve(), state["port"], state["host"], state.get("api_key", ""), state["extra"])
+        self._start(Path(target).resolve(), state["port"], state["host"], state.get("api_key", ""), state["extra"])
         probe = self._check(state["port"], state["host"], state.get("api_key", ""), timeout)
         if probe.ok:
             return self.status()
@@ -143,7 +143,7 @@ class EmbeddedRuntime:
         self._start(old_model, state["port"], state["host"], state.get("api_key", ""), state["extra"])
         back = self._check(state["port"], state["host"], state.get("api_key", ""), timeout)
         raise StackError(
-            f"{model_dir} failed its checks ({probe.detail}); rolled back to {old_model}"
+            f"{target} failed its checks ({probe.detail}); rolled back to {old_model}"
             f" ({'healthy' if back.ok else 'NOT healthy: ' + back.detail}).\n{tail}"
         )
 
