@@ -20,7 +20,6 @@ from agent.runtimes import Runtime, record_runtime, runtime_in_use
 from agent.services import Services
 from agent.store import Model, ModelStatus
 from pipelines.dataset.folder import is_dataset
-from pipelines.errors import RepopilotError
 
 
 class ServerControl:
@@ -50,9 +49,7 @@ class ServerControl:
             return ServerInfo(up, up, runtime.name, url, model, "running" if up else "stopped")
         try:
             services = runtime.status()
-        except (OSError, RepopilotError) as exc:
-            return ServerInfo(False, False, runtime.name, url, model, f"{runtime.name} server unavailable: {exc}")
-        except Exception as exc:  # the docker SDK's own errors: the daemon is not reachable
+        except Exception as exc:  # OSError, RepopilotError, the docker SDK's own errors: the daemon is not reachable
             return ServerInfo(False, False, runtime.name, url, model, f"{runtime.name} server unavailable: {exc}")
         if not services:
             return ServerInfo(False, False, runtime.name, url, model, "not running (no server started yet)")

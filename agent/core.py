@@ -5,7 +5,7 @@ Methods take plain values and return the dataclasses of :mod:`agent.api.models`;
 CLI and the tray app are clients of this object and add no logic of their own.
 
 Inside: the SQLite store and job queue, the repo watcher, worker threads that run jobs (see
-:mod:`agent.steps`), a policy timer, the completion server (:mod:`agent.runtimes`) and an event log.
+:mod:`agent.steps`), a policy timer, the completion server (:mod:`agent.completion_server`) and an event log.
 """
 
 from __future__ import annotations

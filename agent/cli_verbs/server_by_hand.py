@@ -55,9 +55,14 @@ def _print(statuses: list[ServiceInfo], as_json: bool = False) -> None:
     if as_json:
         print(json.dumps([s.__dict__ for s in statuses], indent=2))
         return
+    print_services(statuses)
+
+
+def print_services(statuses: list[ServiceInfo], indent: str = "") -> None:
+    """One line per service: its name, its state and what its health check said."""
     for s in statuses:
         state = "healthy" if s.healthy else ("running, unhealthy" if s.running else "stopped")
-        print(f"{s.name:<14} {state:<18} {s.detail}")
+        print(f"{indent}{s.name:<14} {state:<18} {s.detail}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -54,6 +54,4 @@ def print_server(info: ServerInfo) -> None:
     print(f"Completion server ({info.runtime}): {state}, model {info.model or '(none deployed)'}")
     print(f"  url:    {info.url}")
     print(f"  detail: {info.detail}")
-    for s in info.services:
-        service = "healthy" if s.healthy else ("running, unhealthy" if s.running else "stopped")
-        print(f"  {s.name:<14} {service:<18} {s.detail}")
+    server_by_hand.print_services(info.services, indent="  ")

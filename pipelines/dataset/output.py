@@ -72,11 +72,11 @@ def _affected_ranges(store: StateStore, keys: Iterable[tuple[Selection, Key]]) -
         for key in sorted(set(wanted)):
             if start is not None and start < key and (end is None or key < end):
                 continue  # inside the range found last: so is the key before it (a shard's keys move together)
-            for probe in (key, ranges.before(sel, key)):
-                found = None if probe is None else ranges.range_start(sel, probe)
+            start = ranges.range_start(sel, key)
+            prior = ranges.before(sel, key)
+            for found in (start, None if prior is None else ranges.range_start(sel, prior)):
                 if found is not None:
                     starts.add((sel, found))
-            start = ranges.range_start(sel, key)
             end = None if start is None else ranges.range_end(sel, start)
     return sorted(starts, key=lambda item: (item[0].params, item[1]))
 
