@@ -135,7 +135,14 @@ class Worker:
     def stats(self) -> dict:
         prefix = self.decoder.prefix
         cache = {**prefix.stats, "bytes": prefix.bytes, "capacity_bytes": prefix.capacity}
-        return {**self._stats, "rows": self._rows_now, "waiting": len(self._pending), "prefix_cache": cache}
+        ahead = self._lookahead is not None
+        return {
+            **self._stats,
+            "rows": self._rows_now,
+            "waiting": len(self._pending),
+            "lookahead_pending": ahead,
+            "prefix_cache": cache,
+        }
 
     # ---- the thread ------------------------------------------------------------------------------------------
 

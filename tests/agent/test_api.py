@@ -292,13 +292,13 @@ def test_long_poll_times_out_then_wakes_up_on_an_event(api: Api, tmp_path: Path)
     started = time.monotonic()
     empty = api.client.wait_events(cursor, 0.5)
     assert isinstance(empty, EventBatch) and empty.events == [] and empty.cursor == cursor
-    assert 0.4 <= time.monotonic() - started < 3
+    assert 0.4 <= time.monotonic() - started < 10  # its own timeout, not the caller's 20 s
 
     thread = _add_repo_later(api.agent, repo.path)
     started = time.monotonic()
     batch = api.client.wait_events(cursor, 20)
     thread.join()
-    assert time.monotonic() - started < 5  # woke up on the event, not at the timeout
+    assert time.monotonic() - started < 15  # woke up on the event, not at the 20 s timeout
     assert batch.cursor > cursor and all(e.seq > cursor for e in batch.events)
     assert ("repo", {"name": "later", "action": "added"}) in [(e.kind, e.data) for e in batch.events]
 

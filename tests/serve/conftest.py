@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,37 @@ def started_engine(model_dir: Path, **kwargs):
     engine.load()
     assert engine.failure is None, engine.failure
     return engine
+
+
+@contextlib.contextmanager
+def worker_held(engine, until: Callable[[], bool], once: Callable[[], bool], timeout: float = 30) -> Iterator[None]:
+    """Hold the engine's worker before each step, once ``once()`` holds, until ``until()`` holds (at most ``timeout``
+    seconds each time): what a test does meanwhile (closing a stream, sending a newer request) then lands at a known
+    step, however slow the machine is, instead of racing a generation that may end first."""
+    worker = engine._worker
+    step = worker._step
+
+    def held_step() -> None:
+        if once():
+            deadline = time.monotonic() + timeout
+            while not until() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        step()
+
+    worker._step = held_step
+    try:
+        yield
+    finally:
+        del worker._step
+
+
+def tokens_made(engine, at_least: int = 1) -> Callable[[], bool]:
+    return lambda: engine.stats()["tokens"] >= at_least
+
+
+def no_request_left(engine) -> Callable[[], bool]:
+    """Every request's stream has ended (the engine's cleanup marks a left one cancelled right after)."""
+    return lambda: not engine._live
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from pipelines.serve.engine import BadRequest, CompletionRequest, Finish, PromptTooLong, StopTracker, model_id_for
-from tests.serve.conftest import hf_greedy_ids, started_engine
+from tests.serve.conftest import hf_greedy_ids, no_request_left, started_engine, tokens_made, worker_held
 
 
 def feed(stops: list[str], texts: list[str]) -> tuple[list[str], bool]:
@@ -140,14 +141,14 @@ def test_a_stream_closed_early_frees_its_rows(tiny_model) -> None:
         stream = engine.stream(CompletionRequest("def get_", max_tokens=200, temperature=1.0, logit_bias={0: -100}))
         first = await anext(stream)
         await stream.aclose()
-        for _ in range(200):
-            if engine.stats()["rows"] == 0:
-                break
+        deadline = time.monotonic() + 30
+        while engine.stats()["rows"] and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         return first
 
     try:
-        first = run(read_one_then_leave())
+        with worker_held(engine, no_request_left(engine), once=tokens_made(engine)):  # it leaves mid-answer
+            first = run(read_one_then_leave())
         stats = engine.stats()
     finally:
         run(engine.close())

@@ -18,7 +18,7 @@ import torch
 
 from pipelines.serve.app import create_app
 from pipelines.serve.engine import CompletionRequest
-from tests.serve.conftest import ServerThread, corpus, started_engine
+from tests.serve.conftest import ServerThread, corpus, no_request_left, started_engine, tokens_made, worker_held
 
 DOCUMENT = "".join(corpus()[:12])
 
@@ -124,13 +124,14 @@ def test_a_closed_stream_stops_within_a_step_and_frees_its_row(tiny_model) -> No
     engine = started_engine(tiny_model, max_batch=4)
     body = {"prompt": DOCUMENT[:200], "max_tokens": 180, "temperature": 0, "stream": True, "logit_bias": {"0": -100}}
     with ServerThread(create_app(engine)) as srv:
-        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as response:
-            first = next(response.iter_lines())
-            assert first.startswith("data: ")
-        deadline = time.monotonic() + 10
-        while engine.stats()["rows"] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        stats = engine.stats()
+        with worker_held(engine, no_request_left(engine), once=tokens_made(engine)):  # the close lands mid-answer
+            with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as response:
+                first = next(response.iter_lines())
+                assert first.startswith("data: ")
+            deadline = time.monotonic() + 30
+            while engine.stats()["rows"] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stats = engine.stats()
         assert complete(srv.url, "def get_").status_code == 200
     asyncio.run(engine.close())
     assert stats["rows"] == 0
@@ -141,10 +142,12 @@ def test_a_newer_prompt_of_the_same_user_supersedes_the_running_one(tiny_model) 
     engine = started_engine(tiny_model, max_batch=4, speculation=False)  # one token per step: time to supersede
     long = {"max_tokens": 180, "temperature": 0, "logit_bias": {"0": -100}, "user": "editor-1"}
     results: dict[str, httpx.Response] = {}
-    with ServerThread(create_app(engine)) as srv:
+    superseded = lambda: engine.stats()["superseded"] >= 1  # noqa: E731
+    with ServerThread(create_app(engine)) as srv, worker_held(engine, superseded, once=tokens_made(engine, 3)):
         older = threading.Thread(target=lambda: results.update(old=complete(srv.url, DOCUMENT[:200], **long)))
         older.start()
-        while engine.stats()["tokens"] < 3:
+        deadline = time.monotonic() + 30
+        while engine.stats()["tokens"] < 3 and time.monotonic() < deadline:
             time.sleep(0.005)
         results["new"] = complete(srv.url, DOCUMENT[:204], max_tokens=8, user="editor-1")
         older.join(30)
@@ -186,12 +189,11 @@ def test_while_idle_the_engine_prefills_the_window_the_next_line_will_send(tiny_
         engine = started_engine(tiny_model, window_lines=window_lines)
         try:
             run_one(engine, before)
-            time.sleep(1.5)  # a pause in typing: the engine looks ahead once idle for a second
-            deadline = time.monotonic() + 20
-            seen = -1
-            while seen != engine.stats()["lookahead_tokens"] and time.monotonic() < deadline:
-                seen = engine.stats()["lookahead_tokens"]
-                time.sleep(0.3)
+            assert engine.stats()["lookahead_pending"] == (window_lines > 0)
+            deadline = time.monotonic() + 60  # a pause in typing: the engine looks ahead once idle for a second
+            while engine.stats()["lookahead_pending"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not engine.stats()["lookahead_pending"]
             start = engine.stats()["prefix_cache"]["reused_tokens"]
             reused[window_lines] = (run_one(engine, after), engine.stats()["prefix_cache"]["reused_tokens"] - start)
         finally:

@@ -84,6 +84,9 @@ def test_swap_then_failed_swap_rolls_back(stack) -> None:
         docker.swap("v3", timeout=90)
     assert "rolled back to v2" in str(err.value)
     assert "MODEL='v2'" in (docker.project_dir / ".env").read_text()
+    deadline = time.monotonic() + 240  # v2 comes back (the swap waited 90 s for it; a loaded machine may need more)
+    while not healthy(docker) and time.monotonic() < deadline:
+        time.sleep(1)
     assert healthy(docker)
     assert complete(settings.api_port, "import os\n", KEY)[0] == 200
 

@@ -31,7 +31,7 @@ def test_bundle_builds_runs_and_installs(tmp_path: Path) -> None:
     assert version.returncode == 0 and version.stdout.strip() == "repopilot-tray 0.1.0"
 
     test = subprocess.run(
-        [str(exe), "--self-test", "--tray-wait", "0.3"],
+        [str(exe), "--self-test"],
         capture_output=True,
         text=True,
         env=env,
