@@ -135,12 +135,11 @@ class Worker:
     def stats(self) -> dict:
         prefix = self.decoder.prefix
         cache = {**prefix.stats, "bytes": prefix.bytes, "capacity_bytes": prefix.capacity}
-        ahead = self._lookahead is not None
         return {
             **self._stats,
             "rows": self._rows_now,
             "waiting": len(self._pending),
-            "lookahead_pending": ahead,
+            "lookahead_pending": self._lookahead is not None,
             "prefix_cache": cache,
         }
 
