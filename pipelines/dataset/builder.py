@@ -157,7 +157,7 @@ def _sync(
     for spec in specs:
         source = GitSource(spec.path)
         spec = RepoSpec(spec.name, str(source.path), spec.ref, spec.include, spec.exclude)
-        plans.append(plan_repo(spec, source, indexed.get(spec.name), store, full))
+        plans.append(plan_repo(spec, source, indexed.get(spec.name), store, full, config.file_commits))
         progress.event("plan", repo=spec.name, mode=plans[-1].mode.value, **plans[-1].counts)
     removed = sorted(set(indexed) - {p.spec.name for p in plans})
     sources = {p.spec.name: p.source for p in plans}
@@ -361,22 +361,22 @@ class _Work:
                     shas.add(row.sha)
         # Exact: among files with equal content, the smallest key is kept.
         groups = self.store.candidates_by_sha(shas)
+        changes: list[tuple[Key, str, str | None]] = []
         for sha in sorted(groups):
             group = groups[sha]
             for key in group:
                 self._touch(key)
             first, rest = group[0], group[1:]
-            for key in rest:
-                self.store.set_status(key, Reason.DUPLICATE.value, _ref(first))
+            changes += [(key, Reason.DUPLICATE.value, _ref(first)) for key in rest]
             row = self.store.get(first)
             if row is not None and row.status == Reason.DUPLICATE.value:
-                self.store.set_status(first, CANDIDATE, None)
+                changes.append((first, CANDIDATE, None))
+        self.store.set_statuses(changes)
         if self.config.near_dup:
             self._near_duplicates()
-        for key in list(self.before):
-            row = self.store.get(key)
-            if row is not None and row.status == CANDIDATE:
-                self.store.set_status(key, KEPT, None)
+        self.store.set_statuses(
+            [(key, KEPT, None) for key in self.before if (row := self.store.get(key)) and row.status == CANDIDATE]
+        )
         deltas: dict[tuple[str, str], int] = {}
         if self.full:  # the old analyses may be of other settings (or of an older repopilot): not subtracted
             self.store.clear_totals()
@@ -444,12 +444,14 @@ class _Work:
 
         nodes, similar = dedup.component(seeds, similar_of)
         lsh.flush()
+        changes: list[tuple[Key, str, str | None]] = []
         for key, twin in dedup.resolve(nodes, similar.__getitem__).items():
             status, dup_of = (KEPT, None) if twin is None else (Reason.NEAR_DUPLICATE.value, _ref(twin))
             row = self.store.get(key)
             if key in self.before or row is None or (row.status, row.dup_of) != (status, dup_of):
                 self._touch(key)
-                self.store.set_status(key, status, dup_of)
+                changes.append((key, status, dup_of))
+        self.store.set_statuses(changes)
 
     def _prefetch_blobs(self, keys: list[Key]) -> None:
         """Read the rows and cached analyses of many files at once."""

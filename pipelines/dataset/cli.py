@@ -49,6 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--near-dup-threshold", type=float, default=DatasetConfig.near_dup_threshold)
     p.add_argument("--no-near-dup", action="store_true", help="only drop exact duplicates")
     p.add_argument("--shard-records", type=int, default=DatasetConfig.shard_records)
+    p.add_argument(
+        "--file-commits", action="store_true",
+        help="record each file's newest commit (walks the whole history: slower on long histories)",
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="rebuild a folder that already holds a dataset")
     _common(p)
 
@@ -89,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             near_dup_threshold=args.near_dup_threshold,
             val_fraction=args.val_fraction,
             shard_records=args.shard_records,
+            file_commits=args.file_commits,
         )
         specs = _repos_from_json(args.repos_json) if args.repos_json else []
         if not specs and not args.repos:

@@ -65,6 +65,11 @@ class DatasetConfig:
     """Mean number of records per JSONL shard (boundaries are chosen by content, so they are stable)."""
     extra: dict[str, str] = field(default_factory=dict)
     """Extra extension -> language mappings, e.g. {".tpl": "html"}."""
+    file_commits: bool = False
+    """Give each record and index entry a ``commit``: the newest first-parent commit that changed the file.
+    A full build then walks the whole first-parent history (2.6 s of git's time for spring-framework's 28,500
+    commits, growing with the history, not the tree); the blob id (``sha``) and the indexed commit in the
+    manifest identify a record's content without it."""
 
     def validate(self) -> None:
         problems: list[str] = []
@@ -100,6 +105,7 @@ class DatasetConfig:
     def from_json(cls, data: dict[str, Any]) -> DatasetConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("file_commits", True)  # settings stored before it existed: every record had a commit
         if "languages" in values:
             values["languages"] = tuple(values["languages"])
         return cls(**values)

@@ -36,21 +36,20 @@ _BULK_RANGES = 1000  # keys to place before the writer reads a selection's keys 
 
 def record_line(row: FileRow, text: str) -> bytes:
     """One JSONL record: run_clm's ``text`` plus files2jsonl's ``url`` and provenance (UTF-8, compact, keys in
-    this order; byte for byte what ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` gives)."""
-    record = {
-        "text": text,
-        "url": row.path,
-        "repo": row.repo,
-        "path": row.path,
-        "commit": row.commit_sha,
-        "lang": row.lang,
-        "sha": row.sha,
-    }
+    this order; byte for byte what ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` gives).
+    ``commit`` is there only when the dataset records file commits."""
+    record: dict[str, Any] = {"text": text, "url": row.path, "repo": row.repo, "path": row.path}
+    if row.commit_sha:
+        record["commit"] = row.commit_sha
+    record["lang"] = row.lang
+    record["sha"] = row.sha
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def index_entry(row: FileRow) -> dict[str, Any]:
-    entry: dict[str, Any] = {"sha": row.sha, "status": row.status, "commit": row.commit_sha}
+    entry: dict[str, Any] = {"sha": row.sha, "status": row.status}
+    if row.commit_sha:
+        entry["commit"] = row.commit_sha
     if row.status == KEPT:
         entry.update(shard=row.shard, line=row.line, split=row.split, lang=row.lang)
     elif row.dup_of:

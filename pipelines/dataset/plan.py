@@ -36,6 +36,15 @@ class RepoPlan:
     deleted: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=dict)
     history: HistoryWalk | None = None  # a full plan's commits come from this walk (see start_history)
+    file_commits: bool = False  # False: no history is read and every row's commit is ""
+
+    def last_commits(self, rev_range: str, paths: set[str] | None = None) -> dict[str, str]:
+        """The newest commit touching each path in ``rev_range`` (none when file commits are off)."""
+        return self.source.last_commits(rev_range, paths) if self.file_commits else {}
+
+    def commit_of(self, path: str, found: dict[str, str]) -> str:
+        """The commit to record for ``path``: the one found, else the indexed one ("" when off)."""
+        return found.get(path, self.commit) if self.file_commits else ""
 
     def start_history(self) -> None:
         """Start the walk that finds each target's newest commit; it runs while blobs are analysed."""
@@ -48,7 +57,7 @@ class RepoPlan:
             return
         found = self.history.result()
         for path in self.targets:
-            self.commits[path] = found.get(path, self.commit)
+            self.commits[path] = self.commit_of(path, found)
         self.history = None
 
     def close_history(self) -> None:
@@ -62,21 +71,22 @@ def plan_repo(
     indexed: dict | None,
     store: StateStore,
     full: bool,
+    file_commits: bool,
 ) -> RepoPlan:
     """Decide how to bring one repo from its indexed state to ``spec.ref``."""
     ref, commit = source.resolve(spec.ref)
     if full or indexed is None or indexed["spec"] != spec.to_json():
-        plan = RepoPlan(spec, source, ref, commit, PlanMode.FULL)
+        plan = RepoPlan(spec, source, ref, commit, PlanMode.FULL, file_commits=file_commits)
         _plan_from_tree(plan, store.files_of(spec.name), compare=False)
         return plan
     if indexed["commit"] == commit:
-        return RepoPlan(spec, source, ref, commit, PlanMode.UNCHANGED)
+        return RepoPlan(spec, source, ref, commit, PlanMode.UNCHANGED, file_commits=file_commits)
     chain = source.first_parent_range(indexed["commit"], commit)
     if chain is None:
-        plan = RepoPlan(spec, source, ref, commit, PlanMode.REWRITE)
+        plan = RepoPlan(spec, source, ref, commit, PlanMode.REWRITE, file_commits=file_commits)
         _plan_from_tree(plan, store.files_of(spec.name), compare=True)
         return plan
-    plan = RepoPlan(spec, source, ref, commit, PlanMode.FAST)
+    plan = RepoPlan(spec, source, ref, commit, PlanMode.FAST, file_commits=file_commits)
     _plan_from_diff(plan, indexed["commit"], store)
     return plan
 
@@ -87,12 +97,15 @@ def _plan_from_tree(plan: RepoPlan, rows: dict[str, FileRow], compare: bool) -> 
     plan.counts = {"paths": len(tree), "recomputed": len(tree), "deleted": len(plan.deleted)}
     if not compare:  # every path is a target; their commits come later, from a walk that overlaps the analysis
         plan.targets = dict(tree)
-        plan.history = HistoryWalk(plan.source, plan.commit, set(tree))
+        if plan.file_commits:
+            plan.history = HistoryWalk(plan.source, plan.commit, set(tree))
+        else:
+            plan.commits = dict.fromkeys(tree, "")
         return
-    commits = plan.source.last_commits(plan.commit, set(tree))
+    commits = plan.last_commits(plan.commit, set(tree))
     for path, entry in tree.items():
         old = rows.get(path)
-        commit = commits.get(path, plan.commit)
+        commit = plan.commit_of(path, commits)
         if old is not None and (old.mode, old.sha, old.commit_sha) == (entry.mode, entry.sha, commit):
             continue
         plan.targets[path] = entry
@@ -102,7 +115,7 @@ def _plan_from_tree(plan: RepoPlan, rows: dict[str, FileRow], compare: bool) -> 
 
 def _plan_from_diff(plan: RepoPlan, old_commit: str, store: StateStore) -> None:
     changes = plan.source.diff(old_commit, plan.commit)
-    touched = plan.source.last_commits(f"{old_commit}..{plan.commit}")
+    touched = plan.last_commits(f"{old_commit}..{plan.commit}")
     counts = {"added": 0, "modified": 0, "deleted": 0, "renamed": 0, "touched": len(touched)}
     new_entries: dict[str, tuple[str, str]] = {}
     for change in changes:
@@ -122,7 +135,7 @@ def _plan_from_diff(plan: RepoPlan, old_commit: str, store: StateStore) -> None:
     sizes = plan.source.blob_sizes(sha for mode, sha in new_entries.values() if mode != MODE_SUBMODULE)
     for path, (mode, sha) in new_entries.items():
         plan.targets[path] = TreeEntry(mode, sha, -1 if mode == MODE_SUBMODULE else sizes.get(sha, -1))
-        plan.commits[path] = touched.get(path, plan.commit)
+        plan.commits[path] = plan.commit_of(path, touched)
     # Paths touched in the range but equal at both ends (a change and its revert) keep their content,
     # but the newest commit touching them is new.
     for path, commit in touched.items():

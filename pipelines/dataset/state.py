@@ -209,9 +209,14 @@ class StateStore:
         self.db.execute("DELETE FROM files WHERE repo = ? AND path = ?", key)
         self.rows[key] = None
 
-    def set_status(self, key: Key, status: str, dup_of: str | None) -> None:
-        self.db.execute("UPDATE files SET status = ?, dup_of = ? WHERE repo = ? AND path = ?", (status, dup_of, *key))
-        self._changed(key, status=status, dup_of=dup_of)
+    def set_statuses(self, changes: list[tuple[Key, str, str | None]]) -> None:
+        """Record each file's fate: (key, status, dup_of) each."""
+        self.db.executemany(
+            "UPDATE files SET status = ?, dup_of = ? WHERE repo = ? AND path = ?",
+            [(status, dup_of, *key) for key, status, dup_of in changes],
+        )
+        for key, status, dup_of in changes:
+            self._changed(key, status=status, dup_of=dup_of)
 
     def set_location(self, key: Key, shard: str | None, line: int | None) -> None:
         self.set_locations([(key, shard, line)])

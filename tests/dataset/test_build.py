@@ -90,21 +90,28 @@ def test_filters_count_each_drop_under_one_named_reason(repo: Repo, tmp_path: Pa
     assert stats["languages"]["python"]["files"] == 2 and stats["languages"]["javascript"]["files"] == 1
 
 
-def test_records_are_run_clm_compatible_and_locatable(repo: Repo, tmp_path: Path) -> None:
-    head = repo.commit({"pkg/mod.py": python_file("mod"), "pkg/other.py": python_file("other", seed=4)})
+@pytest.mark.parametrize("file_commits", [False, True])
+def test_records_are_run_clm_compatible_and_locatable(repo: Repo, tmp_path: Path, file_commits: bool) -> None:
+    first = repo.commit({"pkg/mod.py": python_file("mod"), "pkg/other.py": python_file("other", seed=4)})
+    head = repo.commit({"pkg/other.py": python_file("other", seed=5)})
     out = tmp_path / "ds"
-    build(out, [RepoSpec("project", str(repo.path))], DatasetConfig(val_fraction=0.0))
+    build(out, [RepoSpec("project", str(repo.path))], DatasetConfig(val_fraction=0.0, file_commits=file_commits))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["repos"]["project"]["commit"] == head
     for shard in manifest["shards"]["train"]:
         lines = (out / shard["file"]).read_text(encoding="utf-8").splitlines()
         assert len(lines) == shard["records"]
+    newest = {"pkg/mod.py": first, "pkg/other.py": head}
     for record in records(out):
-        assert list(record) == ["text", "url", "repo", "path", "commit", "lang", "sha"]
+        entry = file_index(out)["project"][record["path"]]
+        if file_commits:  # the newest commit that changed the file, in the record and its index entry
+            assert list(record) == ["text", "url", "repo", "path", "commit", "lang", "sha"]
+            assert record["commit"] == entry["commit"] == newest[record["path"]]
+        else:
+            assert list(record) == ["text", "url", "repo", "path", "lang", "sha"] and "commit" not in entry
         assert record["url"] == record["path"]
         assert record["text"] == (repo.path / record["path"]).read_text()
-        assert record["commit"] == head and record["lang"] == "python"
-        entry = file_index(out)["project"][record["path"]]
+        assert record["lang"] == "python"
         assert entry["sha"] == record["sha"] and entry["split"] == "train"
         line = (out / entry["shard"]).read_text(encoding="utf-8").splitlines()[entry["line"]]
         assert json.loads(line)["path"] == record["path"]
@@ -132,16 +139,16 @@ def test_only_committed_content_is_read(repo: Repo, tmp_path: Path) -> None:
 
 
 def test_bare_repo_and_other_ref(repo: Repo, tmp_path: Path) -> None:
-    repo.commit({"a.py": python_file("a")})
+    first = repo.commit({"a.py": python_file("a")})
     repo.git("checkout", "-q", "-b", "feature")
-    repo.commit({"b.py": python_file("b", seed=2)})
+    second = repo.commit({"b.py": python_file("b", seed=2)})
     repo.git("checkout", "-q", "main")
     bare = tmp_path / "bare.git"
     repo.git("clone", "-q", "--bare", str(repo.path), str(bare))
     out = tmp_path / "ds"
-    result = run_cli("dataset", "build", str(out), f"{bare}#feature", "--val-fraction", "0")
+    result = run_cli("dataset", "build", str(out), f"{bare}#feature", "--val-fraction", "0", "--file-commits")
     assert result.returncode == 0, result.stderr
-    assert {r["path"] for r in records(out)} == {"a.py", "b.py"}
+    assert {r["path"]: r["commit"] for r in records(out)} == {"a.py": first, "b.py": second}
     assert {r["repo"] for r in records(out)} == {"bare"}
 
 

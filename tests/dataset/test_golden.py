@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tests.dataset.test_build import make_mixed_repo, near_copy
 from tests.dataset.test_secrets import SAMPLES
 
 EXPECTED = Path(__file__).parent / "golden" / "expected.json"
-CONFIG = DatasetConfig(shard_records=4, val_fraction=0.2, max_file_bytes=20_000)
+CONFIG = DatasetConfig(shard_records=4, val_fraction=0.2, max_file_bytes=20_000, file_commits=True)
 
 UNICODE = (
     "# -*- coding: utf-8 -*-\n"
@@ -67,15 +68,15 @@ def snapshot(out: Path, repos: dict[str, Repo]) -> dict[str, str]:
     return found
 
 
-def build_both_ways(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+def build_both_ways(root: Path, config: DatasetConfig = CONFIG) -> tuple[dict[str, str], dict[str, str]]:
     """(a fresh build after both histories, an update from a build of the first) as snapshots."""
     repos = first_history(root / "repos")
     specs = [RepoSpec(name, str(repo.path), exclude=("docs/**",)) for name, repo in repos.items()]
     incremental = root / "ds-incremental"
-    build(incremental, specs, CONFIG)
+    build(incremental, specs, config)
     second_history(repos)
     update(incremental)
-    build(root / "ds", specs, CONFIG)
+    build(root / "ds", specs, config)
     return snapshot(root / "ds", repos), snapshot(incremental, repos)
 
 
@@ -105,3 +106,29 @@ def test_the_bulk_paths_give_the_same_dataset(
     monkeypatch.setattr(output, "_BULK_RANGES", 0)
     expected = json.loads(EXPECTED.read_text(encoding="utf-8"))
     assert build_both_ways(tmp_path) == (expected, expected)
+
+
+def contents(snapshot: dict[str, str]) -> tuple[list[dict], dict]:
+    """(every record in the manifest's order, every index entry with its shard's place in that order)."""
+    manifest = json.loads(snapshot["manifest.json"])
+    shards = [shard["file"] for split in ("train", "validation") for shard in manifest["shards"][split]]
+    lines = [json.loads(line) for name in shards for line in snapshot[name].splitlines()]
+    index: dict = {}
+    for chunk in manifest["index"]:
+        for repo, files in json.loads(snapshot[chunk["file"]]).items():
+            index.setdefault(repo, {}).update(files)
+    for entry in (e for files in index.values() for e in files.values() if "shard" in e):
+        entry["shard"] = shards.index(entry["shard"])  # shards are named by their content
+    return lines, index
+
+
+def test_without_file_commits_only_the_commits_are_gone(tmp_path: Path, fixed_clock: None) -> None:
+    """The default (no history walk): the stored dataset, less each record's and index entry's ``commit``."""
+    got, incremental = build_both_ways(tmp_path, replace(CONFIG, file_commits=False))
+    assert got == incremental
+    expected_records, expected_index = contents(json.loads(EXPECTED.read_text(encoding="utf-8")))
+    records, index = contents(got)
+    for entry in [*expected_records, *(e for files in expected_index.values() for e in files.values())]:
+        assert len(entry.pop("commit")) == 40
+    assert len(records) > 20 and records == expected_records
+    assert index == expected_index

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from pipelines.dataset.builder import build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from tests.dataset.conftest import Repo, python_file, read_dataset, records, run_cli
 
-CONFIG = DatasetConfig(val_fraction=0.2, shard_records=4)
+CONFIG = DatasetConfig(val_fraction=0.2, shard_records=4, file_commits=True)
 
 
 def fresh(repo: Repo, out: Path, ref: str | None = None, config: DatasetConfig = CONFIG) -> dict[str, bytes]:
@@ -62,16 +63,17 @@ def random_commit(repo: Repo, rng: random.Random, step: int) -> str:
     return repo.commit(changes, "mix")
 
 
-@pytest.mark.parametrize("bulk_paths", [False, True])
+@pytest.mark.parametrize(("bulk_paths", "file_commits"), [(False, True), (True, False)])
 def test_replayed_history_matches_fresh_builds(
-    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk_paths: bool
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk_paths: bool, file_commits: bool
 ) -> None:
     if bulk_paths:  # the path big updates take (bulk range lookups) decides the same
         monkeypatch.setattr(output, "_BULK_RANGES", 0)
+    config = replace(CONFIG, file_commits=file_commits)
     rng = random.Random(7)
     repo.commit({"pkg0/base.py": python_file("base"), "README.md": "# project\n"}, "initial")
     incremental = tmp_path / "inc"
-    build(incremental, [RepoSpec("project", str(repo.path))], CONFIG)
+    build(incremental, [RepoSpec("project", str(repo.path))], config)
     modes = []
     for step in range(45):
         random_commit(repo, rng, step)
@@ -79,8 +81,9 @@ def test_replayed_history_matches_fresh_builds(
             continue
         result = update(incremental)
         modes.append(result.repos["project"]["mode"])
-        assert read_dataset(incremental) == fresh(repo, tmp_path / "fresh"), f"differs after step {step}"
+        assert read_dataset(incremental) == fresh(repo, tmp_path / "fresh", config=config), f"after step {step}"
     assert set(modes) == {"fast"}
+    assert all(("commit" in record) == file_commits for record in records(incremental))
     stats = json.loads((incremental / "stats.json").read_text())
     assert stats["files_kept"] > 15 and stats["dropped"]["duplicate"] and stats["dropped"]["near_duplicate"]
     assert len(json.loads((incremental / "manifest.json").read_text())["shards"]["train"]) > 3
@@ -254,3 +257,20 @@ def test_a_state_of_an_older_repopilot_is_analysed_again_once(repo: Repo, tmp_pa
     repo.commit({"e.py": python_file("e", seed=5)})
     assert update(out).repos["project"]["mode"] == "fast"
     assert read_dataset(out) == fresh(repo, tmp_path / "fresh")
+
+
+def test_a_dataset_from_before_the_file_commits_setting_keeps_its_commits(repo: Repo, tmp_path: Path) -> None:
+    """Settings stored without ``file_commits`` were written when every record had a commit: updates keep it."""
+    repo.commit({"a.py": python_file("a"), "b.py": python_file("b", seed=2)})
+    out = tmp_path / "inc"
+    build(out, [RepoSpec("project", str(repo.path))], CONFIG)
+    db = sqlite3.connect(out / "state.sqlite")
+    stored = json.loads(db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+    del stored["file_commits"]
+    db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(stored, sort_keys=True),))
+    db.commit()
+    db.close()
+    head = repo.commit({"c.py": python_file("c", seed=3)})
+    assert update(out).repos["project"]["mode"] == "fast"
+    assert read_dataset(out) == fresh(repo, tmp_path / "fresh")
+    assert {r["path"]: r["commit"] for r in records(out)}["c.py"] == head
