@@ -116,7 +116,9 @@ def _plan_from_tree(plan: RepoPlan, rows: dict[str, FileRow], compare: bool) -> 
 def _plan_from_diff(plan: RepoPlan, old_commit: str, store: StateStore) -> None:
     changes = plan.source.diff(old_commit, plan.commit)
     touched = plan.last_commits(f"{old_commit}..{plan.commit}")
-    counts = {"added": 0, "modified": 0, "deleted": 0, "renamed": 0, "touched": len(touched)}
+    counts = {"added": 0, "modified": 0, "deleted": 0, "renamed": 0}
+    if plan.file_commits:  # paths the range's commits touched (known only from its log)
+        counts["touched"] = len(touched)
     new_entries: dict[str, tuple[str, str]] = {}
     for change in changes:
         if change.status == "D":
