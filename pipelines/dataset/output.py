@@ -236,8 +236,10 @@ def contributions(row: FileRow | None, text_bytes: int, redactions: list) -> dic
 
 # -- export, recovery, garbage ----------------------------------------------------------------------------
 def dataset_version(store: StateStore, config: DatasetConfig) -> str:
+    settings = config.to_json()
+    del settings["file_commits"]  # it shows in the shards' names; a dataset from before it keeps its version
     ident = {
-        "config": config.to_json(),
+        "config": settings,
         "repos": {name: info["commit"] for name, info in store.repos().items()},
         "shards": [name for _, name, _, _ in store.outputs("shard")],
     }

@@ -1,7 +1,7 @@
 """What changed in each repository since it was last indexed, and how to find out cheaply.
 
-Fast path: the indexed commit is on the new ref's first-parent chain, so git's diff between the two and
-the log of the range say everything. Fallback (force push, missing commit, other settings): compare
+Fast path: the indexed commit is on the new ref's first-parent chain, so git's diff between the two (and,
+for files' commits, the log of the range) say everything. Fallback (force push, missing commit, other settings): compare
 the whole tree at the new ref with what the state holds.
 """
 

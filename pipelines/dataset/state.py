@@ -20,10 +20,14 @@ import numpy as np
 from pipelines.dataset.dedup import BANDS
 from pipelines.errors import DatasetError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Schema 1 kept one near-duplicate index row per band and another MinHash: a state of it is migrated by
 # forgetting both (and the cached analyses), and the next update re-analyses every file once.
 _MIGRATIONS = {1: "DROP TABLE IF EXISTS lsh; DELETE FROM blobs;"}
+# Schema 3 only made the files' commits optional (settings without ``file_commits`` mean on): a state of 2 is
+# read as it is. The bump makes an older repopilot refuse a newer state rather than give commits to some files
+# of a dataset without them.
+_READ_AS_IS = {2}
 Key = tuple[str, str]  # (repo, path)
 
 _SCHEMA = """
@@ -127,7 +131,7 @@ class StateStore:
             self.db.executescript(_MIGRATIONS[int(version)])
             self.set_meta("reanalyse", "1")
             version = None
-        if version is None:
+        if version is None or int(version) in _READ_AS_IS:
             self.set_meta("schema", str(SCHEMA_VERSION))
         elif int(version) != SCHEMA_VERSION:
             raise DatasetError(

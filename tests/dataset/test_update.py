@@ -17,6 +17,7 @@ import pytest
 from pipelines.dataset import output
 from pipelines.dataset.builder import build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
+from pipelines.errors import DatasetError
 from tests.dataset.conftest import Repo, python_file, read_dataset, records, run_cli
 
 CONFIG = DatasetConfig(val_fraction=0.2, shard_records=4, file_commits=True)
@@ -108,16 +109,19 @@ def test_revert_and_merge_keep_commit_attribution_exact(repo: Repo, tmp_path: Pa
         assert by_path["a.py"]["commit"] == revert
 
 
-def test_force_push_falls_back_to_tree_comparison(repo: Repo, tmp_path: Path) -> None:
+@pytest.mark.parametrize("file_commits", [True, False])
+def test_force_push_falls_back_to_tree_comparison(repo: Repo, tmp_path: Path, file_commits: bool) -> None:
+    config = replace(CONFIG, file_commits=file_commits)
     for i in range(6):
         repo.commit({f"f{i}.py": python_file(f"f{i}", seed=i)})
     out = tmp_path / "inc"
-    build(out, [RepoSpec("project", str(repo.path))], CONFIG)
+    build(out, [RepoSpec("project", str(repo.path))], config)
     repo.git("reset", "-q", "--hard", "HEAD~3")
     repo.commit({"rewritten.py": python_file("rewritten", seed=50), "f0.py": python_file("f0", seed=51)})
     result = update(out)
     assert result.repos["project"]["mode"] == "rewrite"
-    assert read_dataset(out) == fresh(repo, tmp_path / "fresh")
+    assert result.repos["project"]["recomputed"] == 2  # only the two changed files, either way
+    assert read_dataset(out) == fresh(repo, tmp_path / "fresh", config=config)
     # The old commit is gone entirely (gc'd): same fallback.
     repo.git("reflog", "expire", "--expire=now", "--all")
     repo.git("gc", "-q", "--prune=now")
@@ -128,7 +132,7 @@ def test_force_push_falls_back_to_tree_comparison(repo: Repo, tmp_path: Path) ->
     repo.git("checkout", "-q", "main")
     repo.git("branch", "-D", "fresh-start")
     update(out)
-    assert read_dataset(out) == fresh(repo, tmp_path / "fresh")
+    assert read_dataset(out) == fresh(repo, tmp_path / "fresh", config=config)
     assert [r["path"] for r in records(out)] == ["only.py"]
 
 
@@ -260,17 +264,42 @@ def test_a_state_of_an_older_repopilot_is_analysed_again_once(repo: Repo, tmp_pa
 
 
 def test_a_dataset_from_before_the_file_commits_setting_keeps_its_commits(repo: Repo, tmp_path: Path) -> None:
-    """Settings stored without ``file_commits`` were written when every record had a commit: updates keep it."""
+    """A state of schema 2 (settings without ``file_commits``, written when every record had a commit) updates
+    with commits, keeps its dataset version while nothing changed, and is then marked as schema 3."""
     repo.commit({"a.py": python_file("a"), "b.py": python_file("b", seed=2)})
     out = tmp_path / "inc"
-    build(out, [RepoSpec("project", str(repo.path))], CONFIG)
+    version = build(out, [RepoSpec("project", str(repo.path))], CONFIG).dataset_version
     db = sqlite3.connect(out / "state.sqlite")
     stored = json.loads(db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
     del stored["file_commits"]
     db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(stored, sort_keys=True),))
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     db.commit()
     db.close()
+    assert update(out).dataset_version == version
     head = repo.commit({"c.py": python_file("c", seed=3)})
     assert update(out).repos["project"]["mode"] == "fast"
     assert read_dataset(out) == fresh(repo, tmp_path / "fresh")
     assert {r["path"]: r["commit"] for r in records(out)}["c.py"] == head
+    db = sqlite3.connect(out / "state.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
+    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")  # as an older repopilot sees this one's
+    db.commit()
+    db.close()
+    with pytest.raises(DatasetError, match="another version of repopilot"):
+        update(out)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_forced_build_switches_file_commits_everywhere(repo: Repo, tmp_path: Path, first: bool) -> None:
+    repo.commit({"a.py": python_file("a"), "b.py": python_file("b", seed=2)})
+    repo.commit({"b.py": python_file("b", seed=3), "c.py": python_file("c", seed=4)})
+    out = tmp_path / "inc"
+    build(out, [RepoSpec("project", str(repo.path))], replace(CONFIG, file_commits=first))
+    switched = replace(CONFIG, file_commits=not first)
+    build(out, [RepoSpec("project", str(repo.path))], switched, force=True)
+    assert read_dataset(out) == fresh(repo, tmp_path / "fresh", config=switched)
+    assert all(("commit" in record) == (not first) for record in records(out))
+    repo.commit({"d.py": python_file("d", seed=5)})
+    update(out)
+    assert read_dataset(out) == fresh(repo, tmp_path / "fresh", config=switched)
