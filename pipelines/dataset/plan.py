@@ -1,8 +1,8 @@
 """What changed in each repository since it was last indexed, and how to find out cheaply.
 
 Fast path: the indexed commit is on the new ref's first-parent chain, so git's diff between the two (and,
-for files' commits, the log of the range) say everything. Fallback (force push, missing commit, other settings): compare
-the whole tree at the new ref with what the state holds.
+for files' commits, the log of the range) say everything. Fallback (force push, missing commit, other
+settings): compare the whole tree at the new ref with what the state holds.
 """
 
 from __future__ import annotations
