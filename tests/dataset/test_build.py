@@ -11,6 +11,7 @@ import pytest
 from pipelines.dataset import builder
 from pipelines.dataset.builder import build
 from pipelines.dataset.config import DatasetConfig, RepoSpec
+from pipelines.dataset.filters import long_lines
 from pipelines.dataset.folder import file_index
 from tests.dataset.conftest import Repo, python_file, read_dataset, records, run_cli
 
@@ -286,3 +287,34 @@ def test_planted_secrets_never_reach_any_output_file(repo: Repo, tmp_path: Path)
     assert kept_text.count("<redacted-") >= len(SAMPLES)
     stats = json.loads((out / "stats.json").read_text())
     assert len(stats["redactions"]) >= 10 and sum(stats["redactions"].values()) >= len(SAMPLES)
+
+
+def test_line_lengths_are_measured_as_str_splitlines_cuts_lines() -> None:
+    """The batched measure of long lines agrees with ``str.splitlines`` on every kind of line break and ending."""
+    config = DatasetConfig(max_line_length=12, max_mean_line_length=6.0)
+    texts = [
+        "ab\ncd\n",
+        "ab\ncd",
+        "x" * 12 + "\n",
+        "x" * 13,
+        "a\n" * 5 + "x" * 13 + "\n" + "b\n" * 5,
+        "abcdefg\n",
+        "abcdefg\nab\n",
+        "abc\r\ndefghijklmnop\r\n",
+        "ab\rcd\x0bef\x0cgh",
+        "ab\x1ccd\x1dxx\x1eyy\n",
+        "é\u2028" + "y" * 12 + "\n",
+        "caf\u00e9 " * 3 + "\n",
+        "\n\n\nabcdefghijklm",
+        "a\n\n\n\n\n\n\n\nb",
+        "abcdefghijklmn\n\n",
+        "ab\n" * 40 + "x" * 12,
+    ]
+    expected = []
+    for text in texts:
+        lines = text.splitlines()
+        expected.append(max(map(len, lines)) > 12 or len(text) / len(lines) > 6.0)
+    assert True in expected and False in expected
+    datas = [text.encode() for text in texts]
+    assert long_lines(datas, texts, config) == expected
+    assert [long_lines([d], [t], config)[0] for d, t in zip(datas, texts, strict=True)] == expected

@@ -454,5 +454,57 @@ def test_the_one_pass_prefilter_finds_exactly_what_every_regex_finds() -> None:
         assert hits is not None  # all ASCII
         assert find_secrets(text, hits) == find_secrets(text), text[:80]
     assert prefilter.hits(b"def add(a, b):\n    return a + b\n") == frozenset()  # no regex runs at all
-    # Not ASCII: bytes and characters disagree, so every regex runs.
-    assert prefilter.hits("mot_de_passe = 'é' \n".encode()) is None
+
+
+# Characters that are not ASCII and trip naive byte scanning: letters (one folds to an ASCII letter when lowered,
+# others match ASCII letters case-insensitively), spaces, a line separator, marks, digits of other scripts, emoji.
+_OTHER_CHARS = "éüßÅ\u212a\u017f\u0130\u0131\u00a0\u2028\u3000\u0085日本語€😀\u0301²٣ｋ\u00b5"
+
+
+def _sprinkled(text: str, rng: random.Random) -> str:
+    """``text`` with characters that are not ASCII put in at random places (some next to the secret)."""
+    chars = list(text)
+    for _ in range(rng.randint(1, 6)):
+        chars.insert(rng.randint(0, len(chars)), rng.choice(_OTHER_CHARS) * rng.randint(1, 3))
+    return "".join(chars)
+
+
+def test_the_prefilter_finds_exactly_what_every_regex_finds_in_text_that_is_not_ascii() -> None:
+    """Such a file is scanned as its ASCII stand-in: still the same spans as running every regex, including
+    secrets whose text holds such characters or whose key only becomes one when lowered (Kelvin sign)."""
+    prefilter = Prefilter(standins_from=0)
+    rng = random.Random(7)
+    texts = [_sprinkled(s.text, rng) for s in SAMPLES for _ in range(4)]
+    texts += [s.text.replace(s.secret, _sprinkled(s.secret, rng)) for s in SAMPLES]
+    kelvin = "api_\u212aey = 'Zq8vN2xLp4Rt7Wm1'\n"  # a credential only once lowered (K becomes k)
+    texts += [kelvin, "PASSWORD=\u00e9t\u00e9Secret99\n", "token: 'ab\u00a0cdefghij'\n"]
+    texts += [_sprinkled(ORDINARY_CODE, rng) for _ in range(20)]
+    scanned = 0
+    for text in texts:
+        hits = prefilter.hits(text.encode(), text)
+        scanned += hits is not None
+        assert find_secrets(text, hits) == find_secrets(text), text[:80]
+    assert scanned == len(texts)  # every one of these characters has a stand-in: no file falls back to every regex
+    assert [r.kind for r in find_secrets(kelvin)] == ["secret"]
+    # By default the first few such files of a process run every regex: a one-file update skips the set-up.
+    default = Prefilter()
+    answers = [default.hits(text.encode()) for text in texts[:9]]
+    assert answers[:7] == [None] * 7 and None not in answers[7:]
+
+
+def test_the_prefilter_lets_every_lookaround_pass() -> None:
+    """The stand-ins leave lookarounds out because Hyperscan's prefilter mode treats them as always true."""
+    import hyperscan
+
+    flags = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH
+    cases = [(rb"(?<![a-z])hf_", b"ahf_"), (rb"ab(?!c)", b"abc"), (rb"ab(?=c)", b"abd"), (rb"(?<=x)ab", b"yab")]
+    for pattern, data in cases:
+        database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        database.compile(expressions=[pattern], ids=[0], flags=[flags])
+        found: set[int] = set()
+        database.scan(data, match_event_handler=_note_match, context=found)
+        assert found, pattern
+
+
+def _note_match(pattern_id: int, start: int, end: int, flags: int, found: set[int]) -> None:
+    found.add(pattern_id)
