@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 
 from pipelines.dataset.secrets import SCANNED, Hits
-from pipelines.dataset.standins import Standins
+from pipelines.dataset.standins import Standins, UnsupportedPattern
 from pipelines.fsutil import user_cache_dir, write_cache
 
 try:
@@ -23,14 +24,17 @@ except ImportError:  # the dataset extra installs it; without it every regex run
 
 
 _STANDINS_FROM = 8  # files not ASCII before stand-ins are worked out (~40 ms once; then ~2 ms saved a file)
+# ASCII bytes that Python's \s accepts (str.isspace) and Hyperscan's does not: scanned through stand-ins too.
+_UNLIKE_BYTES = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")
 
 
 class Prefilter:
     """All patterns in one Hyperscan database, compiled once per process (~0.2 s).
 
-    Sound for ASCII input, where bytes and characters agree (``\\w``, ``\\s``, counts, case); other files are
-    scanned as their ASCII stand-in. A pattern for the lowered text is scanned case-insensitively over the
-    original, which matches at least what it matches on the lowered text.
+    Sound for ASCII input, where bytes and characters agree (``\\w``, counts, case; ``\\s`` but for
+    ``\\x1c``-``\\x1f``, which only Python's accepts); other files, and those with such bytes, are scanned as
+    their ASCII stand-in. A pattern for the lowered text is scanned case-insensitively over the original, which
+    matches at least what it matches on the lowered text.
     """
 
     def __init__(self, standins_from: int = _STANDINS_FROM) -> None:
@@ -57,22 +61,27 @@ class Prefilter:
     def hits(self, data: bytes, text: str | None = None) -> Hits:
         """The ids of the patterns that may match the file ``data`` (``text``: its decoded text, if at hand).
 
-        None (run them all) for a file that is not ASCII before stand-ins are worked out (a one-file update does
+        None (run them all) for a file that needs stand-ins before they are worked out (a one-file update does
         not pay for them), or with a character that has none.
         """
-        if not data.isascii():
-            self._other_files += 1
-            if self._standins is None and self._other_files >= self._standins_from:
-                self._standins = Standins(SCANNED)
-            standin = None
-            if self._standins is not None:
-                standin = self._standins.ascii_of(data.decode() if text is None else text)
-            if standin is None:
+        if not data.isascii() or any(byte in data for byte in _UNLIKE_BYTES):
+            data = self._standin_of(data, text)  # type: ignore[assignment]
+            if data is None:
                 return None
-            data = standin
         found: set[int] = set()
         self.database.scan(data, match_event_handler=_collect, context=found)
         return frozenset(found)
+
+    def _standin_of(self, data: bytes, text: str | None) -> bytes | None:
+        self._other_files += 1
+        if self._standins is None and self._other_files >= self._standins_from:
+            try:
+                self._standins = Standins(SCANNED)
+            except UnsupportedPattern:  # a newer detect-secrets with a construct the stand-ins cannot reason about
+                self._standins_from = sys.maxsize
+        if self._standins is None:
+            return None
+        return self._standins.ascii_of(data.decode() if text is None else text)
 
 
 _shared: list[Prefilter] = []

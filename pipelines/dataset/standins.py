@@ -1,7 +1,8 @@
 """ASCII stand-ins for the other characters of a file, so that the one-pass ASCII secret prefilter stays sound.
 
-The prefilter scans bytes, as ASCII; the exact regexes run on characters. A file that is not ASCII is scanned as a
-copy in which each other character ``c`` is one ASCII byte ``b``, chosen so that for every one-character piece (a
+The prefilter scans bytes, as ASCII; the exact regexes run on characters. A file that is not ASCII (or holds one
+of ``\\x1c``-``\\x1f``, which Python's ``\\s`` accepts and Hyperscan's does not) is scanned as a copy in which
+each such character ``c`` is one ASCII byte ``b``, chosen so that for every one-character piece (a
 literal, a class or ``.``) of every scanned pattern:
 
 - where the piece accepts ``c`` (or ``c.lower()``, for a pattern run on the lowered text), it accepts ``b`` as the
@@ -32,7 +33,7 @@ _PIECES = {_constants.LITERAL, _constants.NOT_LITERAL, _constants.IN, _constants
 _REPEATS = {_constants.MAX_REPEAT, _constants.MIN_REPEAT, getattr(_constants, "POSSESSIVE_REPEAT", None)} - {None}
 _SKIPPED = {_constants.AT, _constants.ASSERT, _constants.ASSERT_NOT, _constants.GROUPREF}
 _SKIPPED |= {getattr(_constants, "GROUPREF_IGNORE", None)} - {None}
-_OTHER = re.compile(r"[^\x00-\x7f]+")
+_OTHER = re.compile(r"[^\x00-\x1b\x20-\x7f]+")  # not ASCII, and \x1c-\x1f: Python's \s takes them, Hyperscan's not
 _WORD = re.compile(r"\w")
 # Printable bytes first: the first byte that fits is taken. Never a newline.
 _BYTES = [chr(b) for b in range(32, 127)] + [chr(b) for b in (*range(0, 10), *range(11, 32), 127)]
@@ -51,27 +52,24 @@ class Standins:
     lowered text)."""
 
     def __init__(self, scanned: Iterable[tuple[Any, bool]]) -> None:
-        found: dict[tuple[str, int, bool, bool], tuple[tuple, int, bool, bool]] = {}
-        for pattern, on_lower in scanned:
-            parsed = _parser.parse(pattern.pattern, pattern.declared_flags)
-            caseless = on_lower or bool(parsed.state.flags & re.IGNORECASE)
-            _collect(parsed, parsed.state.flags, on_lower, caseless, found)
         self._pieces = [
             (_compiled(node, flags), _compiled(node, _ascii_flags(flags, caseless)), on_lower)
-            for node, flags, caseless, on_lower in found.values()
+            for node, flags, caseless, on_lower in pieces(scanned)
         ]
+        self.scan_patterns = [scan for _, scan, _ in self._pieces]  # each piece as the prefilter reads it
         self._byte_masks = [(b, self._scan_mask(b)) for b in _BYTES]
         self._chosen: dict[str, str | None] = {}
 
     def ascii_of(self, text: str) -> bytes | None:
-        """``text`` with each character that is not ASCII replaced by its stand-in; None where one has none."""
+        """``text`` with each character that is not ASCII (or is one of ``\\x1c``-``\\x1f``) replaced by its
+        stand-in; None where one has none."""
         try:
             return _OTHER.sub(self._run, text).encode("ascii")
         except _NoStandin:
             return None
 
     def standin(self, char: str) -> str | None:
-        """The stand-in of one character that is not ASCII (None: it has none)."""
+        """The stand-in of one such character (None: it has none)."""
         if char not in self._chosen:
             self._chosen[char] = self._choose(char)
         return self._chosen[char]
@@ -103,6 +101,17 @@ class Standins:
 
     def _scan_mask(self, byte: str) -> int:
         return sum(1 << i for i, (_, scan, _) in enumerate(self._pieces) if scan.fullmatch(byte) is not None)
+
+
+def pieces(scanned: Iterable[tuple[Any, bool]]) -> list[tuple[tuple, int, bool, bool]]:
+    """Every distinct one-character piece of the patterns ``scanned``, outside lookarounds: (its node from Python's
+    regex parser, its flags, read case-insensitively by the prefilter, its pattern runs on the lowered text)."""
+    found: dict[tuple[str, int, bool, bool], tuple[tuple, int, bool, bool]] = {}
+    for pattern, on_lower in scanned:
+        parsed = _parser.parse(pattern.pattern, pattern.declared_flags)
+        caseless = on_lower or bool(parsed.state.flags & re.IGNORECASE)
+        _collect(parsed, parsed.state.flags, on_lower, caseless, found)
+    return list(found.values())
 
 
 def _ascii_flags(flags: int, caseless: bool) -> int:

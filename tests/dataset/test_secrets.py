@@ -9,14 +9,17 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import string
 from dataclasses import dataclass
 from itertools import pairwise
 
 import pytest
 
+from pipelines.dataset import prefilter as prefilter_module
 from pipelines.dataset.prefilter import Prefilter
-from pipelines.dataset.secrets import Redaction, find_secrets, redact
+from pipelines.dataset.secrets import SCANNED, Redaction, find_secrets, redact
+from pipelines.dataset.standins import Standins, UnsupportedPattern, pieces
 
 _RNG = random.Random(20240611)  # consumed only while building SAMPLES at import
 _UPPER_DIGITS = string.ascii_uppercase + string.digits
@@ -456,9 +459,10 @@ def test_the_one_pass_prefilter_finds_exactly_what_every_regex_finds() -> None:
     assert prefilter.hits(b"def add(a, b):\n    return a + b\n") == frozenset()  # no regex runs at all
 
 
-# Characters that are not ASCII and trip naive byte scanning: letters (one folds to an ASCII letter when lowered,
-# others match ASCII letters case-insensitively), spaces, a line separator, marks, digits of other scripts, emoji.
-_OTHER_CHARS = "éüßÅ\u212a\u017f\u0130\u0131\u00a0\u2028\u3000\u0085日本語€😀\u0301²٣ｋ\u00b5"
+# Characters that trip naive byte scanning: letters that are not ASCII (one folds to an ASCII letter when lowered,
+# others match ASCII letters case-insensitively), spaces, a line separator, marks, digits of other scripts, emoji,
+# and the ASCII separators \x1c-\x1f (Python's \s accepts them, Hyperscan's does not).
+_OTHER_CHARS = "éüßÅ\u212a\u017f\u0130\u0131\u00a0\u2028\u3000\u0085日本語€😀\u0301²٣ｋ\u00b5\x1c\x1f"
 
 
 def _sprinkled(text: str, rng: random.Random) -> str:
@@ -478,6 +482,8 @@ def test_the_prefilter_finds_exactly_what_every_regex_finds_in_text_that_is_not_
     texts += [s.text.replace(s.secret, _sprinkled(s.secret, rng)) for s in SAMPLES]
     kelvin = "api_\u212aey = 'Zq8vN2xLp4Rt7Wm1'\n"  # a credential only once lowered (K becomes k)
     texts += [kelvin, "PASSWORD=\u00e9t\u00e9Secret99\n", "token: 'ab\u00a0cdefghij'\n"]
+    token = "AK" + "C" + _rand(_ALNUM, 12, rng)
+    texts += [f"(\x1c{token}\n", f"={token}\x1c\n", "//r/:_auth" + "Token=\x1cnpm_x\n"]  # \s before or after
     texts += [_sprinkled(ORDINARY_CODE, rng) for _ in range(20)]
     scanned = 0
     for text in texts:
@@ -490,6 +496,60 @@ def test_the_prefilter_finds_exactly_what_every_regex_finds_in_text_that_is_not_
     default = Prefilter()
     answers = [default.hits(text.encode()) for text in texts[:9]]
     assert answers[:7] == [None] * 7 and None not in answers[7:]
+
+
+def test_a_pattern_the_stand_ins_cannot_reason_about_runs_every_regex(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newer detect-secrets with a regex construct unknown to the stand-ins: such files run every regex, no crash."""
+
+    def unsupported(scanned: object) -> None:
+        raise UnsupportedPattern("no stand-in rule for regex construct GROUPREF_EXISTS")
+
+    monkeypatch.setattr(prefilter_module, "Standins", unsupported)
+    prefilter = Prefilter(standins_from=0)
+    assert prefilter.hits("password = 'caf\u00e9'\n".encode()) is None
+    assert prefilter.hits(b"def add(a, b):\n    return a + b\n") == frozenset()
+
+
+def _piece_expression(node: tuple) -> str:
+    """A one-character piece from Python's regex parser, written for Hyperscan (its members are ASCII)."""
+    op, value = node
+    categories = {"CATEGORY_DIGIT": r"\d", "CATEGORY_NOT_DIGIT": r"\D", "CATEGORY_SPACE": r"\s"}
+    categories |= {"CATEGORY_NOT_SPACE": r"\S", "CATEGORY_WORD": r"\w", "CATEGORY_NOT_WORD": r"\W"}
+    if str(op) == "LITERAL":
+        return f"\\x{value:02x}"
+    if str(op) == "NOT_LITERAL":
+        return f"[^\\x{value:02x}]"
+    if str(op) == "ANY":
+        return "."
+    members, negate = [], ""
+    for kind, item in value:
+        if str(kind) == "NEGATE":
+            negate = "^"
+        elif str(kind) == "LITERAL":
+            members.append(f"\\x{item:02x}")
+        elif str(kind) == "RANGE":
+            members.append(f"\\x{item[0]:02x}-\\x{item[1]:02x}")
+        else:
+            members.append(categories[str(item)])
+    return f"[{negate}{''.join(members)}]"
+
+
+def test_each_piece_reads_every_ascii_byte_as_hyperscan_does() -> None:
+    """The stand-ins are chosen from how each piece of each pattern reads an ASCII byte in the prefilter; that
+    reading must be Hyperscan's own (it is not Python's: \\s and \\x1c)."""
+    import hyperscan
+
+    found = pieces(SCANNED)
+    scans = Standins(SCANNED).scan_patterns
+    assert len(found) == len(scans) > 100
+    for (node, flags, caseless, _), scan in zip(found, scans, strict=True):
+        extra = (hyperscan.HS_FLAG_CASELESS if caseless else 0) | (hyperscan.HS_FLAG_DOTALL if flags & re.S else 0)
+        database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        database.compile(expressions=[f"^{_piece_expression(node)}$".encode()], ids=[0], flags=[extra])
+        for byte in range(128):
+            hit: set[int] = set()
+            database.scan(bytes([byte]), match_event_handler=_note_match, context=hit)
+            assert bool(hit) == (scan.fullmatch(chr(byte)) is not None), (node, byte)
 
 
 def test_the_prefilter_lets_every_lookaround_pass() -> None:
