@@ -552,12 +552,13 @@ def test_each_piece_reads_every_ascii_byte_as_hyperscan_does() -> None:
             assert bool(hit) == (scan.fullmatch(chr(byte)) is not None), (node, byte)
 
 
-def test_the_prefilter_lets_every_lookaround_pass() -> None:
-    """The stand-ins leave lookarounds out because Hyperscan's prefilter mode treats them as always true."""
+def test_the_prefilter_lets_every_lookaround_and_back_reference_pass() -> None:
+    """The stand-ins leave lookarounds and back references out: Hyperscan's prefilter mode lets them pass."""
     import hyperscan
 
     flags = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH
     cases = [(rb"(?<![a-z])hf_", b"ahf_"), (rb"ab(?!c)", b"abc"), (rb"ab(?=c)", b"abd"), (rb"(?<=x)ab", b"yab")]
+    cases += [(rb"(['\"])x\1", b"'x\""), (rb"^(.)\1*$", b"ab")]  # a back reference that does not hold
     for pattern, data in cases:
         database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         database.compile(expressions=[pattern], ids=[0], flags=[flags])
