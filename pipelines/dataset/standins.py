@@ -52,11 +52,27 @@ class Standins:
     lowered text)."""
 
     def __init__(self, scanned: Iterable[tuple[Any, bool]]) -> None:
-        self._pieces = [
-            (_compiled(node, flags), _compiled(node, _ascii_flags(flags, caseless)), on_lower)
-            for node, flags, caseless, on_lower in pieces(scanned)
+        found = pieces(scanned)
+        self.scan_patterns = [_compiled(node, _ascii_flags(flags, caseless)) for node, flags, caseless, _ in found]
+        # Each piece as Python reads it, once per distinct (node, flags): most pieces are ASCII letters or classes
+        # of them, which a character that is not ASCII can only match case-insensitively (one test for them all).
+        distinct: dict[tuple[str, int], tuple[tuple, int]] = {}
+        of_piece = []  # (its distinct Python piece, its pattern runs on the lowered text) for each piece
+        for node, flags, _, on_lower in found:
+            distinct.setdefault((repr(node), flags), (node, flags))
+            of_piece.append((list(distinct).index((repr(node), flags)), on_lower))
+        nodes = list(distinct.values())
+        # For each distinct Python piece: the pieces that must accept a stand-in when it accepts the character,
+        # and those (of patterns run on the lowered text) when it accepts the lowered character.
+        self._needs = [sum(1 << i for i, (d, _) in enumerate(of_piece) if d == k) for k in range(len(nodes))]
+        self._needs_lowered = [
+            sum(1 << i for i, (d, low) in enumerate(of_piece) if d == k and low) for k in range(len(nodes))
         ]
-        self.scan_patterns = [scan for _, scan, _ in self._pieces]  # each piece as the prefilter reads it
+        self._python = [_compiled(node, flags) for node, flags in nodes]
+        closed = [_ascii_only(node) for node, _ in nodes]
+        self._open = [i for i, is_closed in enumerate(closed) if not is_closed]
+        self._folding = [i for i, (_, flags) in enumerate(nodes) if closed[i] and flags & re.IGNORECASE]
+        self._folds = _alternation([nodes[i][0] for i in self._folding]) if self._folding else None
         self._byte_masks = [(b, self._scan_mask(b)) for b in _BYTES]
         self._chosen: dict[str, str | None] = {}
 
@@ -90,17 +106,25 @@ class Standins:
         if len(words) != 1:
             return None
         must = 0
-        for i, (python, _, on_lower) in enumerate(self._pieces):
-            if any(python.fullmatch(v) is not None for v in (views if on_lower else (char,))):
-                must |= 1 << i
+        for k in self._accepting(char):
+            must |= self._needs[k]
+        for k in self._accepting(lowered) if len(lowered) == 1 else ():
+            must |= self._needs_lowered[k]
         word = words.pop()
         for byte, mask in self._byte_masks:
             if mask & must == must and bool(_WORD.match(byte)) == word:
                 return byte
         return None
 
+    def _accepting(self, char: str) -> list[int]:
+        """The distinct Python pieces that accept ``char``."""
+        tested = range(len(self._python)) if char.isascii() else self._open
+        if not char.isascii() and self._folds is not None and self._folds.fullmatch(char):
+            tested = [*tested, *self._folding]  # it matches some ASCII letter case-insensitively: ask each
+        return [k for k in tested if self._python[k].fullmatch(char) is not None]
+
     def _scan_mask(self, byte: str) -> int:
-        return sum(1 << i for i, (_, scan, _) in enumerate(self._pieces) if scan.fullmatch(byte) is not None)
+        return sum(1 << i for i, scan in enumerate(self.scan_patterns) if scan.fullmatch(byte) is not None)
 
 
 def pieces(scanned: Iterable[tuple[Any, bool]]) -> list[tuple[tuple, int, bool, bool]]:
@@ -112,6 +136,29 @@ def pieces(scanned: Iterable[tuple[Any, bool]]) -> list[tuple[tuple, int, bool, 
         caseless = on_lower or bool(parsed.state.flags & re.IGNORECASE)
         _collect(parsed, parsed.state.flags, on_lower, caseless, found)
     return list(found.values())
+
+
+def _ascii_only(node: tuple) -> bool:
+    """A literal, or a class of literals and ranges (not negated), all ASCII: it accepts no other character but
+    by case-insensitive matching."""
+    op, value = node
+    if op is _constants.LITERAL:
+        return value < 128
+    if op is not _constants.IN:
+        return False
+    members = [(kind, item) for kind, item in value]
+    ranges = [item if kind is _constants.RANGE else (item, item) for kind, item in members]
+    return (
+        all(kind in (_constants.LITERAL, _constants.RANGE) for kind, _ in members) and max(r[1] for r in ranges) < 128
+    )
+
+
+def _alternation(nodes: list[tuple]) -> re.Pattern[str]:
+    """One pattern that fully matches a character when one of the pieces ``nodes`` does, case-insensitively."""
+    state = _parser.State()
+    state.flags = re.IGNORECASE | re.UNICODE
+    branch = (_constants.BRANCH, (None, [_parser.SubPattern(state, [node]) for node in nodes]))
+    return _compiler.compile(_parser.SubPattern(state, [branch]), state.flags)
 
 
 def _ascii_flags(flags: int, caseless: bool) -> int:

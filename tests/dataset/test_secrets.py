@@ -569,3 +569,34 @@ def test_the_prefilter_lets_every_lookaround_and_back_reference_pass() -> None:
 
 def _note_match(pattern_id: int, start: int, end: int, flags: int, found: set[int]) -> None:
     found.add(pattern_id)
+
+
+def test_stand_ins_are_what_asking_every_piece_gives() -> None:
+    """The stand-ins ask only the pieces a character can match; asking every piece chooses the same bytes."""
+    from pipelines.dataset.standins import _BYTES, _compiled
+
+    found = pieces(SCANNED)
+    standins = Standins(SCANNED)
+    python = [_compiled(node, flags) for node, flags, _, _ in found]
+    scans = standins.scan_patterns
+    chars = [chr(c) for c in (*range(0x1C, 0x20), *range(0x80, 0xD800, 7), *range(0xE000, 0x110000, 4099))]
+    for char in [*chars, "\u212a", "\u017f", "\u0130", "\u0131", "\u00df", "\ufb00"]:
+        lowered = char.lower()
+        views = [char, lowered] if len(lowered) == 1 else [char]
+        word = {re.match(r"\w", v) is not None for v in views}
+        must = [
+            i
+            for i, (_, _, _, on_lower) in enumerate(found)
+            if any(python[i].fullmatch(v) for v in (views if on_lower else [char]))
+        ]
+        expected = None
+        if len(word) == 1:
+            expected = next(
+                (
+                    b
+                    for b in _BYTES
+                    if all(scans[i].fullmatch(b) for i in must) and (re.match(r"\w", b) is not None) in word
+                ),
+                None,
+            )
+        assert standins.standin(char) == expected, hex(ord(char))
