@@ -3,8 +3,8 @@
 In prefilter mode Hyperscan matches at least what a pattern matches, so running the exact Python regexes of
 :mod:`pipelines.dataset.secrets` only for the patterns that hit finds the same spans, at disk speed.
 
-A file that is not ASCII is scanned as an ASCII stand-in (:class:`Standins`): each other character becomes one
-ASCII byte chosen so that every piece of every pattern that accepts the character accepts the byte too.
+A file that is not ASCII, or holds one of ``\\x1c``-``\\x1f``, is scanned as an ASCII stand-in (:class:`Standins`):
+each such character becomes one ASCII byte that every piece of every pattern accepting the character accepts too.
 """
 
 from __future__ import annotations

@@ -56,12 +56,14 @@ class Standins:
         self.scan_patterns = [_compiled(node, _ascii_flags(flags, caseless)) for node, flags, caseless, _ in found]
         # Each piece as Python reads it, once per distinct (node, flags): most pieces are ASCII letters or classes
         # of them, which a character that is not ASCII can only match case-insensitively (one test for them all).
-        distinct: dict[tuple[str, int], tuple[tuple, int]] = {}
+        index: dict[tuple[str, int], int] = {}
+        nodes: list[tuple[tuple, int]] = []
         of_piece = []  # (its distinct Python piece, its pattern runs on the lowered text) for each piece
         for node, flags, _, on_lower in found:
-            distinct.setdefault((repr(node), flags), (node, flags))
-            of_piece.append((list(distinct).index((repr(node), flags)), on_lower))
-        nodes = list(distinct.values())
+            if (repr(node), flags) not in index:
+                index[repr(node), flags] = len(nodes)
+                nodes.append((node, flags))
+            of_piece.append((index[repr(node), flags], on_lower))
         # For each distinct Python piece: the pieces that must accept a stand-in when it accepts the character,
         # and those (of patterns run on the lowered text) when it accepts the lowered character.
         self._needs = [sum(1 << i for i, (d, _) in enumerate(of_piece) if d == k) for k in range(len(nodes))]
@@ -146,11 +148,9 @@ def _ascii_only(node: tuple) -> bool:
         return value < 128
     if op is not _constants.IN:
         return False
-    members = [(kind, item) for kind, item in value]
-    ranges = [item if kind is _constants.RANGE else (item, item) for kind, item in members]
-    return (
-        all(kind in (_constants.LITERAL, _constants.RANGE) for kind, _ in members) and max(r[1] for r in ranges) < 128
-    )
+    if any(kind not in (_constants.LITERAL, _constants.RANGE) for kind, _ in value):
+        return False  # a category (\\w, \\s, \\d) or a negation
+    return all((item[1] if kind is _constants.RANGE else item) < 128 for kind, item in value)
 
 
 def _alternation(nodes: list[tuple]) -> re.Pattern[str]:

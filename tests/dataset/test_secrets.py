@@ -466,7 +466,7 @@ _OTHER_CHARS = "éüßÅ\u212a\u017f\u0130\u0131\u00a0\u2028\u3000\u0085日本�
 
 
 def _sprinkled(text: str, rng: random.Random) -> str:
-    """``text`` with characters that are not ASCII put in at random places (some next to the secret)."""
+    """``text`` with characters of ``_OTHER_CHARS`` put in at random places (some next to the secret)."""
     chars = list(text)
     for _ in range(rng.randint(1, 6)):
         chars.insert(rng.randint(0, len(chars)), rng.choice(_OTHER_CHARS) * rng.randint(1, 3))
