@@ -32,6 +32,7 @@ from pipelines.progress import Progress
 KEPT = "kept"
 FOLDERS = (*SPLITS, "index")
 _BULK_RANGES = 1000  # keys to place before the writer reads a selection's keys at once
+_WRITE_BUFFER = 1 << 20  # records are written a MiB at a time (one system call per record costs ~10% of a build)
 
 
 def record_line(row: FileRow, text: str) -> bytes:
@@ -193,7 +194,7 @@ class OutputWriter:
         fd, temporary = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.out_dir / folder)
         try:
             digest, size = hashlib.sha256(), 0
-            with os.fdopen(fd, "wb") as handle:
+            with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as handle:
                 for chunk in chunks:
                     handle.write(chunk)
                     digest.update(chunk)

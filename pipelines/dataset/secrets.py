@@ -301,8 +301,8 @@ def _token_spans(text: str, low: str, hits: Hits) -> Iterator[_Span]:
                 yield s, e, rule.kind, rule.prio
 
 
-def _private_key_spans(text: str) -> Iterator[_Span]:
-    pos = 0 if "PRIVATE KEY" in text else len(text)
+def _private_key_spans(text: str, hits: Hits) -> Iterator[_Span]:
+    pos = 0 if _may_match(_PEM_BEGIN, hits) and "PRIVATE KEY" in text else len(text)
     while (m := _PEM_BEGIN.search(text, pos)) is not None:
         pos = m.end()
         if not _PEM_BODY.match(text, pos):
@@ -310,7 +310,7 @@ def _private_key_spans(text: str) -> Iterator[_Span]:
         end = text.find("END " + m.group(1), pos)
         pos = _material_end(text, pos) if end < 0 else _PEM_TAIL.match(text, end + 4 + len(m.group(1))).end()
         yield m.start(), pos, "private-key", _PRIO_PEM
-    for m in _PUTTY.finditer(text) if "PuTTY-User" in text else ():
+    for m in _PUTTY.finditer(text) if _may_match(_PUTTY, hits) and "PuTTY-User" in text else ():
         end = _PUTTY_END.search(text, m.end())
         yield m.start(), _material_end(text, m.end()) if end is None else end.end(), "private-key", _PRIO_PEM
 
@@ -428,10 +428,10 @@ def find_secrets(text: str, hits: Hits = None) -> list[Redaction]:
     ``hits`` (from ``Prefilter.hits`` of :mod:`pipelines.dataset.prefilter`) names the patterns that may match;
     None runs them all.
     """
-    low = _lowered(text)
+    low = _lowered(text) if hits is None or not hits.isdisjoint(_ON_LOWER) else ""  # "": no pattern reads it
     spans: list[_Span] = [
         *_token_spans(text, low, hits),
-        *_private_key_spans(text),
+        *_private_key_spans(text, hits),
         *_url_spans(text, hits),
         *_assignment_spans(text, low, hits),
         *_entropy_spans(text, hits),
@@ -446,9 +446,13 @@ Hits = frozenset[int] | None
 SCANNED: list[tuple[LazyPattern, bool]] = [
     *((rule.pattern, rule.on_lower) for rule in _TOKEN_RULES),
     *((pattern, True) for pattern in _ASSIGN),
-    *((pattern, False) for pattern in (_URL_CREDS, _HE_QUOTED, _HE_BARE)),
+    *((pattern, False) for pattern in (_URL_CREDS, _HE_QUOTED, _HE_BARE, _PEM_BEGIN, _PUTTY)),
 ]
 _PATTERN_IDS = {pattern: i for i, (pattern, _) in enumerate(SCANNED)}
+# The patterns whose search reads the lowered text: for a file that hits none of them, it is not made.
+_ON_LOWER = frozenset(
+    [i for i, rule in enumerate(_TOKEN_RULES) if rule.on_lower or rule.gates] + [_PATTERN_IDS[p] for p in _ASSIGN]
+)
 
 
 def _may_match(pattern: LazyPattern, hits: Hits) -> bool:

@@ -119,9 +119,13 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # Rows read or written by this connection, so that an update asks SQLite once per file; written through,
-        # dropped on rollback. A cached row is never changed in place (a change caches a new object).
+        # Rows read or written by this connection, so that an update asks SQLite once per file; written through
+        # (but for their places, see below), dropped on rollback. A cached row is never changed in place (a change
+        # caches a new object). Where the cache has a row, it is the row.
         self.rows: dict[Key, FileRow | None] = {}
+        # Cached rows whose place (shard, line, index chunk) is not written yet: a build places every file twice
+        # (its record, then its index entry) and writes each place once (see :meth:`_place`).
+        self.unplaced: dict[Key, None] = {}
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -147,10 +151,12 @@ class StateStore:
         self.db.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
+        self._write_places()
         self.db.execute("COMMIT")
 
     def rollback(self) -> None:
         self.rows.clear()
+        self.unplaced.clear()
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
@@ -227,12 +233,27 @@ class StateStore:
 
     def set_locations(self, moves: list[tuple[Key, str | None, int | None]]) -> None:
         """Record where records now are: (key, shard, line) each."""
-        self.db.executemany(
-            "UPDATE files SET shard = ?, line = ? WHERE repo = ? AND path = ?",
-            [(shard, line, *key) for key, shard, line in moves],
-        )
         for key, shard, line in moves:
-            self._changed(key, shard=shard, line=line)
+            self._place(key, shard=shard, line=line)
+
+    def _place(self, key: Key, **place: object) -> None:
+        """Change a row's place columns; of a cached row in the cache only, until :meth:`_write_places`. No query
+        filters on those columns but :meth:`drop_output_if_unused`, which writes them first, and every reader of
+        whole rows prefers the cache."""
+        if self.rows.get(key) is None:
+            columns = ", ".join(f"{name} = ?" for name in place)
+            self.db.execute(f"UPDATE files SET {columns} WHERE repo = ? AND path = ?", (*place.values(), *key))
+            return
+        self._changed(key, **place)
+        self.unplaced[key] = None
+
+    def _write_places(self) -> None:
+        rows = [row for row in map(self.rows.get, self.unplaced) if row is not None]
+        self.db.executemany(
+            "UPDATE files SET shard = ?, line = ?, chunk = ? WHERE repo = ? AND path = ?",
+            [(row.shard, row.line, row.chunk, row.repo, row.path) for row in rows],
+        )
+        self.unplaced.clear()
 
     def _changed(self, key: Key, **values: object) -> None:
         cached = self.rows.get(key)
@@ -295,20 +316,31 @@ class StateStore:
         return None if row is None else (row[0], row[1])
 
     def range_rows(self, sel: Selection, start: Key) -> list[FileRow]:
-        """Rows from ``start`` up to (not including) the next boundary after it."""
+        """Rows from ``start`` up to (not including) the next boundary after it.
+
+        Rows this connection has read or written are taken from its cache (they are the rows, and cost no FileRow to
+        make): the keys are asked first, and the whole rows only when one of them is not cached (a small update);
+        those are cached too."""
         nxt = self.range_end(sel, start)
         upper, bound = ("", ()) if nxt is None else (" AND (repo, path) < (?, ?)", nxt)
-        cur = self.db.execute(
-            f"SELECT {_FILE_COLUMNS} FROM files WHERE {sel.where} AND (repo, path) >= (?, ?){upper} "
-            "ORDER BY repo, path",
-            (*sel.params, *start, *bound),
-        )
-        return [FileRow(*row) for row in cur]
+        where = f"FROM files WHERE {sel.where} AND (repo, path) >= (?, ?){upper} ORDER BY repo, path"
+        params = (*sel.params, *start, *bound)
+        cached = self.rows
+        found = [cached.get(key) for key in self.db.execute(f"SELECT repo, path {where}", params)]
+        if all(found):
+            return found  # type: ignore[return-value]
+        rows = []
+        for values in self.db.execute(f"SELECT {_FILE_COLUMNS} {where}", params):
+            key = (values[0], values[1])
+            row = cached.get(key)
+            if row is None:
+                row = cached[key] = FileRow(*values)
+            rows.append(row)
+        return rows
 
     def set_chunks(self, keys: list[Key], chunk: str) -> None:
-        self.db.executemany("UPDATE files SET chunk = ? WHERE repo = ? AND path = ?", [(chunk, *key) for key in keys])
         for key in keys:
-            self._changed(key, chunk=chunk)
+            self._place(key, chunk=chunk)
 
     # -- output files (shards and index chunks) ---------------------------------------------------------
     def put_output(self, kind: str, name: str, split: str, first: Key, items: int, nbytes: int) -> None:
@@ -318,6 +350,7 @@ class StateStore:
         )
 
     def drop_output_if_unused(self, name: str) -> None:
+        self._write_places()
         column = "chunk" if name.startswith("index/") else "shard"
         used = self.db.execute(f"SELECT 1 FROM files WHERE {column} = ? LIMIT 1", (name,)).fetchone()
         if used is None:

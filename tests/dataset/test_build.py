@@ -11,7 +11,7 @@ import pytest
 from pipelines.dataset import builder
 from pipelines.dataset.builder import build
 from pipelines.dataset.config import DatasetConfig, RepoSpec
-from pipelines.dataset.filters import long_lines
+from pipelines.dataset.filters import GENERATED_MARKERS, analyze, long_lines
 from pipelines.dataset.folder import file_index
 from tests.dataset.conftest import Repo, python_file, read_dataset, records, run_cli
 
@@ -318,3 +318,14 @@ def test_line_lengths_are_measured_as_str_splitlines_cuts_lines() -> None:
     datas = [text.encode() for text in texts]
     assert long_lines(datas, texts, config) == expected
     assert [long_lines([d], [t], config)[0] for d, t in zip(datas, texts, strict=True)] == expected
+
+
+@pytest.mark.parametrize("marker", GENERATED_MARKERS)
+def test_every_generated_marker_drops_a_file_in_any_case(marker: bytes) -> None:
+    """Each marker is found in a file's first 2 KiB whatever its case (the cheap hint searched first holds it)."""
+    config = DatasetConfig()
+    body = b"package demo;\n\nclass Demo { int value() { return 42; } }\n" * 4
+    for written in (marker, marker.upper(), marker.title()):
+        assert analyze(b"// " + written + b"\n" + body, config).reason == "generated", written
+    assert analyze(b"// " + marker[:-1] + b"\n" + body, config).reason is None
+    assert analyze(body * 10 + b"// " + marker + b"\n", config).reason is None  # past the first 2 KiB
