@@ -11,7 +11,9 @@ Everything runs side by side in one run on this machine, each command as a user 
   none), which walks the whole first-parent history;
 - ``history_walk``: that ``git log`` over the first-parent history alone: a floor under the second build;
 - ``updates``: commit one changed file, then ``repopilot dataset update OUT`` end to end, on a small
-  synthetic repository and on the real one (a clone, so the original is never touched).
+  synthetic repository, on the real one (a clone, so the original is never touched) and on a large synthetic one;
+- ``build_large``: the full build of that large synthetic repository (``--large`` files written by ``git
+  fast-import``, whose pack stores each blob as a delta on the one before: chains of 50, read forward).
 
 Prints one JSON object.
 """
@@ -105,9 +107,9 @@ def median_run(runs: list[dict]) -> dict:
     return {**best, "wall_s_all": [r["wall_s"] for r in runs]}
 
 
-def full_build(repo: Path, work: Path, repeat: int, *options: str) -> dict:
+def full_build(repo: Path, work: Path, repeat: int, *options: str, label: str = "build") -> dict:
     runs, left = [], []
-    name = "build" + "".join(options).replace("-", "_")
+    name = label + "".join(options).replace("-", "_")
     for n in range(repeat):
         marker = f"REPOPILOT_BENCH_MARK={uuid.uuid4().hex}"
         env = {**os.environ, "REPOPILOT_BENCH_MARK": marker.split("=")[1]}
@@ -189,6 +191,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of the reference and of the full build")
     parser.add_argument("--updates", type=int, default=5, help="one-file commits to time per repository")
     parser.add_argument("--small", type=int, default=1000, help="files of the small synthetic repository")
+    parser.add_argument("--large", type=int, default=60000, help="files of the large synthetic repository (0: none)")
     args = parser.parse_args()
     # timed as installed: with the project's bytecode compiled (pip does it for a wheel, scripts/bootstrap.sh for
     # this checkout), so no command pays for compiling its modules, even where PYTHONDONTWRITEBYTECODE is set
@@ -210,6 +213,12 @@ def main() -> None:
         make_synthetic(small, args.small)
         result["updates"] = [updates(small, f"synthetic-{args.small}", args.updates, work),
                              updates(clone, "real", args.updates, work)]  # fmt: skip
+        if args.large:
+            large = work / "large"
+            make_synthetic(large, args.large)
+            result["build_large"] = full_build(large, work, 1, label="build_large")
+            print(json.dumps({"build_large": result["build_large"]}), file=sys.stderr)
+            result["updates"].append(updates(large, f"synthetic-{args.large}", args.updates, work))
     build, ref = result["build"], result["reference"]
     result["build_vs_reference"] = round(build["wall_s"] / ref["wall_s"], 1)
     result["build_file_commits_vs_reference"] = round(result["build_file_commits"]["wall_s"] / ref["wall_s"], 1)

@@ -28,6 +28,7 @@ SHINGLE = 5
 _BIN_SHIFT = np.uint64(64 - 7)  # 2**7 == NUM_PERM bins
 _PROBES = 64  # probe sequence length per bin; a miss on all of them falls back to the next non-empty bin
 _SEED = 20231105
+_BUCKET_BATCH = 4096  # signatures whose band buckets are worked out together
 _GROUP_BYTES = 1 << 20  # texts hashed together (a longer text alone)
 
 
@@ -208,9 +209,13 @@ def pair_similarities(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 
 def band_buckets_many(sigs: np.ndarray) -> np.ndarray:
-    """int64[n, BANDS]: the bucket of each band of each signature (a 64-bit hash of the band's rows)."""
-    rows = sigs.astype(np.uint64).reshape(len(sigs), BANDS, ROWS)
-    return np.bitwise_xor.reduce(_mix(rows * _BAND_WEIGHTS), axis=2).view(np.int64)
+    """int64[n, BANDS]: the bucket of each band of each signature (a 64-bit hash of the band's rows); worked out
+    for a few thousand signatures at a time (the 64-bit temporaries of 60,000 at once took 250 MB)."""
+    out = np.empty((len(sigs), BANDS), dtype=np.int64)
+    for start in range(0, len(sigs), _BUCKET_BATCH):
+        rows = sigs[start : start + _BUCKET_BATCH].astype(np.uint64).reshape(-1, BANDS, ROWS)
+        out[start : start + _BUCKET_BATCH] = np.bitwise_xor.reduce(_mix(rows * _BAND_WEIGHTS), axis=2).view(np.int64)
+    return out
 
 
 def candidate_pairs(buckets: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -242,9 +247,11 @@ def similar_pairs(
     candidates: set[Hashable],
     sig: Callable[[Hashable], np.ndarray | None],
     threshold: float,
+    buckets: Callable[[list[Hashable]], np.ndarray] | None = None,
 ) -> dict[Hashable, list[Hashable]]:
     """For each of ``keys``, the ``candidates`` (those sharing an LSH bucket with one of them), sorted, whose
-    similarity to it reaches ``threshold``, found with numpy over every band at once."""
+    similarity to it reaches ``threshold``, found with numpy over every band at once. ``buckets`` gives the band
+    buckets of many keys where they are known already (else they are computed from the signatures)."""
     universe = sorted({*keys, *(n for n in candidates if sig(n) is not None)})
     if not universe:
         return {}
@@ -252,7 +259,7 @@ def similar_pairs(
     position = {key: i for i, key in enumerate(universe)}
     wanted = np.zeros(len(universe), dtype=bool)
     wanted[[position[key] for key in keys]] = True
-    pairs = candidate_pairs(band_buckets_many(matrix), wanted)
+    pairs = candidate_pairs(band_buckets_many(matrix) if buckets is None else buckets(universe), wanted)
     similar = [
         chunk[pair_similarities(matrix, chunk) >= threshold] for chunk in np.split(pairs, range(8192, len(pairs), 8192))
     ]
@@ -260,7 +267,7 @@ def similar_pairs(
     for a, b in np.concatenate(similar).tolist():
         linked.setdefault(a, []).append(b)
         linked.setdefault(b, []).append(a)
-    return {key: [universe[j] for j in sorted(linked.get(position[key], ()))] for key in keys}
+    return {key: [universe[j] for j in sorted(near)] if (near := linked.get(position[key])) else [] for key in keys}
 
 
 def to_bytes(sig: np.ndarray | None) -> bytes | None:
@@ -299,9 +306,9 @@ def resolve(
     kept: set[Hashable] = set()
     result: dict[Hashable, Hashable | None] = {}
     for node in sorted(nodes):
-        twins = sorted(n for n in neighbours(node) if n in kept and n < node)
+        twins = [n for n in neighbours(node) if n in kept and n < node]
         if twins:
-            result[node] = twins[0]
+            result[node] = min(twins)
         else:
             kept.add(node)
             result[node] = None

@@ -10,24 +10,26 @@ from __future__ import annotations
 import json
 import operator
 import sqlite3
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import orjson
 
-from pipelines.dataset.dedup import BANDS
 from pipelines.errors import DatasetError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Schema 1 kept one near-duplicate index row per band and another MinHash: a state of it is migrated by
 # forgetting both (and the cached analyses), and the next update re-analyses every file once.
 _MIGRATIONS = {1: "DROP TABLE IF EXISTS lsh; DELETE FROM blobs;"}
 # Schema 3 only made the files' commits optional (settings without ``file_commits`` mean on): a state of 2 is
 # read as it is. The bump makes an older repopilot refuse a newer state rather than give commits to some files
-# of a dataset without them.
-_READ_AS_IS = {2}
+# of a dataset without them. Schema 4 keeps the near-duplicate index in LSH_CHUNKS rows instead of one row per file:
+# a state of 2 or 3 has its rows regrouped (see :meth:`StateStore._regroup_lsh`).
+_REGROUP_LSH = {2, 3}
+LSH_CHUNKS = 256  # rows of the near-duplicate index; a file's is a hash of its key
 Key = tuple[str, str]  # (repo, path)
 
 _SCHEMA = """
@@ -50,8 +52,7 @@ CREATE TABLE IF NOT EXISTS outputs(
     bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS totals(
     name TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY(name, key));
-CREATE TABLE IF NOT EXISTS lsh_bands(repo TEXT NOT NULL, path TEXT NOT NULL, buckets BLOB NOT NULL,
-    PRIMARY KEY(repo, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lsh_chunks(chunk INTEGER PRIMARY KEY, keys BLOB NOT NULL, buckets BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS blobs(
     akey TEXT NOT NULL, sha TEXT NOT NULL, reason TEXT, text_bytes INTEGER NOT NULL,
     redactions TEXT NOT NULL, signature BLOB, PRIMARY KEY(akey, sha));
@@ -88,6 +89,7 @@ _FILE_COLUMNS = ", ".join(f.name for f in fields(FileRow))
 _row_values = operator.attrgetter(*(f.name for f in fields(FileRow)))
 _PUT = f"INSERT OR REPLACE INTO files({_FILE_COLUMNS}) VALUES ({', '.join('?' * len(fields(FileRow)))})"
 _CHUNK = 500  # keys per IN (...) query
+_BULK_SHAS = 2000  # contents whose files are looked up by reading every file's content id once
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,9 @@ class StateStore:
             self.db.executescript(_MIGRATIONS[int(version)])
             self.set_meta("reanalyse", "1")
             version = None
-        if version is None or int(version) in _READ_AS_IS:
+        if version is not None and int(version) in _REGROUP_LSH:
+            self._regroup_lsh()
+        elif version is None:
             self.set_meta("schema", str(SCHEMA_VERSION))
         elif int(version) != SCHEMA_VERSION:
             raise DatasetError(
@@ -265,6 +269,12 @@ class StateStore:
         """sha -> the keys (sorted) of the files with that content that passed the filters."""
         found: dict[str, list[Key]] = {}
         wanted = sorted(set(shas))
+        if len(wanted) >= _BULK_SHAS:  # most of the files (a build): one pass over the table beats the lookups
+            chosen = set(wanted)
+            for sha, repo, path in self.db.execute("SELECT sha, repo, path FROM files WHERE filter_reason IS NULL"):
+                if sha in chosen:
+                    found.setdefault(sha, []).append((repo, path))
+            wanted = []
         for i in range(0, len(wanted), _CHUNK):
             chunk = wanted[i : i + _CHUNK]
             marks = ", ".join("?" * len(chunk))
@@ -385,19 +395,34 @@ class StateStore:
             found.setdefault(name, {})[key] = value
         return found
 
-    # -- near-duplicate index -------------------------------------------------------------------------
-    def lsh_rows(self) -> list[tuple[str, str, bytes]]:
-        return self.db.execute("SELECT repo, path, buckets FROM lsh_bands").fetchall()
+    # -- near-duplicate index (see pipelines.dataset.lsh) ---------------------------------------------------
+    def lsh_chunks(self) -> list[tuple[int, bytes, bytes]]:
+        """(chunk, its keys, its buckets) of every stored chunk of the near-duplicate index."""
+        return self.db.execute("SELECT chunk, keys, buckets FROM lsh_chunks ORDER BY chunk").fetchall()
 
-    def lsh_replace(self, entries: dict[Key, bytes | None]) -> None:
-        """Set (or with None, remove) the band buckets of many keys."""
+    def lsh_write_chunks(self, chunks: dict[int, list[tuple[Key, bytes]]]) -> None:
+        """Replace chunks with their (key, buckets) entries; a chunk with none is removed."""
+        self.db.executemany("DELETE FROM lsh_chunks WHERE chunk = ?", [(c,) for c, e in chunks.items() if not e])
         self.db.executemany(
-            "DELETE FROM lsh_bands WHERE repo = ? AND path = ?", [k for k, v in entries.items() if v is None]
+            "INSERT OR REPLACE INTO lsh_chunks(chunk, keys, buckets) VALUES (?, ?, ?)",
+            [(chunk, *_encode_chunk(entries)) for chunk, entries in chunks.items() if entries],
         )
-        self.db.executemany(
-            "INSERT OR REPLACE INTO lsh_bands(repo, path, buckets) VALUES (?, ?, ?)",
-            [(*key, value) for key, value in entries.items() if value is not None],
-        )
+
+    def _regroup_lsh(self) -> None:
+        """Schema 2 or 3 to 4: the per-file rows of the near-duplicate index regrouped into chunks, at once."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            chunks: dict[int, list[tuple[Key, bytes]]] = {}
+            if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lsh_bands'").fetchone():
+                for repo, path, buckets in self.db.execute("SELECT repo, path, buckets FROM lsh_bands"):
+                    chunks.setdefault(lsh_chunk((repo, path)), []).append(((repo, path), buckets))
+                self.db.execute("DROP TABLE lsh_bands")
+            self.lsh_write_chunks(chunks)
+            self.set_meta("schema", str(SCHEMA_VERSION))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     # -- blob cache ---------------------------------------------------------------------------------
     def cached_blobs(self, akey: str, shas: Iterable[str]) -> dict[str, CachedBlob]:
@@ -427,52 +452,16 @@ class StateStore:
         self.db.execute("COMMIT")
 
 
-class LshIndex:
-    """The band buckets of every file with a MinHash signature, in memory (one row per file in the state).
+def lsh_chunk(key: Key) -> int:
+    """The chunk of the near-duplicate index that holds a file's buckets."""
+    return zlib.crc32(f"{key[0]}\0{key[1]}".encode()) % LSH_CHUNKS
 
-    ``buckets`` is int64[n, BANDS]; two files are candidate near duplicates when they share a bucket in a band.
-    """
 
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
-        rows = store.lsh_rows()
-        self.keys: list[Key] = [(repo, path) for repo, path, _ in rows]
-        self.position = {key: i for i, key in enumerate(self.keys)}
-        if any(len(b) != BANDS * 8 for _, _, b in rows):
-            raise DatasetError(f"{store.path} is damaged. Rebuild the dataset with `repopilot dataset build --force`.")
-        self.buckets = np.frombuffer(b"".join(b for _, _, b in rows), dtype="<i8").reshape(len(rows), BANDS).copy()
-        self.alive = np.ones(len(rows), dtype=bool)
-        self.pending: dict[Key, bytes | None] = {}
+def _encode_chunk(entries: list[tuple[Key, bytes]]) -> tuple[bytes, bytes]:
+    """(keys as JSON, buckets joined) of a chunk's entries, in key order."""
+    entries = sorted(entries)
+    return orjson.dumps([list(key) for key, _ in entries]), b"".join(buckets for _, buckets in entries)
 
-    def sharing(self, keys: list[Key]) -> set[Key]:
-        """Every key sharing a bucket with one of ``keys`` (at once, for many)."""
-        rows = [self.position[k] for k in keys if k in self.position and self.alive[self.position[k]]]
-        if not rows:
-            return set()
-        mask = np.zeros(len(self.keys), dtype=bool)
-        for band in range(BANDS):  # np.isin would sort the whole column (and import numpy.ma, ~10 ms)
-            wanted = np.sort(self.buckets[rows, band])
-            column = self.buckets[:, band]
-            mask |= wanted[np.searchsorted(wanted, column).clip(max=len(wanted) - 1)] == column
-        return {self.keys[j] for j in np.flatnonzero(mask & self.alive).tolist()}
 
-    def put_many(self, entries: dict[Key, np.ndarray | None]) -> None:
-        """Set the buckets of many keys (None: the key has none); written to the state by :meth:`flush`."""
-        added = [(k, b) for k, b in entries.items() if b is not None and k not in self.position]
-        for key, buckets in entries.items():
-            i = self.position.get(key)
-            self.pending[key] = None if buckets is None else np.asarray(buckets, dtype="<i8").tobytes()
-            if i is not None:
-                self.alive[i] = buckets is not None
-                if buckets is not None:
-                    self.buckets[i] = buckets
-        if added:
-            self.position.update((key, len(self.keys) + n) for n, (key, _) in enumerate(added))
-            self.keys.extend(key for key, _ in added)
-            self.buckets = np.concatenate([self.buckets, np.array([b for _, b in added], dtype=np.int64)])
-            self.alive = np.concatenate([self.alive, np.ones(len(added), dtype=bool)])
-
-    def flush(self) -> None:
-        if self.pending:
-            self.store.lsh_replace(self.pending)
-            self.pending = {}
+def decode_chunk_keys(raw: bytes) -> list[Key]:
+    return [(repo, path) for repo, path in orjson.loads(raw)]

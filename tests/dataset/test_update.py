@@ -17,6 +17,8 @@ import pytest
 from pipelines.dataset import output
 from pipelines.dataset.builder import build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
+from pipelines.dataset.folder import file_index
+from pipelines.dataset.state import SCHEMA_VERSION
 from pipelines.errors import DatasetError
 from tests.dataset.conftest import Repo, python_file, read_dataset, records, run_cli
 
@@ -249,7 +251,7 @@ def test_a_state_of_an_older_repopilot_is_analysed_again_once(repo: Repo, tmp_pa
     build(out, [RepoSpec("project", str(repo.path))], CONFIG)
     db = sqlite3.connect(out / "state.sqlite")
     db.executescript(
-        "UPDATE meta SET value = '1' WHERE key = 'schema'; DROP TABLE lsh_bands;"
+        "UPDATE meta SET value = '1' WHERE key = 'schema'; DROP TABLE lsh_chunks;"
         "CREATE TABLE lsh(band INTEGER, bucket INTEGER, repo TEXT, path TEXT);"
         "UPDATE blobs SET signature = zeroblob(512) WHERE signature IS NOT NULL;"
     )
@@ -265,7 +267,7 @@ def test_a_state_of_an_older_repopilot_is_analysed_again_once(repo: Repo, tmp_pa
 
 def test_a_dataset_from_before_the_file_commits_setting_keeps_its_commits(repo: Repo, tmp_path: Path) -> None:
     """A state of schema 2 (settings without ``file_commits``, written when every record had a commit) updates
-    with commits, keeps its dataset version while nothing changed, and is then marked as schema 3."""
+    with commits, keeps its dataset version while nothing changed, and is then marked as the current schema."""
     repo.commit({"a.py": python_file("a"), "b.py": python_file("b", seed=2)})
     out = tmp_path / "inc"
     version = build(out, [RepoSpec("project", str(repo.path))], CONFIG).dataset_version
@@ -282,12 +284,48 @@ def test_a_dataset_from_before_the_file_commits_setting_keeps_its_commits(repo: 
     assert read_dataset(out) == fresh(repo, tmp_path / "fresh")
     assert {r["path"]: r["commit"] for r in records(out)}["c.py"] == head
     db = sqlite3.connect(out / "state.sqlite")
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
-    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")  # as an older repopilot sees this one's
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == str(SCHEMA_VERSION)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION + 1),))  # a newer one's
     db.commit()
     db.close()
     with pytest.raises(DatasetError, match="another version of repopilot"):
         update(out)
+
+
+def test_a_near_duplicate_index_of_one_row_per_file_is_regrouped_and_still_finds_near_copies(
+    repo: Repo, tmp_path: Path
+) -> None:
+    """Schema 3 kept one index row per file: opening such a state regroups the rows into chunks (in one
+    transaction, no re-analysis), and later updates find near copies of files indexed before, as a fresh build."""
+    bases = {f"m{i}.py": python_file(f"m{i}", body_lines=30, seed=i) for i in range(12)}
+    repo.commit(bases)
+    out = tmp_path / "inc"
+    build(out, [RepoSpec("project", str(repo.path))], CONFIG)
+    db = sqlite3.connect(out / "state.sqlite")
+    rows = []
+    for keys, buckets in db.execute("SELECT keys, buckets FROM lsh_chunks").fetchall():
+        for n, (name, path) in enumerate(json.loads(keys)):
+            rows.append((name, path, buckets[n * 128 : (n + 1) * 128]))
+    assert len(rows) == 12
+    db.executescript(
+        "CREATE TABLE lsh_bands(repo TEXT NOT NULL, path TEXT NOT NULL, buckets BLOB NOT NULL, "
+        "PRIMARY KEY(repo, path)) WITHOUT ROWID; DROP TABLE lsh_chunks;"
+        "UPDATE meta SET value = '3' WHERE key = 'schema';"
+    )
+    db.executemany("INSERT INTO lsh_bands VALUES (?, ?, ?)", rows)
+    db.commit()
+    db.close()
+    repo.commit({"z_copy.py": near_variant(bases["m3.py"], 1)})
+    result = update(out)
+    assert result.repos["project"]["mode"] == "fast"  # nothing analysed again
+    assert read_dataset(out) == fresh(repo, tmp_path / "fresh")
+    assert file_index(out)["project"]["z_copy.py"]["dup_of"] == "project:m3.py"
+    db = sqlite3.connect(out / "state.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'lsh_bands'").fetchone() is None
+    stored = [tuple(k) for (keys,) in db.execute("SELECT keys FROM lsh_chunks") for k in json.loads(keys)]
+    db.close()
+    assert sorted(stored) == sorted([("project", p) for p in bases] + [("project", "z_copy.py")])
 
 
 @pytest.mark.parametrize("first", [True, False])
