@@ -1,0 +1,75 @@
+"""Blobs are read in the order git's packs store them (see pipelines/dataset/packorder.py)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+from pipelines.dataset.gitsource import GitSource
+from pipelines.dataset.packorder import in_pack_order
+from tests.dataset.conftest import git
+
+
+def _fast_imported(path: Path, files: int) -> dict[str, str]:
+    """A repository written by ``git fast-import`` (each blob a delta on the one before), packed however few its
+    objects; path -> blob sha."""
+    git(path.parent, "init", "-q", "-b", "main", path.name)
+    rng = random.Random(7)
+    stream = ["commit refs/heads/main\n", "committer t <t@example.com> 1700000000 +0000\n", "data 2\nc\n"]
+    for i in range(files):
+        body = "".join(f"def f_{i}_{n}(x):\n    return x * {rng.randrange(10**6)}\n" for n in range(20))
+        stream.append(f"M 100644 inline src/m{i}.py\ndata {len(body)}\n{body}\n")
+    git(path, "-c", "fastimport.unpackLimit=0", "fast-import", "--quiet", input="".join(stream).encode())
+    listed = git(path, "ls-tree", "-r", "main").splitlines()
+    return {line.split("\t")[1]: line.split()[2] for line in listed}
+
+
+def _offsets(repo: Path) -> dict[str, int]:
+    """What ``git show-index`` says: sha -> offset, over every pack of ``repo``."""
+    found = {}
+    for index in (repo / ".git" / "objects" / "pack").glob("*.idx"):
+        for line in git(repo, "show-index", input=index.read_bytes()).splitlines():
+            offset, sha = line.split()[:2]
+            found[sha] = int(offset)
+    return found
+
+
+def test_blobs_are_put_in_the_order_the_pack_stores_them(tmp_path: Path) -> None:
+    repo = tmp_path / "imported"
+    shas = list(_fast_imported(repo, 300).values())
+    random.Random(1).shuffle(shas)
+    offsets = _offsets(repo)
+    ordered = in_pack_order(repo / ".git" / "objects", shas + shas[:5])  # a blob asked twice comes twice
+    assert sorted(ordered) == sorted(shas + shas[:5])
+    assert [offsets[s] for s in ordered] == sorted(offsets[s] for s in shas + shas[:5])
+    assert ordered != sorted(shas + shas[:5])  # by name it would not be
+    assert GitSource(repo).in_pack_order(shas) == in_pack_order(repo / ".git" / "objects", shas)
+
+
+def test_loose_objects_and_unreadable_indexes_come_last_in_the_given_order(tmp_path: Path) -> None:
+    repo = tmp_path / "imported"
+    packed = list(_fast_imported(repo, 80).values())
+    loose = [git(repo, "hash-object", "-w", "--stdin", input=f"loose {n}\n".encode()) for n in range(5)]
+    asked = loose[:2] + packed + loose[2:]
+    ordered = in_pack_order(repo / ".git" / "objects", asked)
+    assert ordered[-5:] == loose and sorted(ordered[:-5]) == sorted(packed)
+    for index in (repo / ".git" / "objects" / "pack").glob("*.idx"):
+        index.chmod(0o644)
+        index.write_bytes(index.read_bytes()[:1000])  # truncated: it tells nothing, and nothing fails
+    assert in_pack_order(repo / ".git" / "objects", asked) == asked
+    assert in_pack_order(repo / ".git" / "objects", []) == []
+
+
+def test_a_repository_borrowing_objects_reads_them_in_the_lenders_pack_order(tmp_path: Path) -> None:
+    lender = tmp_path / "imported"
+    shas = list(_fast_imported(lender, 120).values())
+    borrower = tmp_path / "shared"
+    git(tmp_path, "clone", "-q", "--shared", str(lender), str(borrower))
+    assert not list((borrower / ".git" / "objects" / "pack").glob("*.idx"))  # every object is the lender's
+    random.Random(2).shuffle(shas)
+    offsets = _offsets(lender)
+    ordered = GitSource(borrower).in_pack_order(shas)
+    assert [offsets[s] for s in ordered] == sorted(offsets[s] for s in shas)
+    shutil.rmtree(lender / ".git" / "objects" / "pack")  # a lender gone: read unordered, not an error
+    assert in_pack_order(borrower / ".git" / "objects", shas) == shas
