@@ -310,6 +310,7 @@ def test_a_near_duplicate_index_of_one_row_per_file_is_regrouped_and_still_finds
     db.executescript(
         "CREATE TABLE lsh_bands(repo TEXT NOT NULL, path TEXT NOT NULL, buckets BLOB NOT NULL, "
         "PRIMARY KEY(repo, path)) WITHOUT ROWID; DROP TABLE lsh_chunks;"
+        "DROP INDEX files_in_shard; CREATE INDEX files_by_shard ON files(shard);"  # as schema 3 had it
         "UPDATE meta SET value = '3' WHERE key = 'schema';"
     )
     db.executemany("INSERT INTO lsh_bands VALUES (?, ?, ?)", rows)
@@ -323,6 +324,8 @@ def test_a_near_duplicate_index_of_one_row_per_file_is_regrouped_and_still_finds
     db = sqlite3.connect(out / "state.sqlite")
     assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == str(SCHEMA_VERSION)
     assert db.execute("SELECT name FROM sqlite_master WHERE name = 'lsh_bands'").fetchone() is None
+    indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "files_in_shard" in indexes and "files_by_shard" not in indexes
     stored = [tuple(k) for (keys,) in db.execute("SELECT keys FROM lsh_chunks") for k in json.loads(keys)]
     db.close()
     assert sorted(stored) == sorted([("project", p) for p in bases] + [("project", "z_copy.py")])
