@@ -428,7 +428,7 @@ class _Work:
 
     def _near_duplicates(self) -> None:
         affected = list(self.before)
-        lsh = LshIndex(self.store)
+        lsh = LshIndex(self.store, anew=self.full)
         old_neighbours = lsh.sharing(affected) - set(affected)
         signatures: dict[Key, np.ndarray | None] = {}
 

@@ -12,21 +12,21 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.dataset.dedup import BANDS
-from pipelines.dataset.state import Key, StateStore, decode_chunk_keys, lsh_chunk
+from pipelines.dataset.state import LSH_CHUNKS, LSH_ROW_BYTES, Key, StateStore, decode_chunk_keys, lsh_chunk
 from pipelines.errors import DatasetError
-
-_ROW_BYTES = BANDS * 8
 
 
 class LshIndex:
     """The band buckets of the files of a state, in memory; changes go back to the state with :meth:`flush`."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, *, anew: bool = False) -> None:
+        """``anew``: start from an empty index, every stored chunk rewritten by :meth:`flush` (a full update puts
+        every file again, and a damaged index is then replaced rather than read)."""
         self.store = store
-        stored = store.lsh_chunks()
-        if any(len(buckets) % _ROW_BYTES for _, _, buckets in stored):
+        stored = [] if anew else store.lsh_chunks()
+        if any(len(buckets) % LSH_ROW_BYTES for _, _, buckets in stored):
             raise _damaged(store)
-        sizes = [len(buckets) // _ROW_BYTES for _, _, buckets in stored]
+        sizes = [len(buckets) // LSH_ROW_BYTES for _, _, buckets in stored]
         self.buckets = np.frombuffer(b"".join(b for _, _, b in stored), dtype="<i8").reshape(-1, BANDS).copy()
         self.alive = np.ones(len(self.buckets), dtype=bool)
         self.chunk_of_row = np.repeat(np.array([chunk for chunk, _, _ in stored], dtype=np.int64), sizes)
@@ -37,7 +37,7 @@ class LshIndex:
             start += size
         self.keys: list[Key | None] = [None] * len(self.buckets)  # of the rows whose chunk was read
         self.rows: dict[int, dict[Key, int]] = {}  # chunk -> its keys' rows, for the chunks read
-        self.changed: set[int] = set()
+        self.changed: set[int] = set(range(LSH_CHUNKS)) if anew else set()
 
     def _chunk_rows(self, chunk: int) -> dict[Key, int]:
         """The rows of a chunk's keys (its keys read from the state on first use)."""
@@ -46,7 +46,7 @@ class LshIndex:
             if chunk in self.stored:
                 start, size, raw = self.stored[chunk]
                 keys = decode_chunk_keys(raw)
-                if len(keys) != size:
+                if keys is None or len(keys) != size:
                     raise _damaged(self.store)
                 for row, key in enumerate(keys, start):
                     rows[key] = row
@@ -73,8 +73,12 @@ class LshIndex:
         return {self.keys[row] for row in found.tolist()}  # type: ignore[misc]
 
     def buckets_of(self, keys: list[Key]) -> np.ndarray:
-        """The band buckets of ``keys`` (each in the index, with buckets)."""
-        return self.buckets[[self._row(key) for key in keys]]
+        """The band buckets of ``keys``, each in the index with buckets (as every key that shares a bucket, or was
+        put with buckets, is)."""
+        rows = [self._row(key) for key in keys]
+        if any(row is None or not self.alive[row] for row in rows):
+            raise RuntimeError("near-duplicate index: buckets asked for a file it does not hold")
+        return self.buckets[rows]
 
     def put_many(self, entries: dict[Key, np.ndarray | None]) -> None:
         """Set the buckets of many keys (None: the key has none); written to the state by :meth:`flush`."""
@@ -105,7 +109,7 @@ class LshIndex:
         out = self.buckets.astype("<i8", copy=False)
         self.store.lsh_write_chunks(
             {
-                chunk: [(key, out[row].tobytes()) for key, row in self.rows[chunk].items() if self.alive[row]]
+                chunk: [(key, out[row].tobytes()) for key, row in self._chunk_rows(chunk).items() if self.alive[row]]
                 for chunk in sorted(self.changed)
             }
         )

@@ -27,7 +27,10 @@ _LARGE = 0x80000000  # an offset with this bit set indexes the table of 8-byte o
 
 def in_pack_order(objects_dir: Path, shas: list[str]) -> list[str]:
     """``shas`` sorted by where the packs of ``objects_dir`` (and of its alternates) store them; objects in no pack
-    (loose, or in a pack whose index cannot be read) come last, in the given order."""
+    (loose, or in a pack whose index cannot be read) come last, in the given order. Object ids that are not SHA-1
+    (a repository of SHA-256 ids) are left in the given order."""
+    if any(len(sha) != 40 for sha in shas):
+        return list(shas)
     names = np.frombuffer(bytes.fromhex("".join(shas)), dtype="S20")
     wanted = np.sort(names)
     wanted = wanted[np.concatenate([[True], wanted[1:] != wanted[:-1]])] if len(wanted) else wanted
@@ -53,9 +56,9 @@ def _pack_indexes(objects_dir: Path) -> Iterator[Path]:
         yield from sorted((folder / "pack").glob("pack-*.idx"))
         try:
             lines = (folder / "info" / "alternates").read_text().splitlines()
-        except OSError:
+            folders += [(folder / line.strip()).resolve() for line in lines if line.strip() and line[0] not in '#"']
+        except (OSError, ValueError, RuntimeError):  # unreadable, not UTF-8, a symlink loop: its packs read unordered
             continue
-        folders += [(folder / line.strip()).resolve() for line in lines if line.strip() and not line.startswith("#")]
 
 
 def _offsets(index: Path, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,13 +73,12 @@ def _offsets(index: Path, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             found, positions = _positions(handle, count, wanted)
             if not len(found):
                 return none
-            handle.seek(_HEADER + 24 * count)
-            offsets = np.frombuffer(handle.read(4 * count), dtype=">u4")[positions].astype(np.int64)
-            large = offsets >= _LARGE
-            if large.any():
-                handle.seek(_HEADER + 28 * count)
-                table = np.frombuffer(handle.read(), dtype=">u8")
-                offsets[large] = table[offsets[large] - _LARGE].astype(np.int64)
+            offsets = _entries(handle, _HEADER + 24 * count, ">u4", positions)
+            large = np.flatnonzero(offsets >= _LARGE)
+            if len(large):  # a pack over 2 GiB: these offsets are in the table of 8-byte ones
+                at = offsets[large] - _LARGE
+                order = np.argsort(at)
+                offsets[large[order]] = _entries(handle, _HEADER + 28 * count, ">u8", at[order])
     except (OSError, ValueError, IndexError):
         return none  # unreadable or truncated: these objects are read unordered
     return found, offsets
@@ -96,3 +98,19 @@ def _positions(handle, count: int, wanted: np.ndarray) -> tuple[np.ndarray, np.n
     if not found:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(found), np.concatenate(positions)
+
+
+def _entries(handle, table: int, dtype: str, positions: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The entries at ``positions`` (ascending) of a table of fixed-size entries starting at byte ``table``, read a
+    slice at a time."""
+    width = np.dtype(dtype).itemsize
+    out = np.empty(len(positions), dtype=np.int64)
+    done = 0
+    while done < len(positions):
+        first = int(positions[done])
+        upto = int(np.searchsorted(positions, first + _SLICE))
+        handle.seek(table + width * first)
+        block = np.frombuffer(handle.read(width * (int(positions[upto - 1]) - first + 1)), dtype=dtype)
+        out[done:upto] = block[positions[done:upto] - first]
+        done = upto
+    return out

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from pipelines.dataset.dedup import BANDS
 from pipelines.errors import DatasetError
 
 SCHEMA_VERSION = 4
@@ -30,6 +31,8 @@ _MIGRATIONS = {1: "DROP TABLE IF EXISTS lsh; DELETE FROM blobs;"}
 # a state of 2 or 3 has its rows regrouped (see :meth:`StateStore._regroup_lsh`).
 _REGROUP_LSH = {2, 3}
 LSH_CHUNKS = 256  # rows of the near-duplicate index; a file's is a hash of its key
+LSH_ROW_BYTES = BANDS * 8  # a file's band buckets, int64 little-endian
+_REBUILD = "Rebuild the dataset with `repopilot dataset build --force`."
 Key = tuple[str, str]  # (repo, path)
 
 _SCHEMA = """
@@ -133,8 +136,19 @@ class StateStore:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self._open_schema()
+
+    def _open_schema(self) -> None:
+        """Create the tables, or bring an older state to this schema; a state of another version is refused before
+        anything in it is changed."""
+        has_meta = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is not None
+        version = self.get_meta("schema") if has_meta else None
+        if version is not None and int(version) not in (SCHEMA_VERSION, *_MIGRATIONS, *_REGROUP_LSH):
+            raise DatasetError(
+                f"{self.path} was written by another version of repopilot (schema {version}). "
+                "Rebuild it with `repopilot dataset build --force`."
+            )
         self.db.executescript(_SCHEMA)
-        version = self.get_meta("schema")
         if version is not None and int(version) in _MIGRATIONS:
             self.db.executescript(_MIGRATIONS[int(version)])
             self.set_meta("reanalyse", "1")
@@ -143,11 +157,6 @@ class StateStore:
             self._regroup_lsh()
         elif version is None:
             self.set_meta("schema", str(SCHEMA_VERSION))
-        elif int(version) != SCHEMA_VERSION:
-            raise DatasetError(
-                f"{path} was written by another version of repopilot (schema {version}). "
-                "Rebuild it with `repopilot dataset build --force`."
-            )
 
     def close(self) -> None:
         self.db.close()
@@ -418,6 +427,8 @@ class StateStore:
             chunks: dict[int, list[tuple[Key, bytes]]] = {}
             if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lsh_bands'").fetchone():
                 for repo, path, buckets in self.db.execute("SELECT repo, path, buckets FROM lsh_bands"):
+                    if not isinstance(buckets, bytes) or len(buckets) != LSH_ROW_BYTES:
+                        raise DatasetError(f"{self.path} is damaged. {_REBUILD}")
                     chunks.setdefault(lsh_chunk((repo, path)), []).append(((repo, path), buckets))
                 self.db.execute("DROP TABLE lsh_bands")
             self.lsh_write_chunks(chunks)
@@ -466,5 +477,9 @@ def _encode_chunk(entries: list[tuple[Key, bytes]]) -> tuple[bytes, bytes]:
     return orjson.dumps([list(key) for key, _ in entries]), b"".join(buckets for _, buckets in entries)
 
 
-def decode_chunk_keys(raw: bytes) -> list[Key]:
-    return [(repo, path) for repo, path in orjson.loads(raw)]
+def decode_chunk_keys(raw: bytes) -> list[Key] | None:
+    """The keys of a stored chunk, None where they cannot be read (a damaged state)."""
+    try:
+        return [(repo, path) for repo, path in orjson.loads(raw)]
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import struct
 from pathlib import Path
 
 from pipelines.dataset.gitsource import GitSource
@@ -73,3 +74,45 @@ def test_a_repository_borrowing_objects_reads_them_in_the_lenders_pack_order(tmp
     assert [offsets[s] for s in ordered] == sorted(offsets[s] for s in shas)
     shutil.rmtree(lender / ".git" / "objects" / "pack")  # a lender gone: read unordered, not an error
     assert in_pack_order(borrower / ".git" / "objects", shas) == shas
+
+
+def _write_index(path: Path, entries: dict[bytes, int]) -> None:
+    """A version-2 pack index of ``entries`` (name -> offset), offsets of 2 GiB and more in the 8-byte table."""
+    names = sorted(entries)
+    fanout = [sum(1 for n in names if n[0] <= byte) for byte in range(256)]
+    large = sorted((offset for offset in entries.values() if offset >= 0x80000000), reverse=True)  # not name order
+    small = [o if o < 0x80000000 else 0x80000000 | large.index(o) for o in (entries[name] for name in names)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\377tOc"
+        + struct.pack(">I", 2)
+        + struct.pack(">256I", *fanout)
+        + b"".join(names)
+        + bytes(4 * len(names))  # CRCs
+        + struct.pack(f">{len(small)}I", *small)
+        + struct.pack(f">{len(large)}Q", *large)
+        + bytes(40)  # the pack's and the index's checksums
+    )
+
+
+def test_offsets_past_2_gib_are_read_from_the_table_of_large_offsets(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    offsets = [12, 5_000_000_000, 700, 0x80000000, 9_000_000_000, 2_500_000_000, 0x7FFFFFFF]
+    entries = {rng.randbytes(20): offset for offset in offsets}
+    _write_index(tmp_path / "objects" / "pack" / "pack-a.idx", entries)
+    shas = [name.hex() for name in entries]
+    rng.shuffle(shas)
+    ordered = in_pack_order(tmp_path / "objects", shas)
+    assert [entries[bytes.fromhex(s)] for s in ordered] == sorted(offsets)
+
+
+def test_other_object_ids_and_unreadable_alternates_leave_the_order_as_it_is(tmp_path: Path) -> None:
+    objects = tmp_path / "objects"
+    shas = [random.Random(n).randbytes(20).hex() for n in range(3)]
+    _write_index(objects / "pack" / "pack-a.idx", {bytes.fromhex(s): 100 - n for n, s in enumerate(shas)})
+    assert in_pack_order(objects, shas) == shas[::-1]
+    sha256 = [random.Random(n).randbytes(32).hex() for n in range(3)]  # a repository of SHA-256 ids
+    assert in_pack_order(objects, sha256) == sha256
+    (objects / "info").mkdir()
+    (objects / "info" / "alternates").write_bytes(b"\xff\xfe not UTF-8\n")
+    assert in_pack_order(objects, shas) == shas[::-1]  # its own pack still counts

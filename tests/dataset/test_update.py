@@ -286,10 +286,29 @@ def test_a_dataset_from_before_the_file_commits_setting_keeps_its_commits(repo: 
     db = sqlite3.connect(out / "state.sqlite")
     assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == str(SCHEMA_VERSION)
     db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION + 1),))  # a newer one's
+    db.execute("DROP INDEX files_in_shard")  # as a newer schema might
     db.commit()
     db.close()
     with pytest.raises(DatasetError, match="another version of repopilot"):
         update(out)
+    db = sqlite3.connect(out / "state.sqlite")
+    assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'files_in_shard'").fetchall()  # left as it was
+    db.close()
+
+
+def test_a_damaged_near_duplicate_index_is_reported(repo: Repo, tmp_path: Path) -> None:
+    repo.commit({f"m{i}.py": python_file(f"m{i}", seed=i) for i in range(4)})
+    out = tmp_path / "inc"
+    build(out, [RepoSpec("project", str(repo.path))], CONFIG)
+    db = sqlite3.connect(out / "state.sqlite")
+    db.execute("UPDATE lsh_chunks SET keys = X'7b7b'")  # not the JSON list of keys
+    db.commit()
+    db.close()
+    repo.commit({"m0.py": python_file("m0", seed=9)})
+    with pytest.raises(DatasetError, match=r"is damaged.*build --force"):
+        update(out)
+    build(out, [RepoSpec("project", str(repo.path))], CONFIG, force=True)
+    assert read_dataset(out) == fresh(repo, tmp_path / "fresh")
 
 
 def test_a_near_duplicate_index_of_one_row_per_file_is_regrouped_and_still_finds_near_copies(
