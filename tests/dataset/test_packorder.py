@@ -7,9 +7,11 @@ import shutil
 import struct
 from pathlib import Path
 
+from pipelines.dataset.builder import build, update
+from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.gitsource import GitSource
 from pipelines.dataset.packorder import in_pack_order
-from tests.dataset.conftest import git
+from tests.dataset.conftest import git, records
 
 
 def _fast_imported(path: Path, files: int) -> dict[str, str]:
@@ -116,3 +118,19 @@ def test_other_object_ids_and_unreadable_alternates_leave_the_order_as_it_is(tmp
     (objects / "info").mkdir()
     (objects / "info" / "alternates").write_bytes(b"\xff\xfe not UTF-8\n")
     assert in_pack_order(objects, shas) == shas[::-1]  # its own pack still counts
+
+
+def test_a_repository_of_sha256_ids_builds_and_updates(tmp_path: Path) -> None:
+    """Enough blobs to be put in pack order: ids of another length are read in the given order, not refused."""
+    repo = tmp_path / "sha256"
+    git(tmp_path, "init", "-q", "--object-format=sha256", "-b", "main", str(repo))
+    for n in range(70):
+        (repo / f"m{n}.py").write_text(f"def f{n}(x):\n    return x + {n}\n\n\nclass C{n}:\n    pass\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "files")
+    out = tmp_path / "dataset"
+    assert build(out, [RepoSpec("p", str(repo))], DatasetConfig(near_dup=False)).repos["p"]["recomputed"] == 70
+    (repo / "m1.py").write_text("def changed():\n    return 1\n")
+    git(repo, "commit", "-qam", "edit")
+    assert update(out).records_changed == 1
+    assert len(records(out)) == 70
