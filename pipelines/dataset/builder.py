@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from pipelines.dataset.output import (
 )
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
 from pipelines.dataset.prefilter import shared_prefilter
-from pipelines.dataset.state import CachedBlob, FileRow, Key, StateStore
+from pipelines.dataset.state import CachedBlob, FileRow, Key, StateStore, key_hash
 from pipelines.errors import DatasetError
 from pipelines.progress import Progress
 
@@ -204,21 +203,16 @@ def _sync(
     )
 
 
-def _key_hash(key: Key) -> int:
-    digest = hashlib.blake2b(f"{key[0]}\0{key[1]}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
 def split_of(key: Key, config: DatasetConfig) -> str:
-    return "validation" if _key_hash(key) % 10_000 < round(config.val_fraction * 10_000) else "train"
+    return "validation" if key_hash(key) % 10_000 < round(config.val_fraction * 10_000) else "train"
 
 
 def is_boundary(key: Key, config: DatasetConfig) -> int:
-    return int((_key_hash(key) >> 24) % config.shard_records == 0)
+    return int((key_hash(key) >> 24) % config.shard_records == 0)
 
 
 def is_index_boundary(key: Key) -> int:
-    return int((_key_hash(key) >> 44) % INDEX_CHUNK_FILES == 0)
+    return int((key_hash(key) >> 44) % INDEX_CHUNK_FILES == 0)
 
 
 class _Work:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.dataset.dedup import BANDS
-from pipelines.dataset.state import LSH_CHUNKS, LSH_ROW_BYTES, Key, StateStore, decode_chunk_keys, lsh_chunk
-from pipelines.errors import DatasetError
+from pipelines.dataset.state import LSH_CHUNKS, LSH_ROW_BYTES, Key, StateStore, damaged, decode_chunk_keys, lsh_chunk
 
 
 class LshIndex:
@@ -25,7 +24,7 @@ class LshIndex:
         self.store = store
         stored = [] if anew else store.lsh_chunks()
         if any(len(buckets) % LSH_ROW_BYTES for _, _, buckets in stored):
-            raise _damaged(store)
+            raise damaged(store.path)
         sizes = [len(buckets) // LSH_ROW_BYTES for _, _, buckets in stored]
         self.buckets = np.frombuffer(b"".join(b for _, _, b in stored), dtype="<i8").reshape(-1, BANDS).copy()
         self.alive = np.ones(len(self.buckets), dtype=bool)
@@ -47,7 +46,7 @@ class LshIndex:
                 start, size, raw = self.stored[chunk]
                 keys = decode_chunk_keys(raw)
                 if keys is None or len(keys) != size:
-                    raise _damaged(self.store)
+                    raise damaged(self.store.path)
                 for row, key in enumerate(keys, start):
                     rows[key] = row
                     self.keys[row] = key
@@ -114,7 +113,3 @@ class LshIndex:
             }
         )
         self.changed.clear()
-
-
-def _damaged(store: StateStore) -> DatasetError:
-    return DatasetError(f"{store.path} is damaged. Rebuild the dataset with `repopilot dataset build --force`.")

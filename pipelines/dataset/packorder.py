@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def _offsets(index: Path, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return found, offsets
 
 
-def _positions(handle, count: int, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+def _positions(handle: BinaryIO, count: int, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(which of ``wanted`` are in the sorted name table (read a slice at a time), where in it they are)."""
     found: list[np.ndarray] = []
     positions: list[np.ndarray] = []
@@ -100,7 +101,7 @@ def _positions(handle, count: int, wanted: np.ndarray) -> tuple[np.ndarray, np.n
     return np.concatenate(found), np.concatenate(positions)
 
 
-def _entries(handle, table: int, dtype: str, positions: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _entries(handle: BinaryIO, table: int, dtype: str, positions: np.ndarray) -> np.ndarray:
     """The entries at ``positions`` (ascending) of a table of fixed-size entries starting at byte ``table``, read a
     slice at a time."""
     width = np.dtype(dtype).itemsize

@@ -7,10 +7,10 @@ state or the new one, never a mix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import operator
 import sqlite3
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,7 +32,6 @@ _MIGRATIONS = {1: "DROP TABLE IF EXISTS lsh; DELETE FROM blobs;"}
 _REGROUP_LSH = {2, 3}
 LSH_CHUNKS = 256  # rows of the near-duplicate index; a file's is a hash of its key
 LSH_ROW_BYTES = BANDS * 8  # a file's band buckets, int64 little-endian
-_REBUILD = "Rebuild the dataset with `repopilot dataset build --force`."
 Key = tuple[str, str]  # (repo, path)
 
 _SCHEMA = """
@@ -428,7 +427,7 @@ class StateStore:
             if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lsh_bands'").fetchone():
                 for repo, path, buckets in self.db.execute("SELECT repo, path, buckets FROM lsh_bands"):
                     if not isinstance(buckets, bytes) or len(buckets) != LSH_ROW_BYTES:
-                        raise DatasetError(f"{self.path} is damaged. {_REBUILD}")
+                        raise damaged(self.path)
                     chunks.setdefault(lsh_chunk((repo, path)), []).append(((repo, path), buckets))
                 self.db.execute("DROP TABLE lsh_bands")
             self.lsh_write_chunks(chunks)
@@ -466,9 +465,19 @@ class StateStore:
         self.db.execute("COMMIT")
 
 
+def key_hash(key: Key) -> int:
+    """A stable 64-bit hash of a file's key (its split, its shard and index boundaries, its index chunk)."""
+    digest = hashlib.blake2b(f"{key[0]}\0{key[1]}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def damaged(path: Path) -> DatasetError:
+    return DatasetError(f"{path} is damaged. Rebuild the dataset with `repopilot dataset build --force`.")
+
+
 def lsh_chunk(key: Key) -> int:
     """The chunk of the near-duplicate index that holds a file's buckets."""
-    return zlib.crc32(f"{key[0]}\0{key[1]}".encode()) % LSH_CHUNKS
+    return key_hash(key) % LSH_CHUNKS
 
 
 def _encode_chunk(entries: list[tuple[Key, bytes]]) -> tuple[bytes, bytes]:
