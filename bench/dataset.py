@@ -107,12 +107,14 @@ def median_run(runs: list[dict]) -> dict:
     return {**best, "wall_s_all": [r["wall_s"] for r in runs]}
 
 
-def full_build(repo: Path, work: Path, repeat: int, *options: str, label: str = "build") -> dict:
+def full_build(
+    repo: Path, work: Path, repeat: int, *options: str, label: str = "build", extra_env: dict | None = None
+) -> dict:
     runs, left = [], []
     name = label + "".join(options).replace("-", "_")
     for n in range(repeat):
         marker = f"REPOPILOT_BENCH_MARK={uuid.uuid4().hex}"
-        env = {**os.environ, "REPOPILOT_BENCH_MARK": marker.split("=")[1]}
+        env = {**os.environ, **(extra_env or {}), "REPOPILOT_BENCH_MARK": marker.split("=")[1]}
         out = work / f"{name}-{n}"
         command = repopilot("dataset", "build", str(out), str(repo), "--progress", "none", *options)
         runs.append(timed(command, env, REPO_ROOT))
@@ -197,17 +199,25 @@ def main() -> None:
     # this checkout), so no command pays for compiling its modules, even where PYTHONDONTWRITEBYTECODE is set
     subprocess.run([sys.executable, "-m", "compileall", "-q", "agent", "pipelines"], cwd=REPO_ROOT, check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip
+    # and so are the builder's C loops (an empty answer: compiled and loaded)
+    compiled = subprocess.run([sys.executable, "-m", "pipelines.dataset.native"], cwd=REPO_ROOT, check=True,
+                              capture_output=True, text=True).stdout == ""  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="repopilot-bench-") as tmp:
         work = Path(tmp)
         clone = work / "clone"
         subprocess.run(["git", "clone", "-q", "--shared", str(args.repo.resolve()), str(clone)], check=True)
-        result = {"bench": "dataset", "cpus": os.cpu_count(), "repo": args.repo.resolve().name}
+        result = {"bench": "dataset", "cpus": os.cpu_count(), "repo": args.repo.resolve().name,
+                  "compiled_loops": compiled}  # fmt: skip
         result["reference"] = reference(clone, work, args.repeat)
         print(json.dumps({"reference": result["reference"]}), file=sys.stderr)
         result["build"] = full_build(clone, work, args.repeat)
         print(json.dumps({"build": result["build"]}), file=sys.stderr)
         result["build_file_commits"] = full_build(clone, work, args.repeat, "--file-commits")
         print(json.dumps({"build_file_commits": result["build_file_commits"]}), file=sys.stderr)
+        if compiled:  # the same build with the numpy twins of the C loops (REPOPILOT_NATIVE=0)
+            twins = full_build(clone, work, args.repeat, label="build_numpy_loops", extra_env={"REPOPILOT_NATIVE": "0"})
+            result["build_numpy_loops"] = twins
+            print(json.dumps({"build_numpy_loops": twins}), file=sys.stderr)
         result["history_walk"] = history_walk(clone)
         small = work / "small"
         make_synthetic(small, args.small)

@@ -29,3 +29,5 @@ fi
 # Compile the project's bytecode now, as pip does when it installs a wheel: every `repopilot` command then starts
 # without compiling its modules (where PYTHONDONTWRITEBYTECODE is set, each start would, ~30-50 ms a command).
 .venv/bin/python -m compileall -q agent pipelines ui >/dev/null
+# And the dataset builder's C loops (into the user's cache; without a C compiler it says so and runs numpy twins).
+.venv/bin/python -m pipelines.dataset.native

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.dataset import dedup
+from pipelines.dataset import dedup, native
 from pipelines.dataset.analysis import analysed_blobs, analysis_pool
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
 from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, path_reason, redact_spans
@@ -27,8 +27,8 @@ from pipelines.dataset.lsh import LshIndex
 from pipelines.dataset.output import (
     OutputWriter,
     _failpoint,
+    add_contributions,
     collect_garbage,
-    contributions,
     dataset_version,
     export,
     recover,
@@ -258,6 +258,7 @@ class _Work:
         total = sum(len(v) for v in missing.values())
         if total:
             shared_prefilter()  # loaded (or compiled) once, before the workers fork, so that they inherit it
+            native.library()  # and so is the compiled library
         with contextlib.ExitStack() as stack:  # on the way out: the history walks stop, then the pool
             pool = stack.enter_context(analysis_pool()) if total >= _PARALLEL_FROM else None
             for plan in plans:  # threads only now: the pool forked while this process had none
@@ -384,8 +385,7 @@ class _Work:
         for key, old in self.before.items():
             new = self.store.get(key)
             for row, sign in ((new, 1),) if self.full else ((old, -1), (new, 1)):
-                for name, value in self._contributions(row).items():
-                    deltas[name] = deltas.get(name, 0) + sign * value
+                self._contribute(deltas, row, sign)
             was_kept = old is not None and old.status == KEPT
             is_kept = new is not None and new.status == KEPT
             if was_kept != is_kept or (
@@ -394,13 +394,14 @@ class _Work:
                 self.dirty[key] = (new or old).split
         self.store.add_totals(deltas)
 
-    def _contributions(self, row: FileRow | None) -> dict[tuple[str, str], int]:
+    def _contribute(self, deltas: dict[tuple[str, str], int], row: FileRow | None, sign: int) -> None:
         if row is None or row.status != KEPT:
-            return contributions(row, 0, [])
+            add_contributions(deltas, row, 0, [], sign)
+            return
         if row.sha not in self.blobs:
             self.blobs.update(self.store.cached_blobs(self.akey, [row.sha]))
         blob = self.blobs[row.sha]
-        return contributions(row, blob.text_bytes, blob.redactions)
+        add_contributions(deltas, row, blob.text_bytes, blob.redactions, sign)
 
     def write(self, writer: OutputWriter) -> None:
         """Rewrite the shards and index chunks this update touched."""
@@ -433,8 +434,9 @@ class _Work:
 
         self._prefetch_blobs([*affected, *old_neighbours])
         with_signature = [key for key in affected if sig(key) is not None]
-        buckets = dedup.band_buckets_many(np.stack([sig(k) for k in with_signature])) if with_signature else []
-        lsh.put_many({key: None for key in affected} | dict(zip(with_signature, buckets, strict=True)))
+        lsh.drop([key for key in affected if sig(key) is None])
+        if with_signature:
+            lsh.put_many(with_signature, dedup.band_buckets_many(np.stack([sig(k) for k in with_signature])))
         seeds = sorted(k for k in set(affected) | old_neighbours if sig(k) is not None)
         threshold = self.config.near_dup_threshold
 
@@ -449,6 +451,8 @@ class _Work:
         for key, twin in dedup.resolve(nodes, similar.__getitem__).items():
             status, dup_of = (KEPT, None) if twin is None else (_NEAR_DUPLICATE, _ref(twin))
             row = self.store.get(key)
+            if twin is None and key in self.before and row is not None and row.status == CANDIDATE:
+                continue  # made kept with every other candidate of this update (see deduplicate)
             if key in self.before or row is None or (row.status, row.dup_of) != (status, dup_of):
                 self._touch(key)
                 changes.append((key, status, dup_of))

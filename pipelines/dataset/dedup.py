@@ -19,6 +19,7 @@ from collections.abc import Callable, Hashable, Iterable
 
 import numpy as np
 
+from pipelines.dataset.native import minhash_bins
 from pipelines.fsutil import user_cache_dir, write_cache
 
 NUM_PERM = 128
@@ -126,35 +127,44 @@ def signatures_of(datas: list[bytes], min_tokens: int) -> list[np.ndarray | None
 
 
 def _group_signatures(datas: list[bytes], min_tokens: int) -> list[np.ndarray | None]:
-    """:func:`signatures_of` a group of texts at once.
+    """:func:`signatures_of` a group of texts at once: their 5-gram bins from the compiled helper (one pass over the
+    bytes, :mod:`pipelines.dataset.native`) or, without it, from numpy; then empty bins densified."""
+    if not datas:
+        return []
+    least = max(min_tokens, SHINGLE)
+    native = minhash_bins(datas, least, _WORD_TABLE, _P, int(_Q))
+    values, filled, eligible = _numpy_bins(datas, least) if native is None else (*native[:2], native[2] >= least)
+    if not eligible.any():
+        return [None] * len(datas)
+    _densify(values, filled, np.flatnonzero(eligible))
+    return [values[i] if eligible[i] else None for i in range(len(datas))]
+
+
+def _numpy_bins(datas: list[bytes], least: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values uint32[n, NUM_PERM], filled bool[n, NUM_PERM], eligible bool[n]) of texts with numpy.
 
     They are joined with a space, so no word or 5-gram spans two of them; a
     5-gram's hash h goes to bin ``h >> 57`` with value ``h & 0xFFFFFFFF``, and a bin keeps its smallest value
     (``np.minimum.at`` over the flat bins of all texts: one pass, where sorting the hashes took most of the time).
     """
-    if not datas:
-        return []
     lengths = np.array([len(d) for d in datas], dtype=np.int64)
     file_starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
     words, starts = _words(b" ".join(datas))
     owner = np.searchsorted(file_starts, starts, side="right") - 1
-    eligible = np.bincount(owner, minlength=len(datas)) >= max(min_tokens, SHINGLE)
-    if not eligible.any():
-        return [None] * len(datas)
-    count = max(len(words) - SHINGLE + 1, 0)
-    combined = words[:count].copy()
-    for offset in range(1, SHINGLE):
-        combined = combined * _Q + words[offset : offset + count]
-    keep = (owner[:count] == owner[SHINGLE - 1 : SHINGLE - 1 + count]) & eligible[owner[:count]]
-    hashes = _mix(combined[keep])
-    cells = owner[:count][keep] * NUM_PERM + (hashes >> _BIN_SHIFT).astype(np.intp)  # (text, bin), flattened
+    eligible = np.bincount(owner, minlength=len(datas)) >= least
     values = np.full(len(datas) * NUM_PERM, 0xFFFFFFFF, dtype=np.uint32)
-    np.minimum.at(values, cells, (hashes & np.uint64(0xFFFFFFFF)).astype(np.uint32))
     filled = np.zeros(len(datas) * NUM_PERM, dtype=bool)
-    filled[cells] = True
-    values, filled = values.reshape(len(datas), NUM_PERM), filled.reshape(len(datas), NUM_PERM)
-    _densify(values, filled, np.flatnonzero(eligible))
-    return [values[i] if eligible[i] else None for i in range(len(datas))]
+    if eligible.any():
+        count = max(len(words) - SHINGLE + 1, 0)
+        combined = words[:count].copy()
+        for offset in range(1, SHINGLE):
+            combined = combined * _Q + words[offset : offset + count]
+        keep = (owner[:count] == owner[SHINGLE - 1 : SHINGLE - 1 + count]) & eligible[owner[:count]]
+        hashes = _mix(combined[keep])
+        cells = owner[:count][keep] * NUM_PERM + (hashes >> _BIN_SHIFT).astype(np.intp)  # (text, bin), flattened
+        np.minimum.at(values, cells, (hashes & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+        filled[cells] = True
+    return values.reshape(len(datas), NUM_PERM), filled.reshape(len(datas), NUM_PERM), eligible
 
 
 def _densify(values: np.ndarray, filled: np.ndarray, rows: np.ndarray) -> None:
@@ -220,7 +230,8 @@ def band_buckets_many(sigs: np.ndarray) -> np.ndarray:
 
 def candidate_pairs(buckets: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """int[m, 2] (i < j): every pair of rows of ``buckets`` that share a bucket in some band and of which at least
-    one is ``wanted`` (a bool per row), once."""
+    one is ``wanted`` (a bool per row), once. Each band's pairs come out of its sorted column at once: a row at
+    position p of a run of equal buckets ending at e pairs with the rows at p+1 .. e-1."""
     n = len(buckets)
     found = [np.zeros(0, dtype=np.int64)]  # pair (i, j) as i * n + j
     for band in range(buckets.shape[1]):
@@ -228,15 +239,16 @@ def candidate_pairs(buckets: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         column = buckets[order, band]
         starts = np.flatnonzero(np.concatenate([[True], column[1:] != column[:-1]]))
         lengths = np.diff(np.concatenate([starts, [len(column)]]))
-        for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist(), strict=True):
-            members = order[start : start + length]
-            chosen = members[wanted[members]]
-            if not len(chosen):
-                continue
-            low = np.minimum.outer(chosen, members).ravel()
-            high = np.maximum.outer(chosen, members).ravel()
-            keep = low != high
-            found.append(low[keep].astype(np.int64) * n + high[keep])
+        shared = np.repeat(lengths > 1, lengths)
+        position = np.flatnonzero(shared)
+        if not len(position):
+            continue
+        later = np.repeat(starts + lengths, lengths)[shared] - position - 1  # the rows after each in its run
+        first = np.repeat(position, later)
+        step = np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later) + 1
+        a, b = order[first], order[first + step]
+        keep = wanted[a] | wanted[b]
+        found.append(np.minimum(a, b)[keep].astype(np.int64) * n + np.maximum(a, b)[keep])
     codes = np.sort(np.concatenate(found))  # not np.unique: its first call imports numpy.ma (~17 ms per update)
     codes = codes[np.concatenate([[True], codes[1:] != codes[:-1]])] if len(codes) else codes
     return np.stack([codes // max(n, 1), codes % max(n, 1)], axis=1)

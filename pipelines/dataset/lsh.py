@@ -35,29 +35,33 @@ class LshIndex:
             self.stored[chunk] = (start, size, keys)
             start += size
         self.keys: list[Key | None] = [None] * len(self.buckets)  # of the rows whose chunk was read
-        self.rows: dict[int, dict[Key, int]] = {}  # chunk -> its keys' rows, for the chunks read
+        self.row_of: dict[Key, int] = {}  # the rows of the keys of the chunks read
+        self.read: set[int] = set(range(LSH_CHUNKS)) - set(self.stored)  # chunks whose keys are known
         self.changed: set[int] = set(range(LSH_CHUNKS)) if anew else set()
 
-    def _chunk_rows(self, chunk: int) -> dict[Key, int]:
-        """The rows of a chunk's keys (its keys read from the state on first use)."""
-        if chunk not in self.rows:
-            rows: dict[Key, int] = {}
-            if chunk in self.stored:
-                start, size, raw = self.stored[chunk]
-                keys = decode_chunk_keys(raw)
-                if keys is None or len(keys) != size:
-                    raise damaged(self.store.path)
-                for row, key in enumerate(keys, start):
-                    rows[key] = row
-                    self.keys[row] = key
-            self.rows[chunk] = rows
-        return self.rows[chunk]
+    def _read(self, chunk: int) -> None:
+        """Learn the rows of a stored chunk's keys (its keys read from the state on first use)."""
+        if chunk in self.read:
+            return
+        start, size, raw = self.stored[chunk]
+        keys = decode_chunk_keys(raw)
+        if keys is None or len(keys) != size:
+            raise damaged(self.store.path)
+        self.keys[start : start + size] = keys
+        self.row_of.update(zip(keys, range(start, start + size), strict=True))
+        self.read.add(chunk)
 
     def _row(self, key: Key) -> int | None:
-        return self._chunk_rows(lsh_chunk(key)).get(key)
+        row = self.row_of.get(key)
+        if row is None and len(self.read) < LSH_CHUNKS and (chunk := lsh_chunk(key)) not in self.read:
+            self._read(chunk)
+            row = self.row_of.get(key)
+        return row
 
     def sharing(self, keys: list[Key]) -> set[Key]:
         """Every key sharing a bucket with one of ``keys`` (at once, for many)."""
+        if not len(self.buckets):
+            return set()  # an empty index (a full update, before its files are put)
         rows = [row for row in map(self._row, keys) if row is not None and self.alive[row]]
         if not rows:
             return set()
@@ -68,7 +72,7 @@ class LshIndex:
             mask |= wanted[np.searchsorted(wanted, column).clip(max=len(wanted) - 1)] == column
         found = np.flatnonzero(mask & self.alive)
         for chunk in set(self.chunk_of_row[found].tolist()):  # not np.unique: it imports numpy.ma (~25 ms)
-            self._chunk_rows(chunk)
+            self._read(chunk)
         return {self.keys[row] for row in found.tolist()}  # type: ignore[misc]
 
     def buckets_of(self, keys: list[Key]) -> np.ndarray:
@@ -79,37 +83,41 @@ class LshIndex:
             raise RuntimeError("near-duplicate index: buckets asked for a file it does not hold")
         return self.buckets[rows]
 
-    def put_many(self, entries: dict[Key, np.ndarray | None]) -> None:
-        """Set the buckets of many keys (None: the key has none); written to the state by :meth:`flush`."""
-        added: list[tuple[int, Key, np.ndarray]] = []
-        for key, buckets in entries.items():
-            chunk = lsh_chunk(key)
-            row = self._chunk_rows(chunk).get(key)
-            if row is None:
-                if buckets is not None:
-                    added.append((chunk, key, buckets))
-                    self.changed.add(chunk)
-                continue
-            self.changed.add(chunk)
-            self.alive[row] = buckets is not None
-            if buckets is not None:
-                self.buckets[row] = buckets
+    def drop(self, keys: list[Key]) -> None:
+        """Forget the buckets of ``keys`` (files gone, or with no signature now); written by :meth:`flush`."""
+        for row in map(self._row, keys):
+            if row is not None and self.alive[row]:
+                self.alive[row] = False
+                self.changed.add(int(self.chunk_of_row[row]))
+
+    def put_many(self, keys: list[Key], buckets: np.ndarray) -> None:
+        """Set the buckets (int64[len(keys), BANDS]) of many keys; written to the state by :meth:`flush`."""
+        rows = [self._row(key) for key in keys]
+        known = [i for i, row in enumerate(rows) if row is not None]
+        if known:
+            at = np.array([rows[i] for i in known], dtype=np.int64)
+            self.buckets[at] = buckets[known]
+            self.alive[at] = True
+            self.changed.update(self.chunk_of_row[at].tolist())
+        added = [i for i, row in enumerate(rows) if row is None]
         if added:
-            first = len(self.keys)
-            for row, (chunk, key, _) in enumerate(added, first):
-                self.rows[chunk][key] = row
-            self.keys += [key for _, key, _ in added]
-            self.buckets = np.concatenate([self.buckets, np.array([b for _, _, b in added], dtype=np.int64)])
+            chunks = [lsh_chunk(keys[i]) for i in added]
+            self.row_of.update((keys[i], row) for row, i in enumerate(added, len(self.keys)))
+            self.changed.update(chunks)
+            self.keys += [keys[i] for i in added]
+            self.buckets = np.concatenate([self.buckets, buckets[added]])
             self.alive = np.concatenate([self.alive, np.ones(len(added), dtype=bool)])
-            self.chunk_of_row = np.concatenate([self.chunk_of_row, np.array([c for c, _, _ in added], dtype=np.int64)])
+            self.chunk_of_row = np.concatenate([self.chunk_of_row, np.array(chunks, dtype=np.int64)])
 
     def flush(self) -> None:
-        """Write the chunks changed since the last flush back to the state."""
+        """Write the chunks changed since the last flush back to the state (every one of them read, as a chunk is
+        changed only through a key of it)."""
+        is_changed = np.zeros(LSH_CHUNKS, dtype=bool)
+        is_changed[list(self.changed)] = True
+        rows = np.flatnonzero(is_changed[self.chunk_of_row] & self.alive)  # not np.isin: it imports numpy.ma
+        chunks: dict[int, list[tuple[Key, bytes]]] = {chunk: [] for chunk in sorted(self.changed)}
         out = self.buckets.astype("<i8", copy=False)
-        self.store.lsh_write_chunks(
-            {
-                chunk: [(key, out[row].tobytes()) for key, row in self._chunk_rows(chunk).items() if self.alive[row]]
-                for chunk in sorted(self.changed)
-            }
-        )
+        for row, chunk in zip(rows.tolist(), self.chunk_of_row[rows].tolist(), strict=True):
+            chunks[chunk].append((self.keys[row], out[row].tobytes()))  # type: ignore[arg-type]
+        self.store.lsh_write_chunks(chunks)
         self.changed.clear()

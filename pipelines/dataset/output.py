@@ -216,23 +216,28 @@ class OutputWriter:
 
 
 # -- running totals -------------------------------------------------------------------------------------
-def contributions(row: FileRow | None, text_bytes: int, redactions: list) -> dict[tuple[str, str], int]:
-    """What one file adds to the totals behind stats.json."""
+def add_contributions(
+    totals: dict[tuple[str, str], int], row: FileRow | None, text_bytes: int, redactions: list, sign: int = 1
+) -> None:
+    """Add what one file adds to the totals behind stats.json (times ``sign``) to ``totals``."""
     if row is None:
-        return {}
-    found = {("files_seen", row.repo): 1, ("bytes_seen", ""): max(row.size, 0)}
+        return
+    found = [(("files_seen", row.repo), 1), (("bytes_seen", ""), max(row.size, 0))]
     if row.status == KEPT:
-        found[("files_kept", row.repo)] = 1
-        found[("repo_bytes", row.repo)] = text_bytes
-        found[("lang_files", row.lang or "")] = 1
-        found[("lang_bytes", row.lang or "")] = text_bytes
-        found[("split_files", row.split)] = 1
-        found[("split_bytes", row.split)] = text_bytes
-        for _, _, kind in redactions:
-            found[("redactions", kind)] = found.get(("redactions", kind), 0) + 1
+        found += [
+            (("files_kept", row.repo), 1),
+            (("repo_bytes", row.repo), text_bytes),
+            (("lang_files", row.lang or ""), 1),
+            (("lang_bytes", row.lang or ""), text_bytes),
+            (("split_files", row.split), 1),
+            (("split_bytes", row.split), text_bytes),
+        ]
+        found += [(("redactions", kind), 1) for _, _, kind in redactions]
     else:
-        found[("dropped", row.status)] = 1
-    return found
+        found.append((("dropped", row.status), 1))
+    get = totals.get
+    for name, value in found:
+        totals[name] = get(name, 0) + sign * value
 
 
 # -- export, recovery, garbage ----------------------------------------------------------------------------

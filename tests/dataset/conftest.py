@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from pipelines.dataset import native
 
 ENV = {
     **os.environ,
@@ -120,3 +123,19 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
         env={**os.environ, **(env or {})},
         timeout=300,
     )
+
+
+def has_compiler() -> bool:
+    return shutil.which((os.environ.get("CC") or "cc").split()[0]) is not None
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the compiled loops of :mod:`pipelines.dataset.native`, then with their numpy twins."""
+    if request.param == "numpy":
+        monkeypatch.setattr(native, "_library", None)
+    elif not has_compiler():
+        pytest.skip("no C compiler on this machine: only the numpy twins can run")
+    else:
+        assert native.library() is not None, "a C compiler is here, yet the compiled loops did not load"
+    return request.param

@@ -289,8 +289,9 @@ def test_planted_secrets_never_reach_any_output_file(repo: Repo, tmp_path: Path)
     assert len(stats["redactions"]) >= 10 and sum(stats["redactions"].values()) >= len(SAMPLES)
 
 
-def test_line_lengths_are_measured_as_str_splitlines_cuts_lines() -> None:
-    """The batched measure of long lines agrees with ``str.splitlines`` on every kind of line break and ending."""
+def test_line_lengths_are_measured_as_str_splitlines_cuts_lines(loops: str) -> None:
+    """The batched measure of long lines (compiled, and its numpy twin) agrees with ``str.splitlines`` on every kind of
+    line break and ending."""
     config = DatasetConfig(max_line_length=12, max_mean_line_length=6.0)
     texts = [
         "ab\ncd\n",

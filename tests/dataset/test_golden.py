@@ -99,9 +99,10 @@ def test_build_and_update_give_the_stored_dataset(tmp_path: Path, fixed_clock: N
 
 
 def test_the_bulk_paths_give_the_same_dataset(
-    tmp_path: Path, fixed_clock: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fixed_clock: None, monkeypatch: pytest.MonkeyPatch, loops: str
 ) -> None:
-    """What a big repository takes (worker pool, bulk range lookups) gives what the one-at-a-time paths give."""
+    """What a big repository takes (worker pool, bulk range lookups) gives what the one-at-a-time paths give, with the
+    compiled loops and with their numpy twins."""
     monkeypatch.setattr(builder, "_PARALLEL_FROM", 0)
     monkeypatch.setattr(output, "_BULK_RANGES", 0)
     expected = json.loads(EXPECTED.read_text(encoding="utf-8"))

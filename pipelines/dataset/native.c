@@ -1,0 +1,89 @@
+/* Loops of the dataset builder over the bytes of many texts at once, loaded through ctypes by
+ * pipelines/dataset/native.py; each gives the numbers of a numpy twin in Python.
+ *
+ * minhash_bins: the MinHash bins of UTF-8 texts in one pass over their bytes, as pipelines/dataset/dedup.py works
+ * them out with numpy (_words and _numpy_bins):
+ * - a word is a run of bytes with word_table[b] == 1, its hash the sum of b_k * P^k over its bytes (k from 0,
+ *   modulo 2^64), worked out in two lanes (even and odd bytes) so that the multiplications do not wait on each other;
+ * - a 5-gram of words w0..w4 is ((((w0 * Q + w1) * Q + w2) * Q + w3) * Q + w4), mixed with splitmix64's finaliser;
+ * - its top 7 bits pick one of 128 bins, which keeps the smallest low 32 bits.
+ * A text with fewer than min_words words has every bin left empty. */
+#include <stdint.h>
+#include <string.h>
+
+#define BINS 128
+
+static inline uint64_t mix64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+/* texts: data[offsets[t] .. offsets[t + 1]) for t < n; values (n * BINS, each 0xFFFFFFFF on entry), filled
+ * (n * BINS, zero on entry) and words (n) are written. */
+void minhash_bins(const uint8_t *data, const int64_t *offsets, int64_t n, const uint8_t *word_table, uint64_t p,
+                  uint64_t q, int64_t min_words, uint32_t *values, uint8_t *filled, int64_t *words) {
+    const uint64_t p2 = p * p, q2 = q * q, q3 = q2 * q, q4 = q3 * q;
+    for (int64_t t = 0; t < n; t++) {
+        const uint8_t *at = data + offsets[t], *end = data + offsets[t + 1];
+        uint32_t *value = values + t * BINS;
+        uint8_t *fill = filled + t * BINS;
+        uint64_t w0 = 0, w1 = 0, w2 = 0, w3 = 0;
+        int64_t count = 0;
+        for (;;) {
+            while (at < end && !word_table[*at]) at++;
+            if (at >= end) break;
+            uint64_t even = 0, odd = 0, power = 1;
+            while (at + 1 < end && word_table[at[0]] && word_table[at[1]]) {
+                even += (uint64_t)at[0] * power;
+                odd += (uint64_t)at[1] * power;
+                power *= p2;
+                at += 2;
+            }
+            uint64_t h = even + odd * p;
+            if (at < end && word_table[*at]) h += (uint64_t)*at++ * power;
+            if (++count >= 5) {
+                uint64_t x = mix64(w0 * q4 + w1 * q3 + w2 * q2 + w3 * q + h);
+                unsigned bin = (unsigned)(x >> 57);
+                uint32_t low = (uint32_t)x;
+                if (low < value[bin]) value[bin] = low;
+                fill[bin] = 1;
+            }
+            w0 = w1, w1 = w2, w2 = w3, w3 = h;
+        }
+        words[t] = count;
+        if (count < min_words) {
+            memset(value, 0xFF, BINS * sizeof *value);
+            memset(fill, 0, BINS);
+        }
+    }
+}
+
+/* line_stats: line lengths as str.splitlines cuts an ASCII text that breaks lines only at \n: for each text, its longest line
+ * and its number of lines (a final \n ends no extra line), and simple = 0 where it holds a byte that is not ASCII
+ * or another line break of str.splitlines (\r \v \f \x1c \x1d \x1e), whose lines are then for Python to measure. */
+void line_stats(const uint8_t *data, const int64_t *offsets, int64_t n, int64_t *longest, int64_t *lines,
+                uint8_t *simple) {
+    static const uint8_t other[256] = {['\r'] = 1, ['\v'] = 1, ['\f'] = 1, [0x1c] = 1, [0x1d] = 1, [0x1e] = 1,
+                                       [128 ... 255] = 1};
+    for (int64_t t = 0; t < n; t++) {
+        const uint8_t *at = data + offsets[t], *end = data + offsets[t + 1];
+        int64_t top = 0, count = 0;
+        uint8_t odd = 0;
+        const uint8_t *start = at;
+        for (; at < end; at++) {
+            odd |= other[*at];
+            if (*at == '\n') {
+                if (at - start > top) top = at - start;
+                start = at + 1;
+                count++;
+            }
+        }
+        if (end - start > top) top = end - start;
+        longest[t] = top;
+        lines[t] = count + 1 - (end > data + offsets[t] && end[-1] == '\n');
+        simple[t] = !odd;
+    }
+}

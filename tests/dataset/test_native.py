@@ -1,0 +1,93 @@
+"""The compiled loops (pipelines/dataset/native.c) give exactly the numbers of their numpy twins, are compiled once
+into the user's cache (again when damaged), and a machine without a C compiler runs the twins instead."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.dataset import dedup, native
+from pipelines.dataset.config import DatasetConfig
+from pipelines.dataset.filters import long_lines
+from tests.dataset.conftest import has_compiler, python_file
+
+needs_compiler = pytest.mark.skipif(not has_compiler(), reason="no C compiler on this machine")
+
+
+def texts(seed: int, count: int) -> list[bytes]:
+    """Code, prose in other scripts, runs of separators, words of every length (odd and even), tiny texts."""
+    rng = random.Random(seed)
+    pieces = ["a", "bc", "def", "_x9", "Ωμέγα", "数据集", "🙂", " ", "\n", "\t", "==", ".", "(", "é", "\u2028", "\r\n"]
+    out = [python_file(f"m{i}", body_lines=5 + i, seed=i).encode() for i in range(20)]
+    for _ in range(count):
+        words = [rng.choice(pieces) * rng.randint(1, 9) for _ in range(rng.randint(0, 400))]
+        out.append("".join(words).encode())
+    out += [b"", b" ", b"one two three four", b"one two three four five", b"x" * (3 << 20)]
+    return out
+
+
+@needs_compiler
+def test_minhash_signatures_are_the_numpy_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    datas = texts(1, 600)
+    assert native.library() is not None
+    compiled = dedup.signatures_of(datas, 10)
+    monkeypatch.setattr(native, "_library", None)
+    twin = dedup.signatures_of(datas, 10)
+    assert sum(sig is None for sig in twin) >= 3 and sum(sig is not None for sig in twin) >= 500
+    for i, (a, b) in enumerate(zip(compiled, twin, strict=True)):
+        assert (a is None) == (b is None), i
+        assert a is None or (a.dtype == b.dtype and np.array_equal(a, b)), i
+
+
+@needs_compiler
+def test_line_lengths_are_the_numpy_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = DatasetConfig(max_line_length=300, max_mean_line_length=60.0)
+    datas = [d for d in texts(2, 2000) if d.strip()]
+    strings = [d.decode() for d in datas]
+    compiled = long_lines(datas, strings, config)
+    monkeypatch.setattr(native, "_library", None)
+    assert compiled == long_lines(datas, strings, config)
+    assert 100 < sum(compiled) < len(compiled) - 100
+
+
+def loads_compiled(cache: Path) -> bool:
+    """Whether a fresh process (dlopen keeps a library it loaded, whatever happens to its file) gets the library."""
+    code = "from pipelines.dataset import native; print(native.library() is not None)"
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    env.pop("REPOPILOT_NATIVE", None)
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=root)
+    return out.stdout.strip() == "True"
+
+
+@needs_compiler
+def test_compiled_once_into_the_cache_and_again_when_damaged(tmp_path: Path) -> None:
+    assert loads_compiled(tmp_path)
+    (built,) = (tmp_path / "repopilot").glob("native-*.so")
+    first = built.stat().st_mtime_ns
+    assert loads_compiled(tmp_path) and built.stat().st_mtime_ns == first  # loaded, not compiled again
+    built.write_bytes(b"not a library")
+    assert loads_compiled(tmp_path)
+    assert built.read_bytes()[:4] == b"\x7fELF"  # compiled again
+    assert [p.name for p in (tmp_path / "repopilot").iterdir()] == [built.name]  # no temporary left behind
+
+
+def test_without_a_compiler_the_numpy_twins_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native, "_library", native._unset)
+    assert native.library() is None
+    assert not list((tmp_path / "repopilot").glob("native-*"))
+    text = b"alpha beta gamma delta epsilon zeta eta theta iota kappa"
+    assert dedup.signature_of(text, 5) is not None and long_lines([text], [text.decode()], DatasetConfig()) == [False]
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("REPOPILOT_NATIVE", "0")
+    monkeypatch.setattr(native, "_library", native._unset)
+    assert native.library() is None  # turned off: not compiled either
+    assert not list((tmp_path / "repopilot").glob("native-*"))
