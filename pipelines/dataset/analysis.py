@@ -1,7 +1,9 @@
 """Analysing blobs in bulk: content filters, secrets and MinHash (``filters.analyze_many``) on every core.
 
 The pool is forked from the builder while it runs no other thread, so its workers start at once with
-everything imported and the secret prefilter compiled; blobs go to them in batches of a few MiB.
+everything imported and the secret prefilter compiled; blobs go to them in batches of a few MiB, or, for a working
+copy, the paths of their files: a worker reads each file and keeps it only when it holds exactly the blob (see
+``gitsource.file_blob``), so reading and checking run on every core too.
 """
 
 from __future__ import annotations
@@ -9,17 +11,19 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pipelines.dataset.config import DatasetConfig
 from pipelines.dataset.filters import BlobAnalysis, analyze_many
+from pipelines.dataset.gitsource import file_blob
 from pipelines.dataset.output import _failpoint
 from pipelines.dataset.prefilter import shared_prefilter
 from pipelines.procutil import worker_pool
 
 if TYPE_CHECKING:
-    from concurrent.futures import Executor, Future
+    from concurrent.futures import Executor
 
 WORKER_NICE = 5  # the history walk (one git process) is the longest chain: analysis workers yield to it
 Blob = tuple[str, bytes | None]
@@ -38,19 +42,42 @@ def analysed_blobs(
 ) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
     """(sha, content, analysis) for each (sha, content), in order; in ``pool`` when given, else here. Secrets
     are scanned behind the one-pass prefilter (its compiled database comes from the user's cache)."""
+    items = ((sha, data, len(data or b"")) for sha, data in blobs)
+    for batch, results in _pipelined(items, _analyse_batch, config, pool):
+        for (sha, data, _), result in zip(batch, results, strict=True):
+            yield sha, data, result
+
+
+def analysed_files(
+    root: Path, wanted: Iterable[tuple[str, str, int]], config: DatasetConfig, pool: Executor | None
+) -> Iterator[tuple[str, bytes | None, BlobAnalysis | None]]:
+    """(sha, content, analysis) for each (sha, path, size) whose file under ``root`` holds exactly that blob, read
+    where it is analysed (in ``pool`` when given: this process only gets the content back); (sha, None, None) for
+    the others, to be read from git."""
+    items = ((sha, (sha, path, size), size) for sha, path, size in wanted)
+    for batch, results in _pipelined(items, _analyse_files, (root, config), pool):
+        for (sha, _, _), (data, result) in zip(batch, results, strict=True):
+            yield sha, data, result
+
+
+def _pipelined(items: Iterable[tuple[str, Any, int]], work: Callable, arg: Any, pool: Executor | None) -> Iterator:
+    """(batch, ``work([payload of each item], arg)``) for batches of (sha, payload, size) items, in order; in
+    ``pool`` when given, a few batches ahead, else here."""
     if pool is None:
-        for batch in _batches(blobs):
-            yield from _zip_batch(batch, _analyse_batch([d for _, d in batch], config))
+        for batch in _batches(items):
+            yield batch, work([payload for _, payload, _ in batch], arg)
         return
     in_flight: collections.deque = collections.deque()
     workers = _workers()
-    for batch in _batches(blobs):
-        in_flight.append((batch, pool.submit(_analyse_batch, [d for _, d in batch], config)))
+    for batch in _batches(items):
+        in_flight.append((batch, pool.submit(work, [payload for _, payload, _ in batch], arg)))
         _failpoint("pool-running")
         while len(in_flight) > 2 * workers:
-            yield from _finished(in_flight.popleft())
+            batch, future = in_flight.popleft()
+            yield batch, future.result()
     while in_flight:
-        yield from _finished(in_flight.popleft())
+        batch, future = in_flight.popleft()
+        yield batch, future.result()
 
 
 def _workers() -> int:
@@ -61,24 +88,26 @@ def _analyse_batch(datas: list[bytes | None], config: DatasetConfig) -> list[Blo
     return analyze_many(datas, config, shared_prefilter())
 
 
-def _batches(blobs: Iterable[Blob], max_bytes: int = 4 << 20, max_items: int = 256) -> Iterator:
-    batch: list[tuple[str, bytes | None]] = []
+def _analyse_files(
+    wanted: list[tuple[str, str, int]], arg: tuple[Path, DatasetConfig]
+) -> list[tuple[bytes | None, BlobAnalysis | None]]:
+    root, config = arg
+    datas = [file_blob(root / path, sha, size) for sha, path, size in wanted]
+    read = [data for data in datas if data is not None]
+    results = iter(analyze_many(read, config, shared_prefilter()) if read else [])
+    return [(None, None) if data is None else (data, next(results)) for data in datas]
+
+
+def _batches(
+    items: Iterable[tuple[str, Any, int]], max_bytes: int = 4 << 20, max_items: int = 256
+) -> Iterator[list[tuple[str, Any, int]]]:
+    batch: list[tuple[str, Any, int]] = []
     size = 0
-    for sha, data in blobs:
-        batch.append((sha, data))
-        size += len(data or b"")
+    for item in items:
+        batch.append(item)
+        size += item[2]
         if size >= max_bytes or len(batch) >= max_items:
             yield batch
             batch, size = [], 0
     if batch:
         yield batch
-
-
-def _finished(item: tuple[list, Future]) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
-    batch, future = item
-    return _zip_batch(batch, future.result())
-
-
-def _zip_batch(batch: list[Blob], results: list[BlobAnalysis]) -> Iterator:
-    for (sha, data), result in zip(batch, results, strict=True):
-        yield sha, data, result

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.dataset import dedup, native
-from pipelines.dataset.analysis import analysed_blobs, analysis_pool
+from pipelines.dataset.analysis import analysed_blobs, analysed_files, analysis_pool
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
 from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, path_reason, redact_spans
 from pipelines.dataset.folder import is_dataset
@@ -47,6 +47,7 @@ CANDIDATE = "candidate"
 _TEXT_MEMORY_BUDGET = 256 * 1024 * 1024
 _CACHE_FLUSH_ROWS = 2000  # analyses stored per transaction (or every 2 s): a killed build loses no more
 _PARALLEL_FROM = 400  # blobs to analyse before a process pool pays for its start-up
+_Wanted = tuple[str, str, int]  # a blob to read: (sha, a path of it, its size)
 INDEX_CHUNK_FILES = 256  # mean number of files per index chunk
 _DUPLICATE, _NEAR_DUPLICATE = Reason.DUPLICATE.value, Reason.NEAR_DUPLICATE.value  # (an enum's .value costs ~1 us)
 
@@ -244,17 +245,16 @@ class _Work:
     def compute_rows(self, plans: list[RepoPlan]) -> list[FileRow]:
         """New rows for every target path; analyses blobs not seen before (cached as it goes)."""
         rows: list[FileRow] = []
-        to_read: dict[str, list[str]] = {}
+        to_read: dict[str, dict[str, _Wanted]] = {}  # repo -> sha -> (sha, a path of it, size)
         for plan in plans:
             if plan.mode is PlanMode.UNCHANGED:
                 continue
             for path, entry in sorted(plan.targets.items()):
                 rows.append(self._target_row(plan, path, entry))
                 if rows[-1].filter_reason is None:
-                    to_read.setdefault(plan.spec.name, []).append(entry.sha)
-        wanted = {sha for shas in to_read.values() for sha in shas}
-        self.blobs.update(self.store.cached_blobs(self.akey, wanted))
-        missing = {name: sorted(set(shas) - set(self.blobs)) for name, shas in to_read.items()}
+                    to_read.setdefault(plan.spec.name, {}).setdefault(entry.sha, (entry.sha, path, entry.size))
+        self.blobs.update(self.store.cached_blobs(self.akey, {sha for shas in to_read.values() for sha in shas}))
+        missing = {name: [w for sha, w in sorted(ws.items()) if sha not in self.blobs] for name, ws in to_read.items()}
         total = sum(len(v) for v in missing.values())
         if total:
             shared_prefilter()  # loaded (or compiled) once, before the workers fork, so that they inherit it
@@ -298,7 +298,7 @@ class _Work:
             status=reason or CANDIDATE,
         )
 
-    def _analyse(self, missing: dict[str, list[str]], pool: Executor | None) -> None:
+    def _analyse(self, missing: dict[str, list[_Wanted]], pool: Executor | None) -> None:
         self.progress.start("analysing", sum(len(v) for v in missing.values()))
         pending: list[tuple[str, str | None, int, str, bytes | None]] = []
         last_flush = time.monotonic()
@@ -320,15 +320,24 @@ class _Work:
         self.progress.finish()
 
     def _analysed(
-        self, missing: dict[str, list[str]], pool: Executor | None
+        self, missing: dict[str, list[_Wanted]], pool: Executor | None
     ) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
-        """(sha, content, analysis) for each blob, in ``pool`` (on every core) when given."""
-        blobs = (
-            (sha, data)
-            for name, shas in missing.items()
-            for sha, data in self.sources[name].read_blobs(self.sources[name].in_pack_order(shas))
-        )
-        return analysed_blobs(blobs, self.config, pool)
+        """(sha, content, analysis) for each blob, in ``pool`` (on every core) when given: first those whose file in the
+        working copy holds them, then the others read from git."""
+        for name, wanted in missing.items():
+            source = self.sources[name]
+            if source.worktree is not None:
+                unread: list[_Wanted] = []
+                for item, (sha, data, result) in zip(
+                    wanted, analysed_files(source.worktree, wanted, self.config, pool), strict=True
+                ):
+                    if result is None:
+                        unread.append(item)
+                    else:
+                        yield sha, data, result
+                wanted = unread
+            blobs = source.read_blobs(source.in_pack_order([sha for sha, _, _ in wanted]))
+            yield from analysed_blobs(blobs, self.config, pool)
 
     def _remember_text(self, sha: str, text: str) -> None:
         if self.text_bytes + len(text) <= _TEXT_MEMORY_BUDGET:
@@ -466,16 +475,16 @@ class _Work:
 
     def _texts_for(self, rows: list[FileRow]) -> dict[str, str]:
         texts = {row.sha: self.texts.pop(row.sha) for row in rows if row.sha in self.texts}  # each written once
-        by_repo: dict[str, list[str]] = {}
+        by_repo: dict[str, list[_Wanted]] = {}
         for row in rows:
             if row.sha not in texts:
-                by_repo.setdefault(row.repo, []).append(row.sha)
-        for repo, shas in by_repo.items():
+                by_repo.setdefault(row.repo, []).append((row.sha, row.path, row.size))
+        for repo, wanted in by_repo.items():
             source = self.sources.get(repo)
             if source is None:
                 raise DatasetError(f"The dataset holds files of repo {repo!r}, which is no longer configured.")
-            blobs = self.store.cached_blobs(self.akey, shas)
-            for sha, data in source.read_blobs(source.in_pack_order(sorted(set(shas)))):
+            blobs = self.store.cached_blobs(self.akey, [sha for sha, _, _ in wanted])
+            for sha, data in source.read_committed(sorted(wanted)):
                 if data is None or sha not in blobs:
                     raise DatasetError(
                         f"Blob {sha} of repo {repo!r} can no longer be read. "

@@ -1,10 +1,15 @@
 """Read committed content from git (the git command itself): refs, trees and blobs in bulk.
 
-Only what is committed at a ref is ever read; the working tree (uncommitted junk) is never looked at.
+Only what is committed at a ref is ever read. A blob may be taken from the working tree's file at its path, but
+only where that file holds exactly the blob (its size and its git object id, hashed from the bytes read, agree):
+uncommitted edits, line-ending or LFS filters, sparse checkouts and other branches are read from git instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator
@@ -74,11 +79,13 @@ class GitSource:
             )
         git_dir, bare, prefix = lines[:3]
         self._objects: Path | None = None
+        self.worktree: Path | None = None if bare == "true" else self.path  # a checkout's top folder
         # Every git command names the git dir, so working copies, bare repos and bare mirrors without a
         # config file all work.
         self.git_dir = Path(git_dir)
         if bare == "true" or self.git_dir == self.path:
             self.path = self.git_dir
+            self.worktree = None
         elif prefix:
             raise RepoError(
                 f"{self.path} is a folder ({prefix.rstrip('/')}) inside a git repository. "
@@ -204,6 +211,23 @@ class GitSource:
             self._objects = Path(self._run(["rev-parse", "--git-path", "objects"]).decode().strip()).resolve()
         return in_pack_order(self._objects, shas)
 
+    def read_committed(self, wanted: Iterable[tuple[str, str, int]]) -> Iterator[tuple[str, bytes | None]]:
+        """(sha, content) for each (sha, path, size), each sha once: from the working tree's file at ``path`` where it
+        holds exactly that blob, the rest from git (in pack order) after them. Content is None for an object git
+        cannot find."""
+        from_git: dict[str, None] = {}
+        done: set[str] = set()
+        for sha, path, size in wanted:
+            if sha in done or sha in from_git:
+                continue
+            data = None if self.worktree is None else file_blob(self.worktree / path, sha, size)
+            if data is None:
+                from_git[sha] = None
+            else:
+                done.add(sha)
+                yield sha, data
+        yield from self.read_blobs(self.in_pack_order(list(from_git)))
+
     def read_blobs(self, shas: Iterable[str]) -> Iterator[tuple[str, bytes | None]]:
         """Stream (sha, content) for each sha, in order, through one ``git cat-file --batch``.
 
@@ -268,6 +292,31 @@ class GitSource:
                 f"git {args[0]} failed in {self.path}: {detail[-1] if detail else exc}. "
                 "Check the repository and the ref."
             ) from None
+
+
+def file_blob(path: Path, sha: str, size: int) -> bytes | None:
+    """The bytes of the regular file at ``path`` when they are the blob ``sha`` of ``size`` bytes (git's object id:
+    SHA-1, or SHA-256 for a 64-digit id, of ``blob <size>\\0`` and the bytes), else None. Not followed: a symbolic
+    link; not read: a FIFO or device (opened without blocking, then refused)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+            return None
+        data = os.read(fd, size + 1)  # one more: a file that grew since is not taken
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        return None
+    header = b"blob %d\0" % size
+    digest = hashlib.new("sha1" if len(sha) == 40 else "sha256", header, usedforsecurity=False)
+    digest.update(data)
+    return data if digest.hexdigest() == sha else None
 
 
 class HistoryWalk:
