@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.dataset.config import DatasetConfig
-from pipelines.dataset.filters import BlobAnalysis, analyze_many
+from pipelines.dataset.filters import BlobAnalysis, analyze_texts
 from pipelines.dataset.gitsource import file_blob
-from pipelines.dataset.output import _failpoint
+from pipelines.dataset.output import _failpoint, record_text
 from pipelines.dataset.prefilter import shared_prefilter
 from pipelines.procutil import worker_pool
 
@@ -37,27 +37,29 @@ def analysis_pool() -> Iterator[Executor]:
         yield pool
 
 
-def analysed_blobs(
-    blobs: Iterable[Blob], config: DatasetConfig, pool: Executor | None
-) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
-    """(sha, content, analysis) for each (sha, content), in order; in ``pool`` when given, else here. Secrets
+Analysed = tuple[str, int, BlobAnalysis, bytes | None]  # (sha, size, analysis, record text of a kept blob)
+
+
+def analysed_blobs(blobs: Iterable[Blob], config: DatasetConfig, pool: Executor | None) -> Iterator[Analysed]:
+    """(sha, size, analysis, record text) for each (sha, content), in order; in ``pool`` when given, else here. The
+    record text (``output.record_text`` of the text with its secrets redacted) comes only for a blob kept. Secrets
     are scanned behind the one-pass prefilter (its compiled database comes from the user's cache)."""
     items = ((sha, data, len(data or b"")) for sha, data in blobs)
     for batch, results in _pipelined(items, _analyse_batch, config, pool):
-        for (sha, data, _), result in zip(batch, results, strict=True):
-            yield sha, data, result
+        for (sha, _, size), (result, text) in zip(batch, results, strict=True):
+            yield sha, size, result, text
 
 
 def analysed_files(
     root: Path, wanted: Iterable[tuple[str, str, int]], config: DatasetConfig, pool: Executor | None
-) -> Iterator[tuple[str, bytes | None, BlobAnalysis | None]]:
-    """(sha, content, analysis) for each (sha, path, size) whose file under ``root`` holds exactly that blob, read
-    where it is analysed (in ``pool`` when given: this process only gets the content back); (sha, None, None) for
-    the others, to be read from git."""
+) -> Iterator[Analysed | tuple[str, int, None, None]]:
+    """:func:`analysed_blobs` for each (sha, path, size) whose file under ``root`` holds exactly that blob, read
+    where it is analysed (in ``pool`` when given: this process gets back only the record texts); (sha, size, None,
+    None) for the others, to be read from git."""
     items = ((sha, (sha, path, size), size) for sha, path, size in wanted)
     for batch, results in _pipelined(items, _analyse_files, (root, config), pool):
-        for (sha, _, _), (data, result) in zip(batch, results, strict=True):
-            yield sha, data, result
+        for (sha, _, size), (result, text) in zip(batch, results, strict=True):
+            yield sha, size, result, text
 
 
 def _pipelined(items: Iterable[tuple[str, Any, int]], work: Callable, arg: Any, pool: Executor | None) -> Iterator:
@@ -84,18 +86,18 @@ def _workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _analyse_batch(datas: list[bytes | None], config: DatasetConfig) -> list[BlobAnalysis]:
-    return analyze_many(datas, config, shared_prefilter())
+def _analyse_batch(datas: list[bytes | None], config: DatasetConfig) -> list[tuple[BlobAnalysis, bytes | None]]:
+    results, texts = analyze_texts(datas, config, shared_prefilter())
+    return [(result, None if text is None else record_text(text)) for result, text in zip(results, texts, strict=True)]
 
 
 def _analyse_files(
     wanted: list[tuple[str, str, int]], arg: tuple[Path, DatasetConfig]
-) -> list[tuple[bytes | None, BlobAnalysis | None]]:
+) -> list[tuple[BlobAnalysis, bytes | None] | tuple[None, None]]:
     root, config = arg
     datas = [file_blob(root / path, sha, size) for sha, path, size in wanted]
-    read = [data for data in datas if data is not None]
-    results = iter(analyze_many(read, config, shared_prefilter()) if read else [])
-    return [(None, None) if data is None else (data, next(results)) for data in datas]
+    analysed = iter(_analyse_batch([data for data in datas if data is not None], config))
+    return [(None, None) if data is None else next(analysed) for data in datas]
 
 
 def _batches(

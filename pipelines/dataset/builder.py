@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.dataset import dedup, native
-from pipelines.dataset.analysis import analysed_blobs, analysed_files, analysis_pool
+from pipelines.dataset.analysis import Analysed, analysed_blobs, analysed_files, analysis_pool
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
-from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, path_reason, redact_spans
+from pipelines.dataset.filters import KEPT, Reason, path_reason, redact_spans
 from pipelines.dataset.folder import is_dataset
 from pipelines.dataset.gitsource import GitSource, TreeEntry
 from pipelines.dataset.lsh import LshIndex
@@ -31,6 +31,7 @@ from pipelines.dataset.output import (
     collect_garbage,
     dataset_version,
     export,
+    record_text,
     recover,
 )
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
@@ -236,7 +237,7 @@ class _Work:
         self.sources = sources
         self.progress = progress
         self.before: dict[Key, FileRow | None] = {}
-        self.texts: dict[str, str] = {}
+        self.texts: dict[str, bytes] = {}  # sha -> record text, for the blobs analysed (up to a budget)
         self.text_bytes = 0
         self.blobs: dict[str, CachedBlob] = {}
         self.dirty: dict[Key, str] = {}
@@ -304,42 +305,38 @@ class _Work:
         last_flush = time.monotonic()
         analysed = self._analysed(missing, pool)
         with contextlib.closing(analysed):  # closed at once on an error or a signal
-            for sha, data, result in analysed:
+            for sha, size, result, text in analysed:
                 cached = CachedBlob(
                     result.reason, result.text_bytes, [list(r) for r in result.redactions], result.signature
                 )
                 self.blobs[sha] = cached
                 pending.append((sha, result.reason, result.text_bytes, result.redactions_json(), cached.signature))
-                if result.reason is None and data is not None:
-                    self._remember_text(sha, redact_spans(data.decode("utf-8"), result.redactions))
-                self.progress.advance(1, len(data or b""))
+                if text is not None:
+                    self._remember_text(sha, text)
+                self.progress.advance(1, size)
                 if len(pending) >= _CACHE_FLUSH_ROWS or time.monotonic() - last_flush > 2:
                     self.store.cache_blobs(self.akey, pending)
                     pending, last_flush = [], time.monotonic()
         self.store.cache_blobs(self.akey, pending)
         self.progress.finish()
 
-    def _analysed(
-        self, missing: dict[str, list[_Wanted]], pool: Executor | None
-    ) -> Iterator[tuple[str, bytes | None, BlobAnalysis]]:
-        """(sha, content, analysis) for each blob, in ``pool`` (on every core) when given: first those whose file in the
-        working copy holds them, then the others read from git."""
+    def _analysed(self, missing: dict[str, list[_Wanted]], pool: Executor | None) -> Iterator[Analysed]:
+        """(sha, size, analysis, record text of a kept blob) for each blob, in ``pool`` (on every core) when given:
+        first those whose file in the working copy holds them, then the others read from git."""
         for name, wanted in missing.items():
             source = self.sources[name]
             if source.worktree is not None:
                 unread: list[_Wanted] = []
-                for item, (sha, data, result) in zip(
-                    wanted, analysed_files(source.worktree, wanted, self.config, pool), strict=True
-                ):
-                    if result is None:
+                for item, found in zip(wanted, analysed_files(source.worktree, wanted, self.config, pool), strict=True):
+                    if found[2] is None:
                         unread.append(item)
                     else:
-                        yield sha, data, result
+                        yield found  # type: ignore[misc]
                 wanted = unread
             blobs = source.read_blobs(source.in_pack_order([sha for sha, _, _ in wanted]))
             yield from analysed_blobs(blobs, self.config, pool)
 
-    def _remember_text(self, sha: str, text: str) -> None:
+    def _remember_text(self, sha: str, text: bytes) -> None:
         if self.text_bytes + len(text) <= _TEXT_MEMORY_BUDGET:
             self.texts[sha] = text
             self.text_bytes += len(text)
@@ -473,7 +470,9 @@ class _Work:
         shas = {row.sha for row in map(self.store.get, keys) if row is not None and row.sha not in self.blobs}
         self.blobs.update(self.store.cached_blobs(self.akey, shas))
 
-    def _texts_for(self, rows: list[FileRow]) -> dict[str, str]:
+    def _texts_for(self, rows: list[FileRow]) -> dict[str, bytes]:
+        """The record text of each row's blob (see ``output.record_text``): remembered from its analysis, else read
+        again and its secrets redacted as its cached analysis says."""
         texts = {row.sha: self.texts.pop(row.sha) for row in rows if row.sha in self.texts}  # each written once
         by_repo: dict[str, list[_Wanted]] = {}
         for row in rows:
@@ -490,7 +489,7 @@ class _Work:
                         f"Blob {sha} of repo {repo!r} can no longer be read. "
                         "Rebuild the dataset with `repopilot dataset build --force`."
                     )
-                texts[sha] = redact_spans(data.decode("utf-8"), blobs[sha].redactions)
+                texts[sha] = record_text(redact_spans(data.decode("utf-8"), blobs[sha].redactions))
         return texts
 
 

@@ -144,6 +144,14 @@ def analyze_many(
 ) -> list[BlobAnalysis]:
     """:func:`analyze` for many blobs at once: line lengths measured together, secrets behind one ``prefilter``
     pass per blob, and the MinHash signatures of all kept blobs computed together."""
+    return analyze_texts(datas, config, prefilter)[0]
+
+
+def analyze_texts(
+    datas: list[bytes | None], config: DatasetConfig, prefilter: Prefilter | None = None
+) -> tuple[list[BlobAnalysis], list[str | None]]:
+    """:func:`analyze_many`, and the text each kept blob gives the dataset (its secrets redacted; None for a blob
+    the filters drop)."""
     checked = [_content_reason(data, config) for data in datas]
     candidates = [i for i, (reason, _) in enumerate(checked) if reason is None]
     too_long = long_lines([datas[i] for i in candidates], [checked[i][1] for i in candidates], config)  # type: ignore[misc]
@@ -151,19 +159,22 @@ def analyze_many(
         if drop:
             checked[i] = (Reason.LONG_LINES.value, "")
     results: list[BlobAnalysis | None] = []
+    texts: list[str | None] = []
     kept: list[tuple[int, bytes, tuple[tuple[int, int, str], ...]]] = []
     for data, (reason, text) in zip(datas, checked, strict=True):
         if reason is not None or data is None:
             results.append(BlobAnalysis(reason))
+            texts.append(None)
             continue
         hits = prefilter.hits(data, text) if prefilter is not None else None
         spans = tuple((r.start, r.end, r.kind) for r in find_secrets(text, hits))
-        kept.append((len(results), redact_spans(text, spans).encode("utf-8") if spans else data, spans))
+        texts.append(redact_spans(text, spans) if spans else text)
+        kept.append((len(results), texts[-1].encode("utf-8") if spans else data, spans))  # type: ignore[union-attr]
         results.append(None)
     signatures = dedup.signatures_of([clean for _, clean, _ in kept], config.near_dup_min_tokens)
     for (i, clean, spans), sig in zip(kept, signatures, strict=True):
         results[i] = BlobAnalysis(None, text_bytes=len(clean), redactions=spans, signature=dedup.to_bytes(sig))
-    return results  # type: ignore[return-value]
+    return results, texts  # type: ignore[return-value]
 
 
 def _content_reason(data: bytes | None, config: DatasetConfig) -> tuple[str | None, str]:
@@ -239,4 +250,7 @@ def redact_spans(text: str, spans: tuple[tuple[int, int, str], ...] | list) -> s
     return redact(text, [Redaction(int(s), int(e), str(k)) for s, e, k in spans])
 
 
-__all__ = ["KEPT", "BlobAnalysis", "Reason", "analyze", "analyze_many", "find_secrets", "path_reason", "redact_spans"]
+__all__ = [
+    "KEPT", "BlobAnalysis", "Reason", "analyze", "analyze_many", "analyze_texts", "find_secrets", "path_reason",
+    "redact_spans",
+]  # fmt: skip

@@ -35,16 +35,21 @@ _BULK_RANGES = 1000  # keys to place before the writer reads a selection's keys 
 _WRITE_BUFFER = 1 << 20  # records are written a MiB at a time (one system call per record costs ~10% of a build)
 
 
-def record_line(row: FileRow, text: str) -> bytes:
-    """One JSONL record: run_clm's ``text`` plus files2jsonl's ``url`` and provenance (UTF-8, compact, keys in
-    this order; byte for byte what ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` gives).
-    ``commit`` is there only when the dataset records file commits."""
-    record: dict[str, Any] = {"text": text, "url": row.path, "repo": row.repo, "path": row.path}
+def record_line(row: FileRow, text: bytes) -> bytes:
+    """One JSONL record: run_clm's ``text`` (given as :func:`record_text` made it) plus files2jsonl's ``url`` and
+    provenance (UTF-8, compact, keys in this order; byte for byte what ``json.dumps(..., ensure_ascii=False,
+    separators=(",", ":"))`` gives). ``commit`` is there only when the dataset records file commits."""
+    rest: dict[str, Any] = {"url": row.path, "repo": row.repo, "path": row.path}
     if row.commit_sha:
-        record["commit"] = row.commit_sha
-    record["lang"] = row.lang
-    record["sha"] = row.sha
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        rest["commit"] = row.commit_sha
+    rest["lang"] = row.lang
+    rest["sha"] = row.sha
+    return b'{"text":' + text + b"," + orjson.dumps(rest, option=orjson.OPT_APPEND_NEWLINE)[1:]
+
+
+def record_text(text: str) -> bytes:
+    """A record's text as the JSON string it is written as (made where the text is, e.g. in an analysis worker)."""
+    return orjson.dumps(text)
 
 
 def index_entry(row: FileRow) -> dict[str, Any]:
@@ -115,7 +120,7 @@ class OutputWriter:
         self.written: dict[str, int] = {folder: 0 for folder in FOLDERS}
         self.unsynced: list[Path] = []
 
-    def write_shards(self, dirty: dict[Key, str], texts_for: Callable[[list[FileRow]], dict[str, str]]) -> None:
+    def write_shards(self, dirty: dict[Key, str], texts_for: Callable[[list[FileRow]], dict[str, bytes]]) -> None:
         """``dirty`` maps each key whose record appeared, vanished or changed to its split."""
         ranges = _affected_ranges(self.store, ((shard_selection(split), key) for key, split in dirty.items()))
         for key in dirty:
