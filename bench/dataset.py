@@ -2,13 +2,15 @@
 
     python bench/dataset.py --repo PATH_TO_A_BIG_REAL_REPO [--repeat 3] [--updates 5] [--small 1000]
 
-Everything runs side by side in one run on this machine, each command as a user runs it (a new process):
+Everything runs side by side in one run on this machine, each command as a user runs it (a new process); the
+reference and the full builds take turns, one run of each at a time:
 - ``reference``: what files2jsonl does, as fast as orjson can: read every file of the exported tree (``git
   archive`` of HEAD, not timed) and write ``{"text", "url"}`` JSONL, no filter;
 - ``build``: ``repopilot dataset build OUT REPO`` with every filter, exact and near dedup and the secret scan,
   reading committed content from git: wall, CPU, peak RSS (of the process tree), and processes left behind;
 - ``build_file_commits``: the same with ``--file-commits`` (each record's newest commit, files2jsonl records
   none), which walks the whole first-parent history;
+- ``build_numpy_loops``: ``build`` with the numpy twins of its compiled loops (``REPOPILOT_NATIVE=0``);
 - ``history_walk``: that ``git log`` over the first-parent history alone: a floor under the second build;
 - ``updates``: commit one changed file, then ``repopilot dataset update OUT`` end to end, on a small
   synthetic repository, on the real one (a clone, so the original is never touched) and on a large synthetic one;
@@ -92,14 +94,17 @@ def left_behind(marker: str) -> list[str]:
     return found
 
 
-def reference(repo: Path, work: Path, repeat: int) -> dict:
+def export_tree(repo: Path, work: Path) -> dict:
+    """The reference's input: HEAD's tree written out (``git archive``, not timed)."""
     tree = work / "exported"
     tree.mkdir()
     archive = subprocess.run(["git", "-C", str(repo), "archive", "HEAD"], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    runs = [timed([sys.executable, "-c", REFERENCE, str(tree), str(work / "reference.jsonl")]) for _ in range(repeat)]
-    files = sum(len(f) for _, _, f in os.walk(tree))
-    return {"files": files, "mb": round(len(archive) / 1e6, 1), **median_run(runs)}
+    return {"tree": tree, "files": sum(len(f) for _, _, f in os.walk(tree)), "mb": round(len(archive) / 1e6, 1)}
+
+
+def reference_run(tree: Path, work: Path) -> dict:
+    return timed([sys.executable, "-c", REFERENCE, str(tree), str(work / "reference.jsonl")])
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -107,28 +112,38 @@ def median_run(runs: list[dict]) -> dict:
     return {**best, "wall_s_all": [r["wall_s"] for r in runs]}
 
 
-def full_build(
-    repo: Path, work: Path, repeat: int, *options: str, label: str = "build", extra_env: dict | None = None
-) -> dict:
-    runs, left = [], []
-    name = label + "".join(options).replace("-", "_")
-    for n in range(repeat):
-        marker = f"REPOPILOT_BENCH_MARK={uuid.uuid4().hex}"
-        env = {**os.environ, **(extra_env or {}), "REPOPILOT_BENCH_MARK": marker.split("=")[1]}
-        out = work / f"{name}-{n}"
-        command = repopilot("dataset", "build", str(out), str(repo), "--progress", "none", *options)
-        runs.append(timed(command, env, REPO_ROOT))
-        time.sleep(0.2)
-        left += left_behind(marker)
-    stats = json.loads((work / f"{name}-0" / "stats.json").read_text())
+def build_run(repo: Path, work: Path, name: str, options: tuple[str, ...] = (), extra_env: dict | None = None) -> dict:
+    """One ``repopilot dataset build`` into a new folder: its timing, and the processes it left alive."""
+    mark = uuid.uuid4().hex
+    out = work / f"{name}-{uuid.uuid4().hex[:8]}"
+    command = repopilot("dataset", "build", str(out), str(repo), "--progress", "none", *options)
+    run = timed(command, {**os.environ, **(extra_env or {}), "REPOPILOT_BENCH_MARK": mark}, REPO_ROOT)
+    time.sleep(0.2)
+    return {**run, "out": out, "left": left_behind(mark)}
+
+
+def build_summary(runs: list[dict]) -> dict:
+    stats = json.loads((runs[0]["out"] / "stats.json").read_text())
+    timings = [{key: run[key] for key in ("wall_s", "cpu_s", "peak_rss_mb")} for run in runs]
     return {
-        **median_run(runs),
+        **median_run(timings),
         "files_seen": stats["files_seen"],
         "files_kept": stats["files_kept"],
         "mb_seen": round(stats["bytes_seen"] / 1e6, 1),
         "dropped": stats["dropped"],
-        "processes_left": left,
+        "processes_left": [process for run in runs for process in run["left"]],
     }
+
+
+def side_by_side(variants: dict, repeat: int) -> dict[str, list[dict]]:
+    """Every variant run ``repeat`` times, one run of each in turn, so that the machine's drifts (this VM's speed
+    swings by 10-20% over minutes) fall on all of them alike."""
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(repeat):
+        for name, run in variants.items():
+            runs[name].append(run())
+            print(json.dumps({name: {key: runs[name][-1][key] for key in ("wall_s", "cpu_s")}}), file=sys.stderr)
+    return runs
 
 
 def history_walk(repo: Path) -> dict:
@@ -190,7 +205,7 @@ def updates(repo: Path, label: str, count: int, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, required=True, help="a large real git repository (10,000+ files)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of the reference and of the full build")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the reference and of each full build")
     parser.add_argument("--updates", type=int, default=5, help="one-file commits to time per repository")
     parser.add_argument("--small", type=int, default=1000, help="files of the small synthetic repository")
     parser.add_argument("--large", type=int, default=60000, help="files of the large synthetic repository (0: none)")
@@ -208,16 +223,17 @@ def main() -> None:
         subprocess.run(["git", "clone", "-q", "--shared", str(args.repo.resolve()), str(clone)], check=True)
         result = {"bench": "dataset", "cpus": os.cpu_count(), "repo": args.repo.resolve().name,
                   "compiled_loops": compiled}  # fmt: skip
-        result["reference"] = reference(clone, work, args.repeat)
-        print(json.dumps({"reference": result["reference"]}), file=sys.stderr)
-        result["build"] = full_build(clone, work, args.repeat)
-        print(json.dumps({"build": result["build"]}), file=sys.stderr)
-        result["build_file_commits"] = full_build(clone, work, args.repeat, "--file-commits")
-        print(json.dumps({"build_file_commits": result["build_file_commits"]}), file=sys.stderr)
-        if compiled:  # the same build with the numpy twins of the C loops (REPOPILOT_NATIVE=0)
-            twins = full_build(clone, work, args.repeat, label="build_numpy_loops", extra_env={"REPOPILOT_NATIVE": "0"})
-            result["build_numpy_loops"] = twins
-            print(json.dumps({"build_numpy_loops": twins}), file=sys.stderr)
+        exported = export_tree(clone, work)
+        variants = {
+            "reference": lambda: reference_run(exported["tree"], work),
+            "build": lambda: build_run(clone, work, "build"),
+            "build_file_commits": lambda: build_run(clone, work, "build_file_commits", ("--file-commits",)),
+        }
+        if compiled:  # the same build with the numpy twins of the C loops
+            variants["build_numpy_loops"] = lambda: build_run(clone, work, "numpy", (), {"REPOPILOT_NATIVE": "0"})
+        runs = side_by_side(variants, args.repeat)
+        result["reference"] = {"files": exported["files"], "mb": exported["mb"], **median_run(runs.pop("reference"))}
+        result.update({name: build_summary(variant_runs) for name, variant_runs in runs.items()})
         result["history_walk"] = history_walk(clone)
         small = work / "small"
         make_synthetic(small, args.small)
@@ -226,7 +242,7 @@ def main() -> None:
         if args.large:
             large = work / "large"
             make_synthetic(large, args.large)
-            result["build_large"] = full_build(large, work, 1, label="build_large")
+            result["build_large"] = build_summary([build_run(large, work, "build_large")])
             print(json.dumps({"build_large": result["build_large"]}), file=sys.stderr)
             result["updates"].append(updates(large, f"synthetic-{args.large}", args.updates, work))
     build, ref = result["build"], result["reference"]
