@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from pipelines.dataset import dedup, native
 from pipelines.dataset.analysis import Analysed, analysed_blobs, analysed_files, analysis_pool
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
@@ -418,22 +416,22 @@ class _Work:
         writer.write_index(self.before)
         writer.forget_unused()
 
-    def _signature(self, key: Key) -> np.ndarray | None:
+    def _signature(self, key: Key) -> bytes | None:
         row = self.store.get(key)
         if row is None or row.filter_reason is not None or row.status == _DUPLICATE:
             return None
         if row.sha not in self.blobs:
             self.blobs.update(self.store.cached_blobs(self.akey, [row.sha]))
         blob = self.blobs.get(row.sha)
-        return None if blob is None else dedup.from_bytes(blob.signature)
+        return None if blob is None else blob.signature
 
     def _near_duplicates(self) -> None:
         affected = list(self.before)
         lsh = LshIndex(self.store, anew=self.full)
         old_neighbours = lsh.sharing(affected) - set(affected)
-        signatures: dict[Key, np.ndarray | None] = {}
+        signatures: dict[Key, bytes | None] = {}
 
-        def sig(key: Key) -> np.ndarray | None:
+        def sig(key: Key) -> bytes | None:
             if key not in signatures:
                 signatures[key] = self._signature(key)
             return signatures[key]
@@ -442,7 +440,7 @@ class _Work:
         with_signature = [key for key in affected if sig(key) is not None]
         lsh.drop([key for key in affected if sig(key) is None])
         if with_signature:
-            lsh.put_many(with_signature, dedup.band_buckets_many(np.stack([sig(k) for k in with_signature])))
+            lsh.put_many(with_signature, dedup.band_buckets_many(dedup.matrix_of([sig(k) for k in with_signature])))
         seeds = sorted(k for k in set(affected) | old_neighbours if sig(k) is not None)
         threshold = self.config.near_dup_threshold
 

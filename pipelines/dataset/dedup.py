@@ -257,7 +257,7 @@ def candidate_pairs(buckets: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 def similar_pairs(
     keys: list[Hashable],
     candidates: set[Hashable],
-    sig: Callable[[Hashable], np.ndarray | None],
+    sig: Callable[[Hashable], bytes | None],
     threshold: float,
     buckets: Callable[[list[Hashable]], np.ndarray] | None = None,
 ) -> dict[Hashable, list[Hashable]]:
@@ -267,7 +267,7 @@ def similar_pairs(
     universe = sorted({*keys, *(n for n in candidates if sig(n) is not None)})
     if not universe:
         return {}
-    matrix = np.stack([sig(key) for key in universe])
+    matrix = matrix_of([sig(key) for key in universe])  # type: ignore[misc]
     position = {key: i for i, key in enumerate(universe)}
     wanted = np.zeros(len(universe), dtype=bool)
     wanted[[position[key] for key in keys]] = True
@@ -286,8 +286,9 @@ def to_bytes(sig: np.ndarray | None) -> bytes | None:
     return None if sig is None else sig.astype("<u4").tobytes()
 
 
-def from_bytes(raw: bytes | None) -> np.ndarray | None:
-    return None if raw is None else np.frombuffer(raw, dtype="<u4")
+def matrix_of(raws: list[bytes]) -> np.ndarray:
+    """uint32[n, NUM_PERM]: signatures stored as :func:`to_bytes` gave them, as one array (one copy for all)."""
+    return np.frombuffer(b"".join(raws), dtype="<u4").reshape(len(raws), NUM_PERM)
 
 
 def component(
