@@ -297,8 +297,12 @@ class GitSource:
 def file_blob(path: Path, sha: str, size: int) -> bytes | None:
     """The bytes of the regular file at ``path`` when they are the blob ``sha`` of ``size`` bytes (git's object id:
     SHA-1, or SHA-256 for a 64-digit id, of ``blob <size>\\0`` and the bytes), else None. Not followed: a symbolic
-    link; not read: a FIFO or device (opened without blocking, then refused)."""
+    link; not opened: a FIFO, device or socket, or a file of another size (looked at first); not read: one swapped
+    in since (opened without blocking, looked at again)."""
     try:
+        found = os.lstat(path)
+        if not stat.S_ISREG(found.st_mode) or found.st_size != size:
+            return None
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None

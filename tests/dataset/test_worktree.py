@@ -70,6 +70,8 @@ def test_a_file_is_taken_only_when_it_is_the_blob(repo: Repo, tmp_path: Path) ->
     assert file_blob(path, "0" * 40, path.stat().st_size) is None  # another object id
     assert file_blob(repo.path / "missing.py", sha, 11) is None
     assert file_blob(repo.path, sha, 11) is None  # a folder
+    os.mkfifo(tmp_path / "fifo")
+    assert file_blob(tmp_path / "fifo", sha, 0) is None  # not opened: nothing writes to it
     source = GitSource(repo.path)
     assert source.worktree == repo.path.resolve()
     bare = tmp_path / "bare.git"
