@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import hashlib
 import json
@@ -25,7 +24,15 @@ import orjson
 
 from pipelines.dataset.config import DatasetConfig
 from pipelines.dataset.folder import FORMAT, MANIFEST, SPLITS, STATS
-from pipelines.dataset.state import INDEX_SELECTION, FileRow, Key, Selection, StateStore, shard_selection
+from pipelines.dataset.state import (
+    INDEX_SELECTION,
+    FileRow,
+    Key,
+    Selection,
+    SelectionKeys,
+    StateStore,
+    shard_selection,
+)
 from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, start_writeback, sync_files, write_bytes_atomic
 from pipelines.progress import Progress
 
@@ -71,7 +78,7 @@ def _affected_ranges(store: StateStore, keys: Iterable[tuple[Selection, Key]]) -
     starts: set[tuple[Selection, Key]] = set()
     for sel, wanted in by_selection.items():
         # Few keys: ask SQLite; many (a big update): read the selection's keys once.
-        ranges = store if len(wanted) < _BULK_RANGES else SelectionKeys(store, sel)
+        ranges = store if len(wanted) < _BULK_RANGES else SelectionKeys(*store.selection_keys(sel))
         start: Key | None = None
         end: Key | None = None
         for key in sorted(set(wanted)):
@@ -84,28 +91,6 @@ def _affected_ranges(store: StateStore, keys: Iterable[tuple[Selection, Key]]) -
                     starts.add((sel, found))
             end = None if start is None else ranges.range_end(sel, start)
     return sorted(starts, key=lambda item: (item[0].params, item[1]))
-
-
-class SelectionKeys:
-    """All keys of one selection in memory, answering :meth:`StateStore.before`, :meth:`StateStore.range_start` and
-    :meth:`StateStore.range_end`."""
-
-    def __init__(self, store: StateStore, sel: Selection) -> None:
-        self.keys, self.starts = store.selection_keys(sel)
-
-    def before(self, sel: Selection, key: Key) -> Key | None:
-        i = bisect.bisect_left(self.keys, key)
-        return self.keys[i - 1] if i else None
-
-    def range_start(self, sel: Selection, key: Key) -> Key | None:
-        i = bisect.bisect_right(self.starts, key)
-        if i:
-            return self.starts[i - 1]
-        return self.keys[0] if self.keys else None
-
-    def range_end(self, sel: Selection, start: Key) -> Key | None:
-        i = bisect.bisect_right(self.starts, start)
-        return self.starts[i] if i < len(self.starts) else None
 
 
 class OutputWriter:

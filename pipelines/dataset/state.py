@@ -7,6 +7,7 @@ state or the new one, never a mix.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -99,18 +100,53 @@ _BULK_SHAS = 2000  # contents whose files are looked up by reading every file's 
 
 @dataclass(frozen=True)
 class Selection:
-    """A run of rows in key order, cut into ranges at rows whose ``boundary`` column is 1."""
+    """A run of rows in key order, cut into ranges at rows whose ``boundary`` column is 1: the kept files of one
+    split (``kept_split``), or every file."""
 
     where: str
     params: tuple
     boundary: str
+    kept_split: str | None = None
+
+    def holds(self, row: FileRow) -> bool:
+        """Whether ``row`` is one of the selection (what ``where`` asks SQLite)."""
+        return self.kept_split is None or (row.status == "kept" and row.split == self.kept_split)
 
 
 def shard_selection(split: str) -> Selection:
-    return Selection("status = 'kept' AND split = ?", (split,), "boundary")
+    return Selection("status = 'kept' AND split = ?", (split,), "boundary", split)
 
 
 INDEX_SELECTION = Selection("1 = 1", (), "iboundary")
+
+
+class SelectionKeys:
+    """All keys of one selection in memory (and the keys that start a range), answering :meth:`StateStore.before`,
+    :meth:`StateStore.range_start` and :meth:`StateStore.range_end` as SQLite would."""
+
+    def __init__(self, keys: list[Key], starts: list[Key]) -> None:
+        self.keys, self.starts = keys, starts
+
+    def before(self, sel: Selection, key: Key) -> Key | None:
+        i = bisect.bisect_left(self.keys, key)
+        return self.keys[i - 1] if i else None
+
+    def range_start(self, sel: Selection, key: Key) -> Key | None:
+        i = bisect.bisect_right(self.starts, key)
+        if i:
+            return self.starts[i - 1]
+        return self.keys[0] if self.keys else None
+
+    def range_end(self, sel: Selection, start: Key) -> Key | None:
+        i = bisect.bisect_right(self.starts, start)
+        return self.starts[i] if i < len(self.starts) else None
+
+    def range_keys(self, start: Key) -> list[Key]:
+        """The keys from ``start`` up to (not including) the next range's start."""
+        end = self.range_end(None, start)  # type: ignore[arg-type]
+        return self.keys[
+            bisect.bisect_left(self.keys, start) : len(self.keys) if end is None else bisect.bisect_left(self.keys, end)
+        ]
 
 
 @dataclass(frozen=True)
@@ -133,6 +169,12 @@ class StateStore:
         # Cached rows whose place (shard, line, index chunk) is not written yet: a build places every file twice
         # (its record, then its index entry) and writes each place once (see :meth:`_place`).
         self.unplaced: dict[Key, None] = {}
+        # A state with no file yet (a new build, or one resumed after a kill) is held: every row is in the cache and
+        # its files are written once, whole, at commit (not inserted, then marked kept, then placed); until then
+        # queries that read many files are answered from the cache (see :meth:`begin`).
+        self.held = False
+        self.unwritten: dict[Key, None] = {}
+        self._selections: dict[Selection, SelectionKeys] = {}
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -164,16 +206,29 @@ class StateStore:
     # -- transactions -------------------------------------------------------------------------------
     def begin(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
+        self.held = self.db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
 
     def commit(self) -> None:
+        if self.unwritten:
+            rows = [row for row in map(self.rows.get, self.unwritten) if row is not None]
+            self.db.executemany(_PUT, map(_row_values, rows))
+            for key in self.unwritten:
+                self.unplaced.pop(key, None)
         self._write_places()
         self.db.execute("COMMIT")
+        self._release()
 
     def rollback(self) -> None:
         self.rows.clear()
         self.unplaced.clear()
+        self._release()
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
+
+    def _release(self) -> None:
+        self.held = False
+        self.unwritten.clear()
+        self._selections.clear()
 
     # -- meta ---------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -199,17 +254,23 @@ class StateStore:
 
     # -- files --------------------------------------------------------------------------------------
     def files_of(self, repo: str) -> dict[str, FileRow]:
+        if self.held:
+            return {key[1]: row for key, row in self.rows.items() if row is not None and key[0] == repo}
         cur = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE repo = ?", (repo,))
         return {row[1]: FileRow(*row) for row in cur}
 
     def get(self, key: Key) -> FileRow | None:
         if key not in self.rows:
+            if self.held:
+                return None
             row = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE repo = ? AND path = ?", key).fetchone()
             self.rows[key] = None if row is None else FileRow(*row)
         return self.rows[key]
 
     def prefetch(self, keys: Iterable[Key]) -> None:
         """Read the rows of many keys at once (into the cache that :meth:`get` answers from)."""
+        if self.held:
+            return
         by_repo: dict[str, list[str]] = {}
         for repo, path in keys:
             if (repo, path) not in self.rows:
@@ -227,19 +288,29 @@ class StateStore:
                     self.rows[row.key] = row
 
     def put_many(self, rows: list[FileRow]) -> None:
-        self.db.executemany(_PUT, map(_row_values, rows))
+        if self.held:
+            self.unwritten.update((row.key, None) for row in rows)
+            self._selections.clear()
+        else:
+            self.db.executemany(_PUT, map(_row_values, rows))
         self.rows.update((row.key, row) for row in rows)
 
     def delete(self, key: Key) -> None:
         self.db.execute("DELETE FROM files WHERE repo = ? AND path = ?", key)
         self.rows[key] = None
+        self.unwritten.pop(key, None)
+        self._selections.clear()
 
     def set_statuses(self, changes: list[tuple[Key, str, str | None]]) -> None:
         """Record each file's fate: (key, status, dup_of) each."""
-        self.db.executemany(
-            "UPDATE files SET status = ?, dup_of = ? WHERE repo = ? AND path = ?",
-            [(status, dup_of, *key) for key, status, dup_of in changes],
-        )
+        if self.held:
+            self.unwritten.update((key, None) for key, _, _ in changes)
+            self._selections.clear()
+        else:
+            self.db.executemany(
+                "UPDATE files SET status = ?, dup_of = ? WHERE repo = ? AND path = ?",
+                [(status, dup_of, *key) for key, status, dup_of in changes],
+            )
         for key, status, dup_of in changes:
             self._changed(key, status=status, dup_of=dup_of)
 
@@ -279,6 +350,12 @@ class StateStore:
     def candidates_by_sha(self, shas: Iterable[str]) -> dict[str, list[Key]]:
         """sha -> the keys (sorted) of the files with that content that passed the filters."""
         found: dict[str, list[Key]] = {}
+        if self.held:
+            chosen = set(shas)
+            for key, row in self.rows.items():
+                if row is not None and row.filter_reason is None and row.sha in chosen:
+                    found.setdefault(row.sha, []).append(key)
+            return {sha: sorted(keys) for sha, keys in found.items()}
         wanted = sorted(set(shas))
         if len(wanted) >= _BULK_SHAS:  # most of the files (a build): one pass over the table beats the lookups
             chosen = set(wanted)
@@ -302,6 +379,8 @@ class StateStore:
     # -- ranges: shards (kept files of one split) and index chunks (all files), in key order -------------
     def range_start(self, sel: Selection, key: Key) -> Key | None:
         """The first key of the range that holds (or would hold) ``key``."""
+        if self.held:
+            return self._held(sel).range_start(sel, key)
         row = self.db.execute(
             f"SELECT repo, path FROM files WHERE {sel.where} AND {sel.boundary} = 1 "
             "AND (repo, path) <= (?, ?) ORDER BY repo DESC, path DESC LIMIT 1",
@@ -316,11 +395,15 @@ class StateStore:
 
     def selection_keys(self, sel: Selection) -> tuple[list[Key], list[Key]]:
         """(every key of the selection, the keys that start a range), in key order."""
+        if self.held:
+            return self._held(sel).keys, self._held(sel).starts
         cur = self.db.execute(f"SELECT repo, path, {sel.boundary} FROM files WHERE {sel.where}", sel.params)
         rows = sorted(cur)
         return [(r, p) for r, p, _ in rows], [(r, p) for r, p, b in rows if b == 1]
 
     def before(self, sel: Selection, key: Key) -> Key | None:
+        if self.held:
+            return self._held(sel).before(sel, key)
         row = self.db.execute(
             f"SELECT repo, path FROM files WHERE {sel.where} AND (repo, path) < (?, ?) "
             "ORDER BY repo DESC, path DESC LIMIT 1",
@@ -330,6 +413,8 @@ class StateStore:
 
     def range_end(self, sel: Selection, start: Key) -> Key | None:
         """The first boundary after ``start`` (the start of the next range), None for the last range."""
+        if self.held:
+            return self._held(sel).range_end(sel, start)
         row = self.db.execute(
             f"SELECT repo, path FROM files WHERE {sel.where} AND {sel.boundary} = 1 "
             "AND (repo, path) > (?, ?) ORDER BY repo, path LIMIT 1",
@@ -343,6 +428,8 @@ class StateStore:
         Rows this connection has read or written are taken from its cache (they are the rows, and cost no FileRow to
         make): the keys are asked first, and the whole rows only when one of them is not cached (a small update);
         those are cached too."""
+        if self.held:
+            return [self.rows[key] for key in self._held(sel).range_keys(start)]  # type: ignore[misc]
         nxt = self.range_end(sel, start)
         upper, bound = ("", ()) if nxt is None else (" AND (repo, path) < (?, ?)", nxt)
         where = f"FROM files WHERE {sel.where} AND (repo, path) >= (?, ?){upper} ORDER BY repo, path"
@@ -360,6 +447,14 @@ class StateStore:
             rows.append(row)
         return rows
 
+    def _held(self, sel: Selection) -> SelectionKeys:
+        """The keys of a selection of a held state, from the cache (kept until a file or a fate changes)."""
+        if sel not in self._selections:
+            keys = sorted(key for key, row in self.rows.items() if row is not None and sel.holds(row))
+            starts = [key for key in keys if getattr(self.rows[key], sel.boundary) == 1]
+            self._selections[sel] = SelectionKeys(keys, starts)
+        return self._selections[sel]
+
     def set_chunks(self, keys: list[Key], chunk: str) -> None:
         for key in keys:
             self._place(key, chunk=chunk)
@@ -372,10 +467,13 @@ class StateStore:
         )
 
     def drop_output_if_unused(self, name: str) -> None:
-        self._write_places()
         column = "chunk" if name.startswith("index/") else "shard"
-        used = self.db.execute(f"SELECT 1 FROM files WHERE {column} = ? LIMIT 1", (name,)).fetchone()
-        if used is None:
+        if self.held:
+            used = any(getattr(row, column) == name for row in self.rows.values() if row is not None)
+        else:
+            self._write_places()
+            used = self.db.execute(f"SELECT 1 FROM files WHERE {column} = ? LIMIT 1", (name,)).fetchone() is not None
+        if not used:
             self.db.execute("DELETE FROM outputs WHERE name = ?", (name,))
 
     def outputs(self, kind: str) -> list[tuple[str, str, int, int]]:
