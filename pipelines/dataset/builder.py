@@ -34,7 +34,8 @@ from pipelines.dataset.output import (
 )
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
 from pipelines.dataset.prefilter import shared_prefilter
-from pipelines.dataset.state import CachedBlob, FileRow, Key, StateStore, key_hash
+from pipelines.dataset.rows import FileRow, Key, key_hash
+from pipelines.dataset.state import CachedBlob, StateStore
 from pipelines.errors import DatasetError
 from pipelines.progress import Progress
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.dataset.dedup import BANDS
-from pipelines.dataset.state import LSH_CHUNKS, LSH_ROW_BYTES, Key, StateStore, damaged, decode_chunk_keys, lsh_chunk
+from pipelines.dataset.rows import Key
+from pipelines.dataset.state import LSH_CHUNKS, LSH_ROW_BYTES, StateStore, damaged, decode_chunk_keys, lsh_chunk
 
 
 class LshIndex:

@@ -24,15 +24,8 @@ import orjson
 
 from pipelines.dataset.config import DatasetConfig
 from pipelines.dataset.folder import FORMAT, MANIFEST, SPLITS, STATS
-from pipelines.dataset.state import (
-    INDEX_SELECTION,
-    FileRow,
-    Key,
-    Selection,
-    SelectionKeys,
-    StateStore,
-    shard_selection,
-)
+from pipelines.dataset.rows import INDEX_SELECTION, FileRow, Key, Selection, SelectionKeys, shard_selection
+from pipelines.dataset.state import StateStore
 from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, start_writeback, sync_files, write_bytes_atomic
 from pipelines.progress import Progress
 

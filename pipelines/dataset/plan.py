@@ -12,7 +12,8 @@ from enum import Enum
 
 from pipelines.dataset.config import RepoSpec
 from pipelines.dataset.gitsource import MODE_SUBMODULE, GitSource, HistoryWalk, TreeEntry
-from pipelines.dataset.state import FileRow, StateStore
+from pipelines.dataset.rows import FileRow
+from pipelines.dataset.state import StateStore
 
 
 class PlanMode(str, Enum):

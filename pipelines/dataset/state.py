@@ -7,9 +7,6 @@ state or the new one, never a mix.
 
 from __future__ import annotations
 
-import bisect
-import functools
-import hashlib
 import json
 import operator
 import sqlite3
@@ -21,6 +18,7 @@ from typing import Any
 import orjson
 
 from pipelines.dataset.dedup import BANDS
+from pipelines.dataset.rows import FileRow, Key, Selection, SelectionKeys, key_hash
 from pipelines.errors import DatasetError
 
 SCHEMA_VERSION = 4
@@ -34,7 +32,6 @@ _MIGRATIONS = {1: "DROP TABLE IF EXISTS lsh; DELETE FROM blobs;"}
 _REGROUP_LSH = {2, 3}
 LSH_CHUNKS = 256  # rows of the near-duplicate index; a file's is a hash of its key
 LSH_ROW_BYTES = BANDS * 8  # a file's band buckets, int64 little-endian
-Key = tuple[str, str]  # (repo, path)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,88 +62,11 @@ CREATE TABLE IF NOT EXISTS blobs(
 """
 
 
-@dataclass
-class FileRow:
-    """One path of one indexed repo and what became of it."""
-
-    repo: str
-    path: str
-    mode: str
-    sha: str
-    size: int
-    commit_sha: str
-    lang: str | None
-    split: str
-    boundary: int
-    filter_reason: str | None
-    status: str
-    dup_of: str | None = None
-    shard: str | None = None
-    line: int | None = None
-    iboundary: int = 0
-    chunk: str | None = None
-
-    @property
-    def key(self) -> Key:
-        return (self.repo, self.path)
-
-
 _FILE_COLUMNS = ", ".join(f.name for f in fields(FileRow))
 _row_values = operator.attrgetter(*(f.name for f in fields(FileRow)))
 _PUT = f"INSERT OR REPLACE INTO files({_FILE_COLUMNS}) VALUES ({', '.join('?' * len(fields(FileRow)))})"
 _CHUNK = 500  # keys per IN (...) query
 _BULK_SHAS = 2000  # contents whose files are looked up by reading every file's content id once
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A run of rows in key order, cut into ranges at rows whose ``boundary`` column is 1: the kept files of one
-    split (``kept_split``), or every file."""
-
-    where: str
-    params: tuple
-    boundary: str
-    kept_split: str | None = None
-
-    def holds(self, row: FileRow) -> bool:
-        """Whether ``row`` is one of the selection (what ``where`` asks SQLite)."""
-        return self.kept_split is None or (row.status == "kept" and row.split == self.kept_split)
-
-
-def shard_selection(split: str) -> Selection:
-    return Selection("status = 'kept' AND split = ?", (split,), "boundary", split)
-
-
-INDEX_SELECTION = Selection("1 = 1", (), "iboundary")
-
-
-class SelectionKeys:
-    """All keys of one selection in memory (and the keys that start a range), answering :meth:`StateStore.before`,
-    :meth:`StateStore.range_start` and :meth:`StateStore.range_end` as SQLite would."""
-
-    def __init__(self, keys: list[Key], starts: list[Key]) -> None:
-        self.keys, self.starts = keys, starts
-
-    def before(self, sel: Selection, key: Key) -> Key | None:
-        i = bisect.bisect_left(self.keys, key)
-        return self.keys[i - 1] if i else None
-
-    def range_start(self, sel: Selection, key: Key) -> Key | None:
-        i = bisect.bisect_right(self.starts, key)
-        if i:
-            return self.starts[i - 1]
-        return self.keys[0] if self.keys else None
-
-    def range_end(self, sel: Selection, start: Key) -> Key | None:
-        i = bisect.bisect_right(self.starts, start)
-        return self.starts[i] if i < len(self.starts) else None
-
-    def range_keys(self, start: Key) -> list[Key]:
-        """The keys from ``start`` up to (not including) the next range's start."""
-        end = self.range_end(None, start)  # type: ignore[arg-type]
-        return self.keys[
-            bisect.bisect_left(self.keys, start) : len(self.keys) if end is None else bisect.bisect_left(self.keys, end)
-        ]
 
 
 @dataclass(frozen=True)
@@ -562,14 +482,6 @@ class StateStore:
             [(akey, *row) for row in rows],
         )
         self.db.execute("COMMIT")
-
-
-@functools.lru_cache(maxsize=1 << 17)
-def key_hash(key: Key) -> int:
-    """A stable 64-bit hash of a file's key (its split, its shard and index boundaries, its index chunk); kept for
-    the last 131,072 keys asked (a build asks it ~7 times a file)."""
-    digest = hashlib.blake2b(f"{key[0]}\0{key[1]}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
 
 
 def damaged(path: Path) -> DatasetError:

@@ -7,7 +7,8 @@ import random
 import sqlite3
 from pathlib import Path
 
-from pipelines.dataset.state import INDEX_SELECTION, FileRow, StateStore, shard_selection
+from pipelines.dataset.rows import INDEX_SELECTION, FileRow, shard_selection
+from pipelines.dataset.state import StateStore
 
 
 def rows(seed: int, count: int) -> list[FileRow]:
