@@ -95,7 +95,8 @@ def _analyse_files(
     wanted: list[tuple[str, str, int]], arg: tuple[Path, DatasetConfig]
 ) -> list[tuple[BlobAnalysis, bytes | None] | tuple[None, None]]:
     root, config = arg
-    datas = [file_blob(root / path, sha, size) for sha, path, size in wanted]
+    folder = os.fspath(root)  # joined as strings: a Path per file costs ~8 us
+    datas = [file_blob(os.path.join(folder, path), sha, size) for sha, path, size in wanted]
     analysed = iter(_analyse_batch([data for data in datas if data is not None], config))
     return [(None, None) if data is None else next(analysed) for data in datas]
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from pipelines.dataset import dedup, native
 from pipelines.dataset.analysis import Analysed, analysed_blobs, analysed_files, analysis_pool
@@ -87,7 +91,8 @@ def build(
     with _locked(out_dir):
         store = StateStore(out_dir / STATE)
         try:
-            return _sync(out_dir, store, repos, config, full=True, progress=progress or Progress("none"))
+            with _collector_paused():
+                return _sync(out_dir, store, repos, config, full=True, progress=progress or Progress("none"))
         finally:
             store.close()
 
@@ -126,7 +131,8 @@ def update(
                         exclude=tuple(spec["exclude"]),
                     )
                 )
-            return _sync(out_dir, store, specs, config, full=False, progress=progress or Progress("none"))
+            with _collector_paused():
+                return _sync(out_dir, store, specs, config, full=False, progress=progress or Progress("none"))
         finally:
             store.close()
 
@@ -141,6 +147,19 @@ def _locked(out_dir: Path) -> Iterator[None]:
                 f"Another repopilot run is writing {out_dir}. Wait for it to finish, then try again."
             ) from None
         yield
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off for an update: an update makes hardly any cycles, while it holds ~10 objects a
+    file that each of the collector's full passes would walk (~5% of a build's time); memory is freed as before."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # -- the one code path --------------------------------------------------------------------------------
@@ -176,8 +195,11 @@ def _sync(
         for plan in plans:
             for path in plan.deleted:
                 work.remove((plan.spec.name, path))
-        work.replace_all(new_rows)
-        work.deduplicate()
+        if store.held and full:  # every file is new: its fate is decided before it goes into the state
+            work.settle_new(new_rows)
+        else:
+            work.replace_all(new_rows)
+            work.deduplicate()
         writer = OutputWriter(out_dir, store, progress)
         work.write(writer)
         _failpoint("shards-written")
@@ -398,6 +420,50 @@ class _Work:
             ):
                 self.dirty[key] = (new or old).split
         self.store.add_totals(deltas)
+
+    def settle_new(self, rows: list[FileRow]) -> None:
+        """:meth:`replace_all` then :meth:`deduplicate` for a held state built afresh (no file is older than this
+        update, every total is counted anew): the same fates, decided over all the new rows at once before they go
+        into the state."""
+        rows = sorted(rows, key=attrgetter("repo", "path"))  # key order: of equal contents, the first is kept
+        first: dict[str, FileRow] = {}
+        unique: list[FileRow] = []
+        for row in rows:
+            if row.filter_reason is None:
+                twin = first.setdefault(row.sha, row)
+                if twin is row:
+                    unique.append(row)
+                else:
+                    row.status, row.dup_of = _DUPLICATE, _ref(twin.key)
+        if self.config.near_dup:
+            self._near_duplicates_new(unique)
+        for row in unique:
+            if row.status == CANDIDATE:
+                row.status = KEPT
+        self.before.update(dict.fromkeys(row.key for row in rows))
+        self.store.put_many(rows)
+        deltas: dict[tuple[str, str], int] = {}
+        for row in rows:
+            self._contribute(deltas, row, 1)
+        self.store.clear_totals()
+        self.store.add_totals(deltas)
+        self.dirty.update((row.key, row.split) for row in rows if row.status == KEPT)
+
+    def _near_duplicates_new(self, unique: list[FileRow]) -> None:
+        """:meth:`_near_duplicates` for :meth:`settle_new`: ``unique`` (in key order) are the files of distinct
+        contents that passed the filters; the index starts empty."""
+        signed = [(row, signature) for row in unique if (signature := self.blobs[row.sha].signature) is not None]
+        keys = [row.key for row, _ in signed]
+        matrix = dedup.matrix_of([signature for _, signature in signed])
+        buckets = dedup.band_buckets_many(matrix)
+        lsh = LshIndex(self.store, anew=True)
+        lsh.put_many(keys, buckets)
+        lsh.flush()
+        every = np.ones(len(keys), dtype=bool)
+        similar = dedup.linked_rows(matrix, buckets, every, self.config.near_dup_threshold)
+        for i, twin in dedup.resolve(similar, similar.__getitem__).items():  # rows in key order: as keys resolve
+            if twin is not None:
+                signed[i][0].status, signed[i][0].dup_of = _NEAR_DUPLICATE, _ref(keys[twin])
 
     def _contribute(self, deltas: dict[tuple[str, str], int], row: FileRow | None, sign: int) -> None:
         if row is None or row.status != KEPT:

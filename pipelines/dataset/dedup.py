@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable, Iterable
 
 import numpy as np
 
-from pipelines.dataset.native import minhash_bins
+from pipelines.dataset.native import minhash_bins, pair_matches
 from pipelines.fsutil import user_cache_dir, write_cache
 
 NUM_PERM = 128
@@ -214,8 +214,9 @@ def similarities(a: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
 
 
 def pair_similarities(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """``similarity(sigs[i], sigs[j])`` for each row (i, j) of ``pairs``."""
-    return np.count_nonzero(sigs[pairs[:, 0]] == sigs[pairs[:, 1]], axis=1) / NUM_PERM
+    """``similarity(sigs[i], sigs[j])`` for each row (i, j) of ``pairs`` (counted by the compiled loop, else numpy)."""
+    same = pair_matches(sigs, pairs)
+    return (np.count_nonzero(sigs[pairs[:, 0]] == sigs[pairs[:, 1]], axis=1) if same is None else same) / NUM_PERM
 
 
 def band_buckets_many(sigs: np.ndarray) -> np.ndarray:
@@ -271,7 +272,14 @@ def similar_pairs(
     position = {key: i for i, key in enumerate(universe)}
     wanted = np.zeros(len(universe), dtype=bool)
     wanted[[position[key] for key in keys]] = True
-    pairs = candidate_pairs(band_buckets_many(matrix) if buckets is None else buckets(universe), wanted)
+    linked = linked_rows(matrix, band_buckets_many(matrix) if buckets is None else buckets(universe), wanted, threshold)
+    return {key: [universe[j] for j in sorted(near)] if (near := linked.get(position[key])) else [] for key in keys}
+
+
+def linked_rows(matrix: np.ndarray, buckets: np.ndarray, wanted: np.ndarray, threshold: float) -> dict[int, list[int]]:
+    """For each row of ``matrix`` (signatures; ``buckets`` their band buckets) with one, the rows whose similarity to it
+    reaches ``threshold`` among those sharing a bucket with it, for the pairs with a ``wanted`` row (unsorted)."""
+    pairs = candidate_pairs(buckets, wanted)
     similar = [
         chunk[pair_similarities(matrix, chunk) >= threshold] for chunk in np.split(pairs, range(8192, len(pairs), 8192))
     ]
@@ -279,7 +287,7 @@ def similar_pairs(
     for a, b in np.concatenate(similar).tolist():
         linked.setdefault(a, []).append(b)
         linked.setdefault(b, []).append(a)
-    return {key: [universe[j] for j in sorted(near)] if (near := linked.get(position[key])) else [] for key in keys}
+    return linked
 
 
 def to_bytes(sig: np.ndarray | None) -> bytes | None:

@@ -294,7 +294,7 @@ class GitSource:
             ) from None
 
 
-def file_blob(path: Path, sha: str, size: int) -> bytes | None:
+def file_blob(path: str | Path, sha: str, size: int) -> bytes | None:
     """The bytes of the regular file at ``path`` when they are the blob ``sha`` of ``size`` bytes (git's object id:
     SHA-1, or SHA-256 for a 64-digit id, of ``blob <size>\\0`` and the bytes), else None. Not followed: a symbolic
     link; not opened: a FIFO, device or socket, or a file of another size (looked at first); not read: one swapped

@@ -7,7 +7,9 @@
  *   modulo 2^64), worked out in two lanes (even and odd bytes) so that the multiplications do not wait on each other;
  * - a 5-gram of words w0..w4 is ((((w0 * Q + w1) * Q + w2) * Q + w3) * Q + w4), mixed with splitmix64's finaliser;
  * - its top 7 bits pick one of 128 bins, which keeps the smallest low 32 bits.
- * A text with fewer than min_words words has every bin left empty. */
+ * A text with fewer than min_words words has every bin left empty.
+ *
+ * line_stats: see below; pair_matches: how many of two signatures' values are equal, for many pairs. */
 #include <stdint.h>
 #include <string.h>
 
@@ -85,5 +87,17 @@ void line_stats(const uint8_t *data, const int64_t *offsets, int64_t n, int64_t 
         longest[t] = top;
         lines[t] = count + 1 - (end > data + offsets[t] && end[-1] == '\n');
         simple[t] = !odd;
+    }
+}
+
+/* pair_matches: for each pair k of rows (pairs[2k], pairs[2k + 1]) of sigs (rows of BINS values), the number of
+ * positions where the two rows hold the same value (dedup.pair_similarities without the 2 x 128 x 4 bytes a pair
+ * that numpy gathers first). */
+void pair_matches(const uint32_t *sigs, const int64_t *pairs, int64_t m, int64_t *same) {
+    for (int64_t k = 0; k < m; k++) {
+        const uint32_t *a = sigs + pairs[2 * k] * BINS, *b = sigs + pairs[2 * k + 1] * BINS;
+        int64_t count = 0;
+        for (int i = 0; i < BINS; i++) count += a[i] == b[i];
+        same[k] = count;
     }
 }

@@ -1,5 +1,6 @@
 """Compiled loops of the dataset builder (``native.c``, loaded with ctypes), each with a numpy twin in Python that
-gives the same numbers: MinHash bins (twin: ``dedup._numpy_bins``) and line lengths (twin: ``filters.long_lines``).
+gives the same numbers: MinHash bins (twin: ``dedup._numpy_bins``), line lengths (twin: ``filters.long_lines``) and
+the equal values of pairs of signatures (twin: ``dedup.pair_similarities``).
 
 The C source ships with the package and is compiled once per machine, on first use (or by ``scripts/bootstrap.sh``),
 with the system's C compiler (``$CC``, else ``cc``) into the user's cache, under a name that holds a hash of the
@@ -65,6 +66,21 @@ def line_stats(datas: list[bytes]) -> tuple[list[int], list[int], list[bool]] | 
     return longest.tolist(), lines.tolist(), simple.view(bool).tolist()
 
 
+def pair_matches(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray | None:
+    """int64[m]: for each row (i, j) of ``pairs`` (int64[m, 2]), at how many positions the rows i and j of ``sigs``
+    (uint32[n, 128]) are equal. None without the compiled library."""
+    compiled = library()
+    if compiled is None:
+        return None
+    sigs = np.ascontiguousarray(sigs, dtype=np.uint32)
+    pairs = np.ascontiguousarray(pairs, dtype=np.int64)
+    if len(pairs) and (pairs.min() < 0 or pairs.max() >= len(sigs)):
+        raise IndexError("pair_matches: a pair names a row that is not there")
+    same = np.zeros(len(pairs), dtype=np.int64)
+    compiled.pair_matches(sigs, pairs, len(pairs), same)
+    return same
+
+
 def _joined(datas: list[bytes]) -> tuple[bytes, np.ndarray]:
     """The texts joined, and the int64 offsets where each starts and the last ends."""
     offsets = np.zeros(len(datas) + 1, dtype=np.int64)
@@ -86,7 +102,7 @@ def _load() -> ctypes.CDLL | None:
             if attempt:
                 return None
             continue
-        compiled.minhash_bins.restype = compiled.line_stats.restype = None
+        compiled.minhash_bins.restype = compiled.line_stats.restype = compiled.pair_matches.restype = None
         compiled.minhash_bins.argtypes = [
             ctypes.c_char_p, _array(np.int64), ctypes.c_int64, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64,
             ctypes.c_int64, _array(np.uint32), _array(np.uint8), _array(np.int64),
@@ -94,6 +110,7 @@ def _load() -> ctypes.CDLL | None:
         compiled.line_stats.argtypes = [
             ctypes.c_char_p, _array(np.int64), ctypes.c_int64, _array(np.int64), _array(np.int64), _array(np.uint8),
         ]  # fmt: skip
+        compiled.pair_matches.argtypes = [_array(np.uint32), _array(np.int64), ctypes.c_int64, _array(np.int64)]
         return compiled
     return None
 

@@ -72,6 +72,9 @@ def _affected_ranges(store: StateStore, keys: Iterable[tuple[Selection, Key]]) -
     for sel, wanted in by_selection.items():
         # Few keys: ask SQLite; many (a big update): read the selection's keys once.
         ranges = store if len(wanted) < _BULK_RANGES else SelectionKeys(*store.selection_keys(sel))
+        if isinstance(ranges, SelectionKeys) and set(wanted).issuperset(ranges.keys):  # all of it (a build)
+            starts.update((sel, start) for start in ranges.range_starts())
+            continue
         start: Key | None = None
         end: Key | None = None
         for key in sorted(set(wanted)):

@@ -84,6 +84,10 @@ class SelectionKeys:
         i = bisect.bisect_right(self.starts, start)
         return self.starts[i] if i < len(self.starts) else None
 
+    def range_starts(self) -> list[Key]:
+        """The first key of every range."""
+        return self.starts if not self.keys or self.starts[:1] == self.keys[:1] else [self.keys[0], *self.starts]
+
     def range_keys(self, start: Key) -> list[Key]:
         """The keys from ``start`` up to (not including) the next range's start."""
         end = self.range_end(None, start)  # type: ignore[arg-type]

@@ -428,6 +428,8 @@ def find_secrets(text: str, hits: Hits = None) -> list[Redaction]:
     ``hits`` (from ``Prefilter.hits`` of :mod:`pipelines.dataset.prefilter`) names the patterns that may match;
     None runs them all.
     """
+    if hits is not None and not hits:
+        return []  # no pattern can match (most files)
     low = _lowered(text) if hits is None or not hits.isdisjoint(_ON_LOWER) else ""  # "": no pattern reads it
     spans: list[_Span] = [
         *_token_spans(text, low, hits),

@@ -84,7 +84,7 @@ class StateStore:
         self.path = path
         # Rows read or written by this connection, so that an update asks SQLite once per file; written through
         # (but for their places, see below), dropped on rollback. A cached row is never changed in place (a change
-        # caches a new object). Where the cache has a row, it is the row.
+        # caches a new object), but for the unwritten rows of a held state. Where the cache has a row, it is the row.
         self.rows: dict[Key, FileRow | None] = {}
         # Cached rows whose place (shard, line, index chunk) is not written yet: a build places every file twice
         # (its record, then its index entry) and writes each place once (see :meth:`_place`).
@@ -263,9 +263,13 @@ class StateStore:
 
     def _changed(self, key: Key, **values: object) -> None:
         cached = self.rows.get(key)
-        if cached is not None:
-            changed = self.rows[key] = object.__new__(FileRow)
-            changed.__dict__.update(cached.__dict__, **values)
+        if cached is None:
+            return
+        if key in self.unwritten:  # a new row of a held state: no one holds it from before this update
+            cached.__dict__.update(values)
+            return
+        changed = self.rows[key] = object.__new__(FileRow)
+        changed.__dict__.update(cached.__dict__, **values)
 
     def candidates_by_sha(self, shas: Iterable[str]) -> dict[str, list[Key]]:
         """sha -> the keys (sorted) of the files with that content that passed the filters."""

@@ -56,6 +56,20 @@ def test_line_lengths_are_the_numpy_ones(monkeypatch: pytest.MonkeyPatch) -> Non
     assert 100 < sum(compiled) < len(compiled) - 100
 
 
+@needs_compiler
+def test_pair_similarities_are_the_numpy_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    sigs = rng.integers(0, 4, size=(300, dedup.NUM_PERM), dtype=np.uint32)  # four values: a quarter equal by chance
+    sigs[1] = sigs[0]
+    pairs = np.concatenate([[[0, 1], [2, 2]], rng.integers(0, 300, size=(5000, 2))]).astype(np.int64)
+    compiled = dedup.pair_similarities(sigs, pairs)
+    monkeypatch.setattr(native, "_library", None)
+    twin = dedup.pair_similarities(sigs, pairs)
+    assert compiled.dtype == twin.dtype and np.array_equal(compiled, twin)
+    assert compiled[0] == compiled[1] == 1.0 and 0.1 < compiled[2:].mean() < 0.4
+    assert len(dedup.pair_similarities(sigs, pairs[:0])) == 0
+
+
 def loads_compiled(cache: Path) -> bool:
     """Whether a fresh process (dlopen keeps a library it loaded, whatever happens to its file) gets the library."""
     code = "from pipelines.dataset import native; print(native.library() is not None)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,7 +27,9 @@ CONFIG = DatasetConfig(val_fraction=0.2, shard_records=4, file_commits=True)
 
 
 def fresh(repo: Repo, out: Path, ref: str | None = None, config: DatasetConfig = CONFIG) -> dict[str, bytes]:
-    build(out, [RepoSpec("project", str(repo.path), ref=ref)], config, force=True)
+    """A new build (in a new folder: its state is held, and every fate decided at once; see ``settle_new``)."""
+    shutil.rmtree(out, ignore_errors=True)
+    build(out, [RepoSpec("project", str(repo.path), ref=ref)], config)
     return read_dataset(out)
 
 
@@ -86,6 +89,9 @@ def test_replayed_history_matches_fresh_builds(
         modes.append(result.repos["project"]["mode"])
         assert read_dataset(incremental) == fresh(repo, tmp_path / "fresh", config=config), f"after step {step}"
     assert set(modes) == {"fast"}
+    new_build = fresh(repo, tmp_path / "fresh", config=config)
+    build(tmp_path / "fresh", [RepoSpec("project", str(repo.path))], config, force=True)  # over a state with files
+    assert read_dataset(tmp_path / "fresh") == new_build
     assert all(("commit" in record) == file_commits for record in records(incremental))
     stats = json.loads((incremental / "stats.json").read_text())
     assert stats["files_kept"] > 15 and stats["dropped"]["duplicate"] and stats["dropped"]["near_duplicate"]
