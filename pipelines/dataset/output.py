@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from pipelines.progress import Progress
 KEPT = "kept"
 FOLDERS = (*SPLITS, "index")
 _BULK_RANGES = 1000  # keys to place before the writer reads a selection's keys at once
-_WRITE_BUFFER = 1 << 20  # records are written a MiB at a time (one system call per record costs ~10% of a build)
+_WRITE_BUFFER = 1 << 20  # records are written and hashed a MiB at a time (a call per record costs ~10% of a build)
 
 
 def record_line(row: FileRow, text: bytes) -> bytes:
@@ -63,21 +63,19 @@ def index_entry(row: FileRow) -> dict[str, Any]:
     return entry
 
 
-def _affected_ranges(store: StateStore, keys: Iterable[tuple[Selection, Key]]) -> list[tuple[Selection, Key]]:
-    """The ranges to rewrite: the one holding each key, and the one before (a boundary may have moved)."""
-    by_selection: dict[Selection, list[Key]] = {}
-    for sel, key in keys:
-        by_selection.setdefault(sel, []).append(key)
+def _affected_ranges(store: StateStore, by_selection: dict[Selection, set[Key]]) -> list[tuple[Selection, Key]]:
+    """The ranges to rewrite: of each selection, the one holding each of its keys, and the one before (a boundary
+    may have moved)."""
     starts: set[tuple[Selection, Key]] = set()
     for sel, wanted in by_selection.items():
         # Few keys: ask SQLite; many (a big update): read the selection's keys once.
         ranges = store if len(wanted) < _BULK_RANGES else SelectionKeys(*store.selection_keys(sel))
-        if isinstance(ranges, SelectionKeys) and set(wanted).issuperset(ranges.keys):  # all of it (a build)
+        if isinstance(ranges, SelectionKeys) and wanted.issuperset(ranges.keys):  # all of it (a build)
             starts.update((sel, start) for start in ranges.range_starts())
             continue
         start: Key | None = None
         end: Key | None = None
-        for key in sorted(set(wanted)):
+        for key in sorted(wanted):
             if start is not None and start < key and (end is None or key < end):
                 continue  # inside the range found last: so is the key before it (a shard's keys move together)
             start = ranges.range_start(sel, key)
@@ -103,7 +101,10 @@ class OutputWriter:
 
     def write_shards(self, dirty: dict[Key, str], texts_for: Callable[[list[FileRow]], dict[str, bytes]]) -> None:
         """``dirty`` maps each key whose record appeared, vanished or changed to its split."""
-        ranges = _affected_ranges(self.store, ((shard_selection(split), key) for key, split in dirty.items()))
+        by_split: dict[str, set[Key]] = {}
+        for key, split in dirty.items():
+            by_split.setdefault(split, set()).add(key)
+        ranges = _affected_ranges(self.store, {shard_selection(split): keys for split, keys in by_split.items()})
         for key in dirty:
             row = self.store.get(key)
             if row is not None and row.status != KEPT and row.shard is not None:
@@ -150,7 +151,7 @@ class OutputWriter:
         return lines[row.line] if row.line < len(lines) else None
 
     def write_index(self, keys: Iterable[Key]) -> None:
-        ranges = _affected_ranges(self.store, ((INDEX_SELECTION, key) for key in set(keys) | self.relocated))
+        ranges = _affected_ranges(self.store, {INDEX_SELECTION: set(keys) | self.relocated})
         for _, start in ranges:
             rows = self.store.range_rows(INDEX_SELECTION, start)
             if not rows:
@@ -181,10 +182,10 @@ class OutputWriter:
         try:
             digest, size = hashlib.sha256(), 0
             with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
+                for batch in _batched(chunks, _WRITE_BUFFER):  # a MiB at a time: one write and one hash update
+                    handle.write(batch)
+                    digest.update(batch)
+                    size += len(batch)
                 handle.flush()
                 start_writeback(handle.fileno())
             name = f"{folder}/{digest.hexdigest()[:24]}{suffix}"
@@ -199,6 +200,20 @@ class OutputWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
             raise
+
+
+def _batched(chunks: Iterable[bytes], least: int) -> Iterator[bytes]:
+    """``chunks`` joined into pieces of at least ``least`` bytes (but the last)."""
+    pending: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= least:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 # -- running totals -------------------------------------------------------------------------------------

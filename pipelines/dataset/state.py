@@ -246,12 +246,15 @@ class StateStore:
         """Change a row's place columns; of a cached row in the cache only, until :meth:`_write_places`. No query
         filters on those columns but :meth:`drop_output_if_unused`, which writes them first, and every reader of
         whole rows prefers the cache."""
-        if self.rows.get(key) is None:
+        row = self.rows.get(key)
+        if row is None:
             columns = ", ".join(f"{name} = ?" for name in place)
             self.db.execute(f"UPDATE files SET {columns} WHERE repo = ? AND path = ?", (*place.values(), *key))
-            return
-        self._changed(key, **place)
-        self.unplaced[key] = None
+        elif key in self.unwritten:  # written whole at commit
+            row.__dict__.update(place)
+        else:
+            self._changed(key, **place)
+            self.unplaced[key] = None
 
     def _write_places(self) -> None:
         rows = [row for row in map(self.rows.get, self.unplaced) if row is not None]
