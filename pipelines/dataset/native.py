@@ -50,7 +50,7 @@ def minhash_bins(
     values = np.full((n, _BINS), 0xFFFFFFFF, dtype=np.uint32)
     filled = np.zeros((n, _BINS), dtype=np.uint8)
     words = np.zeros(n, dtype=np.int64)
-    compiled.minhash_bins(*_joined(datas), n, word_table, p, q, min_words, values, filled, words)
+    compiled.minhash_bins(*_texts(datas), n, word_table, p, q, min_words, values, filled, words)
     return values, filled.view(bool), words
 
 
@@ -62,7 +62,7 @@ def line_stats(datas: list[bytes]) -> tuple[list[int], list[int], list[bool]] | 
         return None
     n = len(datas)
     longest, lines, simple = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.uint8)
-    compiled.line_stats(*_joined(datas), n, longest, lines, simple)
+    compiled.line_stats(*_texts(datas), n, longest, lines, simple)
     return longest.tolist(), lines.tolist(), simple.view(bool).tolist()
 
 
@@ -81,11 +81,9 @@ def pair_matches(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray | None:
     return same
 
 
-def _joined(datas: list[bytes]) -> tuple[bytes, np.ndarray]:
-    """The texts joined, and the int64 offsets where each starts and the last ends."""
-    offsets = np.zeros(len(datas) + 1, dtype=np.int64)
-    np.cumsum([len(data) for data in datas], out=offsets[1:])
-    return b"".join(datas), offsets
+def _texts(datas: list[bytes]) -> tuple[ctypes.Array, np.ndarray]:
+    """Where each text's bytes are (not copied: the array holds the bytes objects), and their int64 sizes."""
+    return (ctypes.c_char_p * len(datas))(*datas), np.array([len(data) for data in datas], dtype=np.int64)
 
 
 def _load() -> ctypes.CDLL | None:
@@ -104,11 +102,12 @@ def _load() -> ctypes.CDLL | None:
             continue
         compiled.minhash_bins.restype = compiled.line_stats.restype = compiled.pair_matches.restype = None
         compiled.minhash_bins.argtypes = [
-            ctypes.c_char_p, _array(np.int64), ctypes.c_int64, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64,
-            ctypes.c_int64, _array(np.uint32), _array(np.uint8), _array(np.int64),
+            ctypes.POINTER(ctypes.c_char_p), _array(np.int64), ctypes.c_int64, ctypes.c_char_p, ctypes.c_uint64,
+            ctypes.c_uint64, ctypes.c_int64, _array(np.uint32), _array(np.uint8), _array(np.int64),
         ]  # fmt: skip
         compiled.line_stats.argtypes = [
-            ctypes.c_char_p, _array(np.int64), ctypes.c_int64, _array(np.int64), _array(np.int64), _array(np.uint8),
+            ctypes.POINTER(ctypes.c_char_p), _array(np.int64), ctypes.c_int64, _array(np.int64), _array(np.int64),
+            _array(np.uint8),
         ]  # fmt: skip
         compiled.pair_matches.argtypes = [_array(np.uint32), _array(np.int64), ctypes.c_int64, _array(np.int64)]
         return compiled

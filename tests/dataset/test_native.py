@@ -57,6 +57,24 @@ def test_line_lengths_are_the_numpy_ones(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @needs_compiler
+def test_line_stats_find_every_other_break_at_every_place_in_a_word() -> None:
+    datas = [
+        b"x" * before + bytes([byte]) + b"\nyy" * after
+        for byte in range(256)
+        for before in range(10)
+        for after in (0, 3)
+    ]
+    datas += [b"", b"\n", b"a\n\n", b"ab" * 40 + b"\n" + b"c" * 7]
+    longest, lines, simple = native.line_stats(datas)  # type: ignore[misc]
+    for i, data in enumerate(datas):
+        plain = data.isascii() and not any(brk in data for brk in (b"\r", b"\v", b"\f", b"\x1c", b"\x1d", b"\x1e"))
+        assert simple[i] == plain, data
+        if plain:
+            cut = data.decode().splitlines()
+            assert (longest[i], lines[i]) == (max(map(len, cut), default=0), len(cut) or 1), data
+
+
+@needs_compiler
 def test_pair_similarities_are_the_numpy_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(3)
     sigs = rng.integers(0, 4, size=(300, dedup.NUM_PERM), dtype=np.uint32)  # four values: a quarter equal by chance
