@@ -11,7 +11,7 @@ import fcntl
 import gc
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -409,10 +409,11 @@ class _Work:
         deltas: dict[tuple[str, str], int] = {}
         if self.full:  # the old analyses may be of other settings (or of an older repopilot): not subtracted
             self.store.clear_totals()
+        else:
+            add_contributions(deltas, self._contributions(self.before.values()), -1)
+        add_contributions(deltas, self._contributions(map(self.store.get, self.before)), 1)
         for key, old in self.before.items():
             new = self.store.get(key)
-            for row, sign in ((new, 1),) if self.full else ((old, -1), (new, 1)):
-                self._contribute(deltas, row, sign)
             was_kept = old is not None and old.status == KEPT
             is_kept = new is not None and new.status == KEPT
             if was_kept != is_kept or (
@@ -443,8 +444,7 @@ class _Work:
         self.before.update(dict.fromkeys(row.key for row in rows))
         self.store.put_many(rows)
         deltas: dict[tuple[str, str], int] = {}
-        for row in rows:
-            self._contribute(deltas, row, 1)
+        add_contributions(deltas, self._contributions(rows), 1)
         self.store.clear_totals()
         self.store.add_totals(deltas)
         self.dirty.update((row.key, row.split) for row in rows if row.status == KEPT)
@@ -465,14 +465,17 @@ class _Work:
             if twin is not None:
                 signed[i][0].status, signed[i][0].dup_of = _NEAR_DUPLICATE, _ref(keys[twin])
 
-    def _contribute(self, deltas: dict[tuple[str, str], int], row: FileRow | None, sign: int) -> None:
-        if row is None or row.status != KEPT:
-            add_contributions(deltas, row, 0, [], sign)
-            return
-        if row.sha not in self.blobs:
-            self.blobs.update(self.store.cached_blobs(self.akey, [row.sha]))
-        blob = self.blobs[row.sha]
-        add_contributions(deltas, row, blob.text_bytes, blob.redactions, sign)
+    def _contributions(self, rows: Iterable[FileRow | None]) -> list[tuple[FileRow, int, list]]:
+        """(row, text bytes, redactions) of each row (its analysis, for a kept file; read at once where not at hand)."""
+        found = [row for row in rows if row is not None]
+        self.blobs.update(
+            self.store.cached_blobs(self.akey, {r.sha for r in found if r.status == KEPT and r.sha not in self.blobs})
+        )
+        blobs = self.blobs
+        return [
+            (row, blobs[row.sha].text_bytes, blobs[row.sha].redactions) if row.status == KEPT else (row, 0, [])
+            for row in found
+        ]
 
     def write(self, writer: OutputWriter) -> None:
         """Rewrite the shards and index chunks this update touched."""

@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -217,28 +218,33 @@ def _batched(chunks: Iterable[bytes], least: int) -> Iterator[bytes]:
 
 
 # -- running totals -------------------------------------------------------------------------------------
-def add_contributions(
-    totals: dict[tuple[str, str], int], row: FileRow | None, text_bytes: int, redactions: list, sign: int = 1
-) -> None:
-    """Add what one file adds to the totals behind stats.json (times ``sign``) to ``totals``."""
-    if row is None:
-        return
-    found = [(("files_seen", row.repo), 1), (("bytes_seen", ""), max(row.size, 0))]
-    if row.status == KEPT:
-        found += [
-            (("files_kept", row.repo), 1),
-            (("repo_bytes", row.repo), text_bytes),
-            (("lang_files", row.lang or ""), 1),
-            (("lang_bytes", row.lang or ""), text_bytes),
-            (("split_files", row.split), 1),
-            (("split_bytes", row.split), text_bytes),
-        ]
-        found += [(("redactions", kind), 1) for _, _, kind in redactions]
-    else:
-        found.append((("dropped", row.status), 1))
+def add_contributions(totals: dict[tuple[str, str], int], files: list[tuple[FileRow, int, list]], sign: int) -> None:
+    """Add what files add to the totals behind stats.json (times ``sign``) to ``totals``: (row, text bytes,
+    redactions) each (the text bytes and redactions of a kept file's analysis, else anything)."""
+    kept = [(row, text_bytes, redactions) for row, text_bytes, redactions in files if row.status == KEPT]
+    sums: list[tuple[str, dict[str, int]]] = [
+        ("files_seen", Counter(row.repo for row, _, _ in files)),
+        ("bytes_seen", {"": sum(max(row.size, 0) for row, _, _ in files)} if files else {}),
+        ("files_kept", Counter(row.repo for row, _, _ in kept)),
+        ("repo_bytes", _sums((row.repo, text_bytes) for row, text_bytes, _ in kept)),
+        ("lang_files", Counter(row.lang or "" for row, _, _ in kept)),
+        ("lang_bytes", _sums((row.lang or "", text_bytes) for row, text_bytes, _ in kept)),
+        ("split_files", Counter(row.split for row, _, _ in kept)),
+        ("split_bytes", _sums((row.split, text_bytes) for row, text_bytes, _ in kept)),
+        ("redactions", Counter(kind for _, _, redactions in kept for _, _, kind in redactions)),
+        ("dropped", Counter(row.status for row, _, _ in files if row.status != KEPT)),
+    ]
     get = totals.get
-    for name, value in found:
-        totals[name] = get(name, 0) + sign * value
+    for name, by_key in sums:
+        for key, value in by_key.items():
+            totals[name, key] = get((name, key), 0) + sign * value
+
+
+def _sums(pairs: Iterable[tuple[str, int]]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for key, value in pairs:
+        found[key] = found.get(key, 0) + value
+    return found
 
 
 # -- export, recovery, garbage ----------------------------------------------------------------------------
