@@ -10,8 +10,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
 
@@ -119,9 +119,9 @@ def path_reason(path: str, mode: str, spec: RepoSpec, config: DatasetConfig) -> 
     return None, lang
 
 
-@dataclass(frozen=True)
-class BlobAnalysis:
-    """What the content filters concluded about one blob (cached by blob id)."""
+class BlobAnalysis(NamedTuple):
+    """What the content filters concluded about one blob (cached by blob id; a tuple: one is made and sent between
+    processes per blob)."""
 
     reason: str | None
     text_bytes: int = 0

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pipelines.dataset.packorder import in_pack_order
 from pipelines.errors import RepoError
@@ -35,9 +36,8 @@ _BOUNDED_MEMORY = (
 _PACK_ORDER_FROM = 64  # blobs to read before they are put in pack order (reading the pack indexes costs ~ms)
 
 
-@dataclass(frozen=True)
-class TreeEntry:
-    """One path at a commit: its git mode, object id and (for blobs) byte size."""
+class TreeEntry(NamedTuple):
+    """One path at a commit: its git mode, object id and (for blobs) byte size (a tuple: one is made per path)."""
 
     mode: str
     sha: str

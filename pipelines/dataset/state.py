@@ -11,9 +11,9 @@ import json
 import operator
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -69,8 +69,9 @@ _CHUNK = 500  # keys per IN (...) query
 _BULK_SHAS = 2000  # contents whose files are looked up by reading every file's content id once
 
 
-@dataclass(frozen=True)
-class CachedBlob:
+class CachedBlob(NamedTuple):
+    """A blob's analysis as the state keeps it (a tuple: one is made per blob)."""
+
     reason: str | None
     text_bytes: int
     redactions: list
