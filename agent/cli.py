@@ -7,6 +7,7 @@ in --help and says which extra to install.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from collections.abc import Callable
@@ -75,5 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: runners[args.command](args))
 
 
+def entry() -> None:
+    """The ``repopilot`` command: :func:`main`, then exit without Python's last collection walking every object the
+    command leaves behind (frozen first: ~25 ms after a dataset build)."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
