@@ -22,7 +22,7 @@ import numpy as np
 from pipelines.dataset import dedup, native
 from pipelines.dataset.analysis import Analysed, analysed_blobs, analysed_files, analysis_pool
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
-from pipelines.dataset.filters import KEPT, Reason, path_reason, redact_spans
+from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, path_reason, redact_spans
 from pipelines.dataset.folder import is_dataset
 from pipelines.dataset.gitsource import GitSource, TreeEntry
 from pipelines.dataset.lsh import LshIndex
@@ -39,7 +39,7 @@ from pipelines.dataset.output import (
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
 from pipelines.dataset.prefilter import shared_prefilter
 from pipelines.dataset.rows import FileRow, Key, key_hash
-from pipelines.dataset.state import CachedBlob, StateStore
+from pipelines.dataset.state import StateStore
 from pipelines.errors import DatasetError
 from pipelines.progress import Progress
 
@@ -260,7 +260,7 @@ class _Work:
         self.before: dict[Key, FileRow | None] = {}
         self.texts: dict[str, bytes] = {}  # sha -> record text, for the blobs analysed (up to a budget)
         self.text_bytes = 0
-        self.blobs: dict[str, CachedBlob] = {}
+        self.blobs: dict[str, BlobAnalysis] = {}
         self.dirty: dict[Key, str] = {}
 
     # -- rows -------------------------------------------------------------------------------------------
@@ -322,16 +322,13 @@ class _Work:
 
     def _analyse(self, missing: dict[str, list[_Wanted]], pool: Executor | None) -> None:
         self.progress.start("analysing", sum(len(v) for v in missing.values()))
-        pending: list[tuple[str, str | None, int, str, bytes | None]] = []
+        pending: list[tuple[str, BlobAnalysis]] = []
         last_flush = time.monotonic()
         analysed = self._analysed(missing, pool)
         with contextlib.closing(analysed):  # closed at once on an error or a signal
             for sha, size, result, text in analysed:
-                cached = CachedBlob(
-                    result.reason, result.text_bytes, [list(r) for r in result.redactions], result.signature
-                )
-                self.blobs[sha] = cached
-                pending.append((sha, result.reason, result.text_bytes, result.redactions_json(), cached.signature))
+                self.blobs[sha] = result
+                pending.append((sha, result))
                 if text is not None:
                     self._remember_text(sha, text)
                 self.progress.advance(1, size)

@@ -13,11 +13,12 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
 from pipelines.dataset.dedup import BANDS
+from pipelines.dataset.filters import BlobAnalysis
 from pipelines.dataset.rows import FileRow, Key, Selection, SelectionKeys, key_hash
 from pipelines.errors import DatasetError
 
@@ -67,15 +68,6 @@ _row_values = operator.attrgetter(*(f.name for f in fields(FileRow)))
 _PUT = f"INSERT OR REPLACE INTO files({_FILE_COLUMNS}) VALUES ({', '.join('?' * len(fields(FileRow)))})"
 _CHUNK = 500  # keys per IN (...) query
 _BULK_SHAS = 2000  # contents whose files are looked up by reading every file's content id once
-
-
-class CachedBlob(NamedTuple):
-    """A blob's analysis as the state keeps it (a tuple: one is made per blob)."""
-
-    reason: str | None
-    text_bytes: int
-    redactions: list
-    signature: bytes | None
 
 
 class StateStore:
@@ -465,8 +457,8 @@ class StateStore:
             raise
 
     # -- blob cache ---------------------------------------------------------------------------------
-    def cached_blobs(self, akey: str, shas: Iterable[str]) -> dict[str, CachedBlob]:
-        found: dict[str, CachedBlob] = {}
+    def cached_blobs(self, akey: str, shas: Iterable[str]) -> dict[str, BlobAnalysis]:
+        found: dict[str, BlobAnalysis] = {}
         wanted = list(dict.fromkeys(shas))
         for i in range(0, len(wanted), 500):
             chunk = wanted[i : i + 500]
@@ -476,18 +468,19 @@ class StateStore:
                 (akey, *chunk),
             )
             for sha, reason, text_bytes, redactions, sig in cur:
-                found[sha] = CachedBlob(reason, text_bytes, json.loads(redactions), sig)
+                spans = () if redactions == "[]" else tuple(tuple(span) for span in json.loads(redactions))
+                found[sha] = BlobAnalysis(reason, text_bytes, spans, sig)
         return found
 
-    def cache_blobs(self, akey: str, rows: list[tuple[str, str | None, int, str, bytes | None]]) -> None:
-        """Store analyses (sha, reason, text_bytes, redactions_json, signature) in their own transaction."""
-        if not rows:
+    def cache_blobs(self, akey: str, analyses: list[tuple[str, BlobAnalysis]]) -> None:
+        """Store analyses ((sha, analysis) each) in their own transaction."""
+        if not analyses:
             return
         self.db.execute("BEGIN")
         self.db.executemany(
             "INSERT OR REPLACE INTO blobs(akey, sha, reason, text_bytes, redactions, signature) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [(akey, *row) for row in rows],
+            [(akey, sha, a.reason, a.text_bytes, a.redactions_json(), a.signature) for sha, a in analyses],
         )
         self.db.execute("COMMIT")
 
