@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -36,16 +37,17 @@ _BULK_RANGES = 1000  # keys to place before the writer reads a selection's keys 
 _WRITE_BUFFER = 1 << 20  # records are written and hashed a MiB at a time (a call per record costs ~10% of a build)
 
 
-def record_line(row: FileRow, text: bytes) -> bytes:
-    """One JSONL record: run_clm's ``text`` (given as :func:`record_text` made it) plus files2jsonl's ``url`` and
-    provenance (UTF-8, compact, keys in this order; byte for byte what ``json.dumps(..., ensure_ascii=False,
-    separators=(",", ":"))`` gives). ``commit`` is there only when the dataset records file commits."""
+def record_parts(row: FileRow, text: bytes) -> tuple[bytes, bytes, bytes]:
+    """One JSONL record, in three parts to write one after the other (the text is not copied): run_clm's ``text``
+    (given as :func:`record_text` made it) plus files2jsonl's ``url`` and provenance (UTF-8, compact, keys in this
+    order; byte for byte what ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` gives). ``commit`` is
+    there only when the dataset records file commits."""
     rest: dict[str, Any] = {"url": row.path, "repo": row.repo, "path": row.path}
     if row.commit_sha:
         rest["commit"] = row.commit_sha
     rest["lang"] = row.lang
     rest["sha"] = row.sha
-    return b'{"text":' + text + b"," + orjson.dumps(rest, option=orjson.OPT_APPEND_NEWLINE)[1:]
+    return b'{"text":', text, b"," + orjson.dumps(rest, option=orjson.OPT_APPEND_NEWLINE)[1:]
 
 
 def record_text(text: str) -> bytes:
@@ -124,14 +126,11 @@ class OutputWriter:
                 self._old_line(row, old_lines) if row.key not in dirty else None for row in rows
             ]
             texts = texts_for([row for row, line in zip(rows, lines, strict=True) if line is None])
-            name, size = self._write(
-                sel.params[0],
-                (
-                    line if line is not None else record_line(row, texts.pop(row.sha))
-                    for row, line in zip(rows, lines, strict=True)
-                ),
-                ".jsonl",
+            parts = (
+                (line,) if line is not None else record_parts(row, texts.pop(row.sha))
+                for row, line in zip(rows, lines, strict=True)
             )
+            name, size = self._write(sel.params[0], itertools.chain.from_iterable(parts), ".jsonl")
             moves = [(row.key, name, i) for i, row in enumerate(rows) if (row.shard, row.line) != (name, i)]
             self.old_names.update(row.shard for row in rows if row.shard and row.shard != name)
             self.store.set_locations(moves)
