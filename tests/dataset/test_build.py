@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -172,6 +173,13 @@ def test_exact_duplicates_across_repos_keep_one(tmp_path: Path) -> None:
     assert kept == {("one", "lib/shared.py"), ("one", "one.py"), ("two", "two.py")}
     stats = json.loads((out / "stats.json").read_text())
     assert stats["dropped"] == {"duplicate": 1}
+    # Named the other way round, the repos give the same dataset; the cycle collector is on again after a build.
+    build(
+        tmp_path / "ds2",
+        [RepoSpec("two", str(two.path)), RepoSpec("one", str(one.path))],
+        DatasetConfig(val_fraction=0),
+    )
+    assert read_dataset(tmp_path / "ds2") == read_dataset(out) and gc.isenabled()
 
 
 def test_unreadable_blob_is_a_counted_drop(repo: Repo, tmp_path: Path) -> None:
