@@ -277,8 +277,9 @@ def similar_pairs(
 
 
 def linked_rows(matrix: np.ndarray, buckets: np.ndarray, wanted: np.ndarray, threshold: float) -> dict[int, list[int]]:
-    """For each row of ``matrix`` (signatures; ``buckets`` their band buckets) with one, the rows whose similarity to it
-    reaches ``threshold`` among those sharing a bucket with it, for the pairs with a ``wanted`` row (unsorted)."""
+    """Each row of ``matrix`` (signatures; ``buckets``: their band buckets) that has similar ones -> those rows
+    (unsorted): the rows sharing a bucket with it whose similarity to it reaches ``threshold``, of the pairs with at
+    least one ``wanted`` row."""
     pairs = candidate_pairs(buckets, wanted)
     similar = [
         chunk[pair_similarities(matrix, chunk) >= threshold] for chunk in np.split(pairs, range(8192, len(pairs), 8192))
