@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import os
 import signal
 import sys
@@ -52,6 +53,7 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 
 
 def _init_worker(parent: int, nice: int) -> None:
+    gc.enable()  # forked from a parent that may have paused its cycle collector (see the dataset builder)
     if nice:
         os.nice(nice)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED)  # started while the parent deferred them

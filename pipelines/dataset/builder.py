@@ -152,7 +152,9 @@ def _locked(out_dir: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
     """Python's cycle collector off for an update: an update makes hardly any cycles, while it holds ~10 objects a
-    file that each of the collector's full passes would walk (~5% of a build's time); memory is freed as before."""
+    file that each of the collector's full passes would walk (~5% of a build's time); memory is freed as before. The
+    switch is the process's: another thread's cycles wait for the end of the update (its analysis workers switch it
+    on again)."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -84,7 +84,7 @@ void line_stats(const uint8_t *const *texts, const int64_t *sizes, int64_t n, in
     for (int64_t t = 0; t < n; t++) {
         const uint8_t *begin = texts[t], *end = texts[t] + sizes[t], *at = begin;
         uint64_t odd = 0;
-        for (; at + 8 <= end; at += 8) {
+        for (; end - at >= 8; at += 8) {
             uint64_t w;
             memcpy(&w, at, 8);
             odd |= odd_bytes(w);

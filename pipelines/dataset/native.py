@@ -74,6 +74,8 @@ def pair_matches(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray | None:
         return None
     sigs = np.ascontiguousarray(sigs, dtype=np.uint32)
     pairs = np.ascontiguousarray(pairs, dtype=np.int64)
+    if sigs.ndim != 2 or sigs.shape[1] != _BINS or pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"pair_matches: signatures {sigs.shape} and pairs {pairs.shape} are not (n, 128) and (m, 2)")
     if len(pairs) and (pairs.min() < 0 or pairs.max() >= len(sigs)):
         raise IndexError("pair_matches: a pair names a row that is not there")
     same = np.zeros(len(pairs), dtype=np.int64)

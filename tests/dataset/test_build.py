@@ -162,6 +162,13 @@ def test_awkward_file_names(repo: Repo, tmp_path: Path) -> None:
     assert {r["path"] for r in records(out)} == set(names)
 
 
+def test_the_cycle_collector_is_on_again_after_a_failed_build(repo: Repo, tmp_path: Path) -> None:
+    repo.commit({"a.py": python_file("a")})
+    with pytest.raises(Exception, match="missing-ref"):
+        build(tmp_path / "ds", [RepoSpec("project", str(repo.path), ref="missing-ref")], DatasetConfig())
+    assert gc.isenabled()
+
+
 def test_exact_duplicates_across_repos_keep_one(tmp_path: Path) -> None:
     shared = python_file("shared", seed=9)
     one, two = Repo(tmp_path / "one"), Repo(tmp_path / "two")

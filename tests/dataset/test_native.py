@@ -86,6 +86,10 @@ def test_pair_similarities_are_the_numpy_ones(monkeypatch: pytest.MonkeyPatch) -
     assert compiled.dtype == twin.dtype and np.array_equal(compiled, twin)
     assert compiled[0] == compiled[1] == 1.0 and 0.1 < compiled[2:].mean() < 0.4
     assert len(dedup.pair_similarities(sigs, pairs[:0])) == 0
+    monkeypatch.undo()  # the compiled loop refuses what it would misread
+    for bad_sigs, bad_pairs in ((sigs[:, :64], pairs), (sigs, pairs[:, 0]), (sigs, pairs + 300)):
+        with pytest.raises((ValueError, IndexError)):
+            native.pair_matches(bad_sigs, bad_pairs)
 
 
 def loads_compiled(cache: Path) -> bool:

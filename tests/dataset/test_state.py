@@ -46,10 +46,14 @@ def test_a_new_state_is_held_and_each_file_written_once_at_commit(tmp_path: Path
     db = sqlite3.connect(tmp_path / "state.sqlite")
     assert db.execute("SELECT count(*) FROM files").fetchone() == (0,)  # nothing written before the commit
     expected = {row.key: store.get(row.key) for row in made}
-    store.commit()
+    indexes = "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'files' ORDER BY name"
+    schema = db.execute(indexes).fetchall()
+    store.commit()  # rows go in without the indexes, which are made again after them
     assert not store.held
     written = {(r[0], r[1]): FileRow(*r) for r in db.execute("SELECT * FROM files")}
     assert written == expected
+    assert db.execute(indexes).fetchall() == schema and len(schema) >= 7
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     store.begin()
     assert not store.held  # a state with files is read from and written to SQLite
     store.rollback()
