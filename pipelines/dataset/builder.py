@@ -38,7 +38,7 @@ from pipelines.dataset.output import (
 )
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
 from pipelines.dataset.prefilter import shared_prefilter
-from pipelines.dataset.rows import FileRow, Key, key_hash
+from pipelines.dataset.rows import FileRow, Key, is_boundary, is_index_boundary, split_of
 from pipelines.dataset.state import StateStore
 from pipelines.errors import DatasetError
 from pipelines.progress import Progress
@@ -52,7 +52,6 @@ _TEXT_MEMORY_BUDGET = 256 * 1024 * 1024
 _CACHE_FLUSH_ROWS = 2000  # analyses stored per transaction (or every 2 s): a killed build loses no more
 _PARALLEL_FROM = 400  # blobs to analyse before a process pool pays for its start-up
 _Wanted = tuple[str, str, int]  # a blob to read: (sha, a path of it, its size)
-INDEX_CHUNK_FILES = 256  # mean number of files per index chunk
 _DUPLICATE, _NEAR_DUPLICATE = Reason.DUPLICATE.value, Reason.NEAR_DUPLICATE.value  # (an enum's .value costs ~1 us)
 
 
@@ -226,18 +225,6 @@ def _sync(
         index_chunks_written=writer.written["index"],
         seconds=round(time.monotonic() - started, 3),
     )
-
-
-def split_of(key: Key, config: DatasetConfig) -> str:
-    return "validation" if key_hash(key) % 10_000 < round(config.val_fraction * 10_000) else "train"
-
-
-def is_boundary(key: Key, config: DatasetConfig) -> int:
-    return int((key_hash(key) >> 24) % config.shard_records == 0)
-
-
-def is_index_boundary(key: Key) -> int:
-    return int((key_hash(key) >> 44) % INDEX_CHUNK_FILES == 0)
 
 
 class _Work:
@@ -476,15 +463,6 @@ class _Work:
             for row in found
         ]
 
-    def write(self, writer: OutputWriter) -> None:
-        """Rewrite the shards and index chunks this update touched."""
-        for old in self.before.values():
-            if old is not None:
-                writer.old_names.update(name for name in (old.shard, old.chunk) if name)
-        writer.write_shards(self.dirty, self._texts_for)
-        writer.write_index(self.before)
-        writer.forget_unused()
-
     def _signature(self, key: Key) -> bytes | None:
         row = self.store.get(key)
         if row is None or row.filter_reason is not None or row.status == _DUPLICATE:
@@ -536,6 +514,16 @@ class _Work:
         self.store.prefetch(keys)
         shas = {row.sha for row in map(self.store.get, keys) if row is not None and row.sha not in self.blobs}
         self.blobs.update(self.store.cached_blobs(self.akey, shas))
+
+    # -- output -----------------------------------------------------------------------------------------
+    def write(self, writer: OutputWriter) -> None:
+        """Rewrite the shards and index chunks this update touched."""
+        for old in self.before.values():
+            if old is not None:
+                writer.old_names.update(name for name in (old.shard, old.chunk) if name)
+        writer.write_shards(self.dirty, self._texts_for)
+        writer.write_index(self.before)
+        writer.forget_unused()
 
     def _texts_for(self, rows: list[FileRow]) -> dict[str, bytes]:
         """The record text of each row's blob (see ``output.record_text``): remembered from its analysis, else read

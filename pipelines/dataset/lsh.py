@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.dataset.dedup import BANDS
-from pipelines.dataset.rows import Key
-from pipelines.dataset.state import LSH_CHUNKS, LSH_ROW_BYTES, StateStore, damaged, decode_chunk_keys, lsh_chunk
+from pipelines.dataset.rows import LSH_CHUNKS, Key, lsh_chunk
+from pipelines.dataset.state import LSH_ROW_BYTES, StateStore, damaged, decode_chunk_keys
 
 
 class LshIndex:

@@ -12,7 +12,11 @@ import functools
 import hashlib
 from dataclasses import dataclass
 
+from pipelines.dataset.config import DatasetConfig
+
 Key = tuple[str, str]  # (repo, path)
+INDEX_CHUNK_FILES = 256  # mean number of files per index chunk
+LSH_CHUNKS = 256  # rows of the near-duplicate index; a file's is a hash of its key
 
 
 @dataclass
@@ -106,3 +110,22 @@ def key_hash(key: Key) -> int:
     the last 131,072 keys asked (a build asks it ~7 times a file)."""
     digest = hashlib.blake2b(f"{key[0]}\0{key[1]}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def split_of(key: Key, config: DatasetConfig) -> str:
+    return "validation" if key_hash(key) % 10_000 < round(config.val_fraction * 10_000) else "train"
+
+
+def is_boundary(key: Key, config: DatasetConfig) -> int:
+    """Whether a kept file starts a shard of its split."""
+    return int((key_hash(key) >> 24) % config.shard_records == 0)
+
+
+def is_index_boundary(key: Key) -> int:
+    """Whether a file starts an index chunk."""
+    return int((key_hash(key) >> 44) % INDEX_CHUNK_FILES == 0)
+
+
+def lsh_chunk(key: Key) -> int:
+    """The chunk of the near-duplicate index that holds a file's buckets."""
+    return key_hash(key) % LSH_CHUNKS

@@ -19,7 +19,7 @@ import orjson
 
 from pipelines.dataset.dedup import BANDS
 from pipelines.dataset.filters import BlobAnalysis
-from pipelines.dataset.rows import FileRow, Key, Selection, SelectionKeys, key_hash
+from pipelines.dataset.rows import FileRow, Key, Selection, SelectionKeys, lsh_chunk
 from pipelines.errors import DatasetError
 
 SCHEMA_VERSION = 4
@@ -31,7 +31,6 @@ _MIGRATIONS = {1: "DROP TABLE IF EXISTS lsh; DELETE FROM blobs;"}
 # of a dataset without them. Schema 4 keeps the near-duplicate index in LSH_CHUNKS rows instead of one row per file:
 # a state of 2 or 3 has its rows regrouped (see :meth:`StateStore._regroup_lsh`).
 _REGROUP_LSH = {2, 3}
-LSH_CHUNKS = 256  # rows of the near-duplicate index; a file's is a hash of its key
 LSH_ROW_BYTES = BANDS * 8  # a file's band buckets, int64 little-endian
 
 _SCHEMA = """
@@ -495,11 +494,6 @@ class StateStore:
 
 def damaged(path: Path) -> DatasetError:
     return DatasetError(f"{path} is damaged. Rebuild the dataset with `repopilot dataset build --force`.")
-
-
-def lsh_chunk(key: Key) -> int:
-    """The chunk of the near-duplicate index that holds a file's buckets."""
-    return key_hash(key) % LSH_CHUNKS
 
 
 def _encode_chunk(entries: list[tuple[Key, bytes]]) -> tuple[bytes, bytes]:
