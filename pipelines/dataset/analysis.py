@@ -20,6 +20,7 @@ from pipelines.dataset.filters import BlobAnalysis, analyze_texts
 from pipelines.dataset.gitsource import file_blob
 from pipelines.dataset.output import _failpoint, record_text
 from pipelines.dataset.prefilter import shared_prefilter
+from pipelines.dataset.spool import Spooled, spool_texts
 from pipelines.procutil import worker_pool
 
 if TYPE_CHECKING:
@@ -37,27 +38,35 @@ def analysis_pool() -> Iterator[Executor]:
         yield pool
 
 
-Analysed = tuple[str, int, BlobAnalysis, bytes | None]  # (sha, size, analysis, record text of a kept blob)
+Text = bytes | Spooled  # a kept blob's record text, or where a worker spooled it
+Analysed = tuple[str, int, BlobAnalysis, Text | None]  # (sha, size, analysis, record text of a kept blob)
 
 
-def analysed_blobs(blobs: Iterable[Blob], config: DatasetConfig, pool: Executor | None) -> Iterator[Analysed]:
+def analysed_blobs(
+    blobs: Iterable[Blob], config: DatasetConfig, pool: Executor | None, spool: str | None = None
+) -> Iterator[Analysed]:
     """(sha, size, analysis, record text) for each (sha, content), in order; in ``pool`` when given, else here. The
-    record text (``output.record_text`` of the text with its secrets redacted) comes only for a blob kept. Secrets
-    are scanned behind the one-pass prefilter (its compiled database comes from the user's cache)."""
+    record text (``output.record_text`` of the text with its secrets redacted) comes only for a blob kept: where it
+    is in a spool file when ``spool`` (a spool's prefix, see :mod:`spool`) is given. Secrets are scanned behind the
+    one-pass prefilter (its compiled database comes from the user's cache)."""
     items = ((sha, data, len(data or b"")) for sha, data in blobs)
-    for batch, results in _pipelined(items, _analyse_batch, config, pool):
+    for batch, results in _pipelined(items, _analyse_batch, (config, spool), pool):
         for (sha, _, size), (result, text) in zip(batch, results, strict=True):
             yield sha, size, result, text
 
 
 def analysed_files(
-    root: Path, wanted: Iterable[tuple[str, str, int]], config: DatasetConfig, pool: Executor | None
+    root: Path,
+    wanted: Iterable[tuple[str, str, int]],
+    config: DatasetConfig,
+    pool: Executor | None,
+    spool: str | None = None,
 ) -> Iterator[Analysed | tuple[str, int, None, None]]:
     """:func:`analysed_blobs` for each (sha, path, size) whose file under ``root`` holds exactly that blob, read
-    where it is analysed (in ``pool`` when given: this process gets back only the record texts); (sha, size, None,
-    None) for the others, to be read from git."""
+    where it is analysed (in ``pool`` when given: this process gets back only the record texts, or where they are);
+    (sha, size, None, None) for the others, to be read from git."""
     items = ((sha, (sha, path, size), size) for sha, path, size in wanted)
-    for batch, results in _pipelined(items, _analyse_files, (root, config), pool):
+    for batch, results in _pipelined(items, _analyse_files, (root, config, spool), pool):
         for (sha, _, size), (result, text) in zip(batch, results, strict=True):
             yield sha, size, result, text
 
@@ -86,18 +95,24 @@ def _workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _analyse_batch(datas: list[bytes | None], config: DatasetConfig) -> list[tuple[BlobAnalysis, bytes | None]]:
+def _analyse_batch(
+    datas: list[bytes | None], arg: tuple[DatasetConfig, str | None]
+) -> list[tuple[BlobAnalysis, Text | None]]:
+    config, spool = arg
     results, texts = analyze_texts(datas, config, shared_prefilter())
-    return [(result, None if text is None else record_text(text)) for result, text in zip(results, texts, strict=True)]
+    records: list = [None if text is None else record_text(text) for text in texts]
+    if spool is not None:
+        records = spool_texts(spool, records)
+    return list(zip(results, records, strict=True))
 
 
 def _analyse_files(
-    wanted: list[tuple[str, str, int]], arg: tuple[Path, DatasetConfig]
-) -> list[tuple[BlobAnalysis, bytes | None] | tuple[None, None]]:
-    root, config = arg
+    wanted: list[tuple[str, str, int]], arg: tuple[Path, DatasetConfig, str | None]
+) -> list[tuple[BlobAnalysis, Text | None] | tuple[None, None]]:
+    root, config, spool = arg
     folder = os.fspath(root)  # joined as strings: a Path per file costs ~8 us
     datas = [file_blob(os.path.join(folder, path), sha, size) for sha, path, size in wanted]
-    analysed = iter(_analyse_batch([data for data in datas if data is not None], config))
+    analysed = iter(_analyse_batch([data for data in datas if data is not None], (config, spool)))
     return [(None, None) if data is None else next(analysed) for data in datas]
 
 

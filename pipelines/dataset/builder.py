@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.dataset import dedup, native
-from pipelines.dataset.analysis import Analysed, analysed_blobs, analysed_files, analysis_pool
+from pipelines.dataset.analysis import Analysed, Text, analysed_blobs, analysed_files, analysis_pool
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
 from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, path_reason, redact_spans
 from pipelines.dataset.folder import is_dataset
@@ -39,6 +39,7 @@ from pipelines.dataset.output import (
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
 from pipelines.dataset.prefilter import shared_prefilter
 from pipelines.dataset.rows import FileRow, Key, is_boundary, is_index_boundary, split_of
+from pipelines.dataset.spool import Spool, Spooled
 from pipelines.dataset.state import StateStore
 from pipelines.errors import DatasetError
 from pipelines.progress import Progress
@@ -184,36 +185,37 @@ def _sync(
     removed = sorted(set(indexed) - {p.spec.name for p in plans})
     sources = {p.spec.name: p.source for p in plans}
     work = _Work(out_dir, store, config, sources, progress, full=full)
-    new_rows = work.compute_rows(plans)
-    _failpoint("analysed")
+    with contextlib.closing(work.spool):  # its files go when the shards are written, or on an error
+        new_rows = work.compute_rows(plans)
+        _failpoint("analysed")
 
-    store.begin()
-    try:
-        for name in removed:
-            for path in store.files_of(name):
-                work.remove((name, path))
-            store.delete_repo(name)
-        for plan in plans:
-            for path in plan.deleted:
-                work.remove((plan.spec.name, path))
-        if store.held and full:  # every file is new: its fate is decided before it goes into the state
-            work.settle_new(new_rows)
-        else:
-            work.replace_all(new_rows)
-            work.deduplicate()
-        writer = OutputWriter(out_dir, store, progress)
-        work.write(writer)
-        _failpoint("shards-written")
-        for plan in plans:
-            store.put_repo(plan.spec.name, plan.spec.to_json(), plan.ref, plan.commit)
-        store.set_meta("config", json.dumps(config.to_json(), sort_keys=True))
-        store.set_meta("reanalyse", "0")
-        version = dataset_version(store, config)
-        store.set_meta("dataset_version", version)
-        store.commit()
-    except BaseException:
-        store.rollback()
-        raise
+        store.begin()
+        try:
+            for name in removed:
+                for path in store.files_of(name):
+                    work.remove((name, path))
+                store.delete_repo(name)
+            for plan in plans:
+                for path in plan.deleted:
+                    work.remove((plan.spec.name, path))
+            if store.held and full:  # every file is new: its fate is decided before it goes into the state
+                work.settle_new(new_rows)
+            else:
+                work.replace_all(new_rows)
+                work.deduplicate()
+            writer = OutputWriter(out_dir, store, progress)
+            work.write(writer)
+            _failpoint("shards-written")
+            for plan in plans:
+                store.put_repo(plan.spec.name, plan.spec.to_json(), plan.ref, plan.commit)
+            store.set_meta("config", json.dumps(config.to_json(), sort_keys=True))
+            store.set_meta("reanalyse", "0")
+            version = dataset_version(store, config)
+            store.set_meta("dataset_version", version)
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
     _failpoint("committed")
     export(out_dir, store)
     collect_garbage(out_dir, store)
@@ -247,7 +249,8 @@ class _Work:
         self.sources = sources
         self.progress = progress
         self.before: dict[Key, FileRow | None] = {}
-        self.texts: dict[str, bytes] = {}  # sha -> record text, for the blobs analysed (up to a budget)
+        self.texts: dict[str, Text] = {}  # sha -> record text (or where a worker spooled it) of the blobs analysed
+        self.spool = Spool(out_dir)  # closed by the caller
         self.text_bytes = 0
         self.blobs: dict[str, BlobAnalysis] = {}
         self.dirty: dict[Key, str] = {}
@@ -329,22 +332,27 @@ class _Work:
 
     def _analysed(self, missing: dict[str, list[_Wanted]], pool: Executor | None) -> Iterator[Analysed]:
         """(sha, size, analysis, record text of a kept blob) for each blob, in ``pool`` (on every core) when given:
-        first those whose file in the working copy holds them, then the others read from git."""
+        first those whose file in the working copy holds them, then the others read from git. The pool's workers
+        spool the record texts (see :mod:`spool`)."""
+        spool = None if pool is None else self.spool.prefix
         for name, wanted in missing.items():
             source = self.sources[name]
             if source.worktree is not None:
                 unread: list[_Wanted] = []
-                for item, found in zip(wanted, analysed_files(source.worktree, wanted, self.config, pool), strict=True):
+                found_files = analysed_files(source.worktree, wanted, self.config, pool, spool)
+                for item, found in zip(wanted, found_files, strict=True):
                     if found[2] is None:
                         unread.append(item)
                     else:
                         yield found  # type: ignore[misc]
                 wanted = unread
             blobs = source.read_blobs(source.in_pack_order([sha for sha, _, _ in wanted]))
-            yield from analysed_blobs(blobs, self.config, pool)
+            yield from analysed_blobs(blobs, self.config, pool, spool)
 
-    def _remember_text(self, sha: str, text: bytes) -> None:
-        if self.text_bytes + len(text) <= _TEXT_MEMORY_BUDGET:
+    def _remember_text(self, sha: str, text: Text) -> None:
+        if isinstance(text, Spooled):  # on disk: no budget
+            self.texts[sha] = text
+        elif self.text_bytes + len(text) <= _TEXT_MEMORY_BUDGET:
             self.texts[sha] = text
             self.text_bytes += len(text)
 
@@ -522,13 +530,18 @@ class _Work:
             if old is not None:
                 writer.old_names.update(name for name in (old.shard, old.chunk) if name)
         writer.write_shards(self.dirty, self._texts_for)
+        self.spool.close()  # before the outputs are synced: deleted now, its pages are never written to the disk
         writer.write_index(self.before)
         writer.forget_unused()
 
-    def _texts_for(self, rows: list[FileRow]) -> dict[str, bytes]:
-        """The record text of each row's blob (see ``output.record_text``): remembered from its analysis, else read
-        again and its secrets redacted as its cached analysis says."""
-        texts = {row.sha: self.texts.pop(row.sha) for row in rows if row.sha in self.texts}  # each written once
+    def _texts_for(self, rows: list[FileRow]) -> dict[str, bytes | memoryview]:
+        """The record text of each row's blob (see ``output.record_text``): remembered from its analysis (or read
+        where a worker spooled it), else read again and its secrets redacted as its cached analysis says."""
+        texts: dict[str, bytes | memoryview] = {}
+        for row in rows:
+            text = self.texts.pop(row.sha, None)  # each written once
+            if text is not None:
+                texts[row.sha] = self.spool.text(text) if isinstance(text, Spooled) else text
         by_repo: dict[str, list[_Wanted]] = {}
         for row in rows:
             if row.sha not in texts:

@@ -53,6 +53,10 @@ def big_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     return repo
 
 
+def scratch_files(out: Path) -> list[str]:
+    return sorted(path.name for path in out.glob(".tmp-*"))
+
+
 def start_build(repo: Repo, out: Path, failpoint: str | None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "REPOPILOT_FAILPOINT"}
     if failpoint:
@@ -79,6 +83,7 @@ def test_a_finished_build_leaves_no_process(big_repo: Repo, tmp_path: Path) -> N
     code, stderr, left = finish(start_build(big_repo, tmp_path / "ds", None))
     assert code == 0, stderr
     assert left == []
+    assert scratch_files(tmp_path / "ds") == []  # the workers' spool files of record texts are gone too
 
 
 @pytest.mark.parametrize(("sig", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -96,6 +101,7 @@ def test_a_signalled_build_stops_its_workers(big_repo: Repo, tmp_path: Path, sig
     assert "nothing was lost" in stderr
     assert left == []
     assert not (tmp_path / "ds" / "manifest.json").exists()
+    assert scratch_files(tmp_path / "ds") == []
 
 
 def test_a_crashed_build_takes_its_workers_along(big_repo: Repo, tmp_path: Path) -> None:
@@ -103,3 +109,8 @@ def test_a_crashed_build_takes_its_workers_along(big_repo: Repo, tmp_path: Path)
     code, stderr, left = finish(start_build(big_repo, tmp_path / "ds", "pool-running"))
     assert code == 86, stderr
     assert left == []
+    # What a killed build spooled is swept by the next one, which finishes the dataset.
+    code, stderr, _ = finish(start_build(big_repo, tmp_path / "ds", None))
+    assert code == 0, stderr
+    assert scratch_files(tmp_path / "ds") == []
+    assert (tmp_path / "ds" / "manifest.json").exists()
