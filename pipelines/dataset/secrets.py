@@ -250,6 +250,9 @@ _WORDY = LazyPattern(r"^[A-Za-z][a-z]*(?:[._-][A-Za-z][a-z]*)*$|^[A-Z]+(?:_[A-Z0
 _IDENT_CHAIN = LazyPattern(r"^[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*$")
 
 _HE_QUOTED = LazyPattern(r"([\"'`])([A-Za-z0-9+/=_-]{20,})\1")
+# _HE_QUOTED as searched: one pattern per quote, each starting with a literal that the regex engine finds ~3x faster
+# than the class of three; together they match what _HE_QUOTED matches (a match holds no quote: none overlap).
+_HE_QUOTED_EACH = tuple(LazyPattern(quote + r"([A-Za-z0-9+/=_-]{20,})" + quote) for quote in "\"'`")
 _HE_BARE = LazyPattern(r"[=:][ \t]*([A-Za-z0-9+/_-]{20,}={0,2})[ \t]*\r?$", re.M)
 _HEX = LazyPattern(r"^(?=.*[0-9])(?=.*[a-fA-F])[0-9a-fA-F]+$")
 _B64 = LazyPattern(r"^(?=.*[0-9])(?=.*[a-z])(?=.*[A-Z])")
@@ -403,10 +406,11 @@ def _high_entropy(value: str) -> bool:
 
 
 def _entropy_spans(text: str, hits: Hits) -> Iterator[_Span]:
-    for pattern, group in ((_HE_QUOTED, 2), (_HE_BARE, 1)):
-        for m in pattern.finditer(text) if _may_match(pattern, hits) else ():
-            if _high_entropy(m.group(group)):
-                yield m.start(group), m.end(group), "high-entropy-string", _PRIO_ENTROPY
+    quoted = _HE_QUOTED_EACH if _may_match(_HE_QUOTED, hits) else ()
+    for pattern in (*quoted, _HE_BARE) if _may_match(_HE_BARE, hits) else quoted:
+        for m in pattern.finditer(text):
+            if _high_entropy(m.group(1)):
+                yield m.start(1), m.end(1), "high-entropy-string", _PRIO_ENTROPY
 
 
 def _merge(spans: list[_Span]) -> list[Redaction]:
