@@ -40,8 +40,6 @@ class LazyPattern:
     """A regex compiled on its first use: compiling the ~130 patterns here costs ~35 ms, which every
     ``repopilot dataset update`` of one file would pay, while the prefilter lets only a few of them run."""
 
-    __slots__ = ("_compiled", "declared_flags", "pattern")
-
     def __init__(self, pattern: str, flags: int = 0) -> None:
         self.pattern = pattern
         self.declared_flags = flags  # as written; ``flags`` adds inline ones, such as (?i)
@@ -54,7 +52,8 @@ class LazyPattern:
         return self._compiled
 
     def __getattr__(self, name: str) -> Any:  # search, finditer, flags, groups...: the compiled pattern's
-        return getattr(self.compiled, name)
+        value = self.__dict__[name] = getattr(self.compiled, name)  # kept: found at once from now on
+        return value
 
 
 @dataclass(frozen=True)
