@@ -34,7 +34,6 @@ Blob = tuple[str, bytes | None]
 def analysis_pool() -> Iterator[Executor]:
     """A worker per core (at most 8), all started now (forked, while this process runs no other thread)."""
     with worker_pool(_workers(), fork=True, nice=WORKER_NICE) as pool:
-        pool.submit(os.getpid).result()
         yield pool
 
 
