@@ -3,7 +3,7 @@
 The pool is forked from the builder while it runs no other thread, so its workers start at once with
 everything imported and the secret prefilter compiled; blobs go to them in batches of a few MiB, or, for a working
 copy, the paths of their files: a worker reads each file and keeps it only when it holds exactly the blob (see
-``gitsource.file_blob``), so reading and checking run on every core too.
+``gitsource.file_blobs``), so reading and checking run on every core too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.dataset.config import DatasetConfig
 from pipelines.dataset.filters import BlobAnalysis, analyze_texts
-from pipelines.dataset.gitsource import file_blob
+from pipelines.dataset.gitsource import file_blobs
 from pipelines.dataset.output import _failpoint, record_text
 from pipelines.dataset.prefilter import shared_prefilter
 from pipelines.dataset.spool import Spooled, spool_texts
@@ -109,8 +109,7 @@ def _analyse_files(
     wanted: list[tuple[str, str, int]], arg: tuple[Path, DatasetConfig, str | None]
 ) -> list[tuple[BlobAnalysis, Text | None] | tuple[None, None]]:
     root, config, spool = arg
-    folder = os.fspath(root)  # joined as strings: a Path per file costs ~8 us
-    datas = [file_blob(os.path.join(folder, path), sha, size) for sha, path, size in wanted]
+    datas = file_blobs(os.fspath(root), wanted)
     analysed = iter(_analyse_batch([data for data in datas if data is not None], (config, spool)))
     return [(None, None) if data is None else next(analysed) for data in datas]
 

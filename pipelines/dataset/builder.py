@@ -268,7 +268,8 @@ class _Work:
                 if rows[-1].filter_reason is None:
                     to_read.setdefault(plan.spec.name, {}).setdefault(entry.sha, (entry.sha, path, entry.size))
         self.blobs.update(self.store.cached_blobs(self.akey, {sha for shas in to_read.values() for sha in shas}))
-        missing = {name: [w for sha, w in sorted(ws.items()) if sha not in self.blobs] for name, ws in to_read.items()}
+        # In path order: a working copy's files are read a folder at a time (see gitsource.file_blobs).
+        missing = {name: [w for w in ws.values() if w[0] not in self.blobs] for name, ws in to_read.items()}
         total = sum(len(v) for v in missing.values())
         if total:
             shared_prefilter()  # loaded (or compiled) once, before the workers fork, so that they inherit it

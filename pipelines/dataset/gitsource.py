@@ -294,16 +294,16 @@ class GitSource:
             ) from None
 
 
-def file_blob(path: str | Path, sha: str, size: int) -> bytes | None:
-    """The bytes of the regular file at ``path`` when they are the blob ``sha`` of ``size`` bytes (git's object id:
-    SHA-1, or SHA-256 for a 64-digit id, of ``blob <size>\\0`` and the bytes), else None. Not followed: a symbolic
-    link; not opened: a FIFO, device or socket, or a file of another size (looked at first); not read: one swapped
-    in since (opened without blocking, looked at again)."""
+def file_blob(path: str | Path, sha: str, size: int, folder: int | None = None) -> bytes | None:
+    """The bytes of the regular file at ``path`` (relative to the open folder ``folder`` when given) when they are
+    the blob ``sha`` of ``size`` bytes (git's object id: SHA-1, or SHA-256 for a 64-digit id, of ``blob <size>\\0``
+    and the bytes), else None. Not followed: a symbolic link; not opened: a FIFO, device or socket, or a file of
+    another size (looked at first); not read: one swapped in since (opened without blocking, looked at again)."""
     try:
-        found = os.lstat(path)
+        found = os.lstat(path, dir_fd=folder)
         if not stat.S_ISREG(found.st_mode) or found.st_size != size:
             return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     except (OSError, ValueError):
         return None
     try:
@@ -321,6 +321,32 @@ def file_blob(path: str | Path, sha: str, size: int) -> bytes | None:
     digest = hashlib.new("sha1" if len(sha) == 40 else "sha256", header, usedforsecurity=False)
     digest.update(data)
     return data if digest.hexdigest() == sha else None
+
+
+def file_blobs(root: str, wanted: list[tuple[str, str, int]]) -> list[bytes | None]:
+    """:func:`file_blob` of each (sha, path under ``root``, size): each folder opened once for its files in a row
+    (``wanted`` in path order), so that the kernel walks a file's path from its folder, not from ``root``."""
+    datas: list[bytes | None] = []
+    opened: tuple[str, int | None] | None = None
+    try:
+        for sha, path, size in wanted:
+            parent, _, name = path.rpartition("/")
+            if opened is None or opened[0] != parent:
+                if opened is not None and opened[1] is not None:
+                    os.close(opened[1])
+                opened = (parent, _open_folder(os.path.join(root, parent)))
+            datas.append(None if opened[1] is None else file_blob(name, sha, size, opened[1]))
+    finally:
+        if opened is not None and opened[1] is not None:
+            os.close(opened[1])
+    return datas
+
+
+def _open_folder(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
 
 
 class HistoryWalk:

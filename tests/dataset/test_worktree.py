@@ -4,6 +4,7 @@ exactly the committed blob, every other blob from git; a FIFO, a symbolic link o
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from pipelines.dataset import builder
 from pipelines.dataset.builder import build
 from pipelines.dataset.config import DatasetConfig, RepoSpec
-from pipelines.dataset.gitsource import GitSource, file_blob
+from pipelines.dataset.gitsource import GitSource, file_blob, file_blobs
 from tests.dataset.conftest import Repo, python_file, records
 
 CONFIG = DatasetConfig(near_dup=False)
@@ -59,6 +60,23 @@ def test_line_ending_conversion_on_checkout_is_not_taken_in(repo: Repo, tmp_path
     assert b"\r\n" in (repo.path / "w.py").read_bytes()  # the working copy holds CRLF, the blob LF
     build(tmp_path / "ds", [RepoSpec("project", str(repo.path))], CONFIG)
     assert [record["text"] for record in records(tmp_path / "ds")] == [text]
+
+
+def test_files_read_a_folder_at_a_time_are_those_read_one_by_one(repo: Repo, tmp_path: Path) -> None:
+    files = {f"{folder}/f{i}.py": f"x = {i}  # {folder}\n" for folder in ("a", "a/b", "c", "d") for i in range(3)}
+    repo.commit(files | {"top.py": "top = 1\n", "gone/g.py": "g = 1\n", "e/link.py": "e = 1\n"})
+    shas = {path: repo.git("rev-parse", f"HEAD:{path}") for path in [*files, "top.py", "gone/g.py", "e/link.py"]}
+    shutil.rmtree(repo.path / "gone")  # a folder no longer there
+    (repo.path / "e" / "link.py").unlink()
+    (repo.path / "e" / "link.py").symlink_to(repo.path / "top.py")  # a link: not followed
+    (repo.path / "a" / "f1.py").write_text("edited\n")  # another content
+    wanted = [(sha, path, len(files.get(path, "top = 1\n").encode())) for path, sha in sorted(shas.items())]
+    wanted.append(wanted[0])  # a folder met again after others
+    expected = [file_blob(repo.path / path, sha, size) for sha, path, size in wanted]
+    assert file_blobs(str(repo.path), wanted) == expected
+    taken = [path for (_, path, _), data in zip(wanted[:-1], expected, strict=False) if data is not None]
+    assert sorted(taken) == sorted({*files, "top.py"} - {"a/f1.py"})  # not the edited, gone or linked ones
+    assert expected[-1] == expected[0] is not None
 
 
 def test_a_file_is_taken_only_when_it_is_the_blob(repo: Repo, tmp_path: Path) -> None:
