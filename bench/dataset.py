@@ -59,20 +59,41 @@ with open(out, "wb", buffering=1 << 20) as sink:
 """
 
 
+# Runs a command and reports its wall time, CPU time and peak RSS as JSON. A child's peak RSS counts the memory of
+# the process that forked it (Linux records the old image's high-water mark at exec, and vfork shares it), so
+# commands are started from this small process, not from the bench (~150 MB by then, which every figure showed).
+LAUNCHER = r"""
+import json, os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        os.execvp(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"wall": time.perf_counter() - started, "cpu": usage.ru_utime + usage.ru_stime,
+                  "rss": usage.ru_maxrss, "code": os.waitstatus_to_exitcode(status)}))
+"""
+
+
 def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
-    """Run ``cmd``; wall seconds, CPU seconds and peak RSS (MB) of its process tree, and its exit code."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({code}): {stderr[-2000:]}")
+    """Run ``cmd``; wall seconds, CPU seconds and peak RSS (MB) of its process tree (the launcher's start-up not
+    counted)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *cmd], env=env, cwd=cwd, capture_output=True, text=True, check=False
+    )
+    try:
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise SystemExit(f"{' '.join(cmd)} could not be timed: {proc.stderr[-2000:]}") from None
+    if found["code"] != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({found['code']}): {proc.stderr[-2000:]}")
     return {
-        "wall_s": round(wall, 3),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "wall_s": round(found["wall"], 3),
+        "cpu_s": round(found["cpu"], 2),
+        "peak_rss_mb": round(found["rss"] / 1024, 1),
     }
 
 
