@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+
+# The dataset commands do no linear algebra (their numpy work is element-wise), and OpenBLAS starts a thread per
+# core when numpy loads, which spin ~0.1 s of CPU while a build starts: this process starts none. Set before the
+# imports below load numpy; other commands, and the agent, keep their threads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from pipelines.cli_util import standalone_main
 from pipelines.dataset.builder import SyncResult, build, update

@@ -79,14 +79,18 @@ class Spool:
         self.prefix = os.fspath(folder / f"{TMP_PREFIX}spool-{os.getpid()}-{os.urandom(4).hex()}")
         self._maps: dict[str, mmap.mmap] = {}
 
-    def text(self, place: Spooled) -> memoryview:
-        """The record text at ``place`` (read in place: valid until :meth:`close`)."""
+    def text(self, place: Spooled) -> bytes | memoryview:
+        """The record text at ``place`` (read in place: valid until :meth:`close`; read into memory from a file
+        system that cannot map files)."""
         mapped = self._maps.get(place.name)
         if mapped is None or len(mapped) < place.offset + place.size:  # mapped before the worker wrote it: again
             with open(self.folder / place.name, "rb") as handle:
-                mapped = self._maps[place.name] = mmap.mmap(
-                    handle.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ
-                )
+                try:
+                    mapped = self._maps[place.name] = mmap.mmap(
+                        handle.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ
+                    )
+                except OSError:
+                    return os.pread(handle.fileno(), place.size, place.offset)
         return memoryview(mapped)[place.offset : place.offset + place.size]
 
     def close(self) -> None:

@@ -6,6 +6,8 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from pipelines.dataset import spool
 from pipelines.dataset.spool import Spool, spool_texts
 
@@ -47,4 +49,17 @@ def test_each_build_and_each_worker_has_its_own_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [b.name]
     assert bytes(second.text(b)) == b"two"
     second.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_texts_are_read_where_files_cannot_be_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Spool(tmp_path)
+    places = spool_texts(store.prefix, [b'"one"', b'"two"'])
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(19, "No such device")  # as mmap answers on a file system without it
+
+    monkeypatch.setattr(spool.mmap, "mmap", refuse)
+    assert [bytes(store.text(place)) for place in places if place is not None] == [b'"one"', b'"two"']
+    store.close()
     assert list(tmp_path.iterdir()) == []
