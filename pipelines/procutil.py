@@ -69,9 +69,9 @@ def worker_pool(workers: int, *, fork: bool = False, nice: int = 0) -> Iterator[
     end, an error, Ctrl-C or SIGTERM with :func:`terminate_unwinds`).
 
     Workers are spawned (a fresh interpreter each), or with ``fork`` forked from this process when it runs
-    no other thread (Linux): they start at once with everything already imported and compiled, and all of
-    them start at once. ``nice`` lowers the workers' priority, e.g. for a single-threaded
-    helper (a git process) on the critical path to get a core of its own.
+    no other thread (Linux): then all of them start at once, with everything already imported and compiled.
+    ``nice`` lowers the workers' priority, e.g. for a single-threaded helper (a git process) on the critical path
+    to get a core of its own.
     """
     import multiprocessing  # here: every command imports this module, few start a pool (~30 ms to import)
 

@@ -326,6 +326,8 @@ def file_blob(path: str | Path, sha: str, size: int, folder: int | None = None) 
 def file_blobs(root: str, wanted: list[tuple[str, str, int]]) -> list[bytes | None]:
     """:func:`file_blob` of each (sha, path under ``root``, size): each folder opened once for its files in a row
     (``wanted`` in path order), so that the kernel walks a file's path from its folder, not from ``root``."""
+    if not {os.open, os.stat} <= os.supports_dir_fd:  # a system without openat (lstat goes with stat): whole paths
+        return [file_blob(os.path.join(root, path), sha, size) for sha, path, size in wanted]
     datas: list[bytes | None] = []
     opened: tuple[str, int | None] | None = None
     try:

@@ -62,7 +62,9 @@ def test_line_ending_conversion_on_checkout_is_not_taken_in(repo: Repo, tmp_path
     assert [record["text"] for record in records(tmp_path / "ds")] == [text]
 
 
-def test_files_read_a_folder_at_a_time_are_those_read_one_by_one(repo: Repo, tmp_path: Path) -> None:
+def test_files_read_a_folder_at_a_time_are_those_read_one_by_one(
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     files = {f"{folder}/f{i}.py": f"x = {i}  # {folder}\n" for folder in ("a", "a/b", "c", "d") for i in range(3)}
     repo.commit(files | {"top.py": "top = 1\n", "gone/g.py": "g = 1\n", "e/link.py": "e = 1\n"})
     shas = {path: repo.git("rev-parse", f"HEAD:{path}") for path in [*files, "top.py", "gone/g.py", "e/link.py"]}
@@ -77,6 +79,8 @@ def test_files_read_a_folder_at_a_time_are_those_read_one_by_one(repo: Repo, tmp
     taken = [path for (_, path, _), data in zip(wanted[:-1], expected, strict=False) if data is not None]
     assert sorted(taken) == sorted({*files, "top.py"} - {"a/f1.py"})  # not the edited, gone or linked ones
     assert expected[-1] == expected[0] is not None
+    monkeypatch.setattr(os, "supports_dir_fd", set())  # a system without openat: each file by its whole path
+    assert file_blobs(str(repo.path), wanted) == expected
 
 
 def test_a_file_is_taken_only_when_it_is_the_blob(repo: Repo, tmp_path: Path) -> None:
