@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
@@ -17,12 +18,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
+Tag = TypeVar("Tag")
 PR_SET_PDEATHSIG = 1
 DEFERRED = {signal.SIGINT, signal.SIGTERM}
 
@@ -84,6 +86,26 @@ def worker_pool(workers: int, *, fork: bool = False, nice: int = 0) -> Iterator[
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def map_ahead(
+    fn: Callable[..., Any], jobs: Iterable[tuple[Tag, tuple]], pool: Executor | None, ahead: int
+) -> Iterator[tuple[Tag, Any]]:
+    """(tag, ``fn(*args)``) for each (tag, args) of ``jobs``, in order: in ``pool`` when given, at most ``ahead`` jobs
+    handed to it before their results are taken (the others are not made yet: they may be big), else here."""
+    if pool is None:
+        for tag, args in jobs:
+            yield tag, fn(*args)
+        return
+    in_flight: collections.deque = collections.deque()
+    for tag, args in jobs:
+        in_flight.append((tag, pool.submit(fn, *args)))
+        while len(in_flight) > ahead:
+            done, future = in_flight.popleft()
+            yield done, future.result()
+    while in_flight:
+        done, future = in_flight.popleft()
+        yield done, future.result()
 
 
 def _start_forked(pool: Executor) -> None:

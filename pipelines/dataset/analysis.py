@@ -8,7 +8,6 @@ copy, the paths of their files: a worker reads each file and keeps it only when 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +20,7 @@ from pipelines.dataset.gitsource import file_blobs
 from pipelines.dataset.output import _failpoint, record_text
 from pipelines.dataset.prefilter import shared_prefilter
 from pipelines.dataset.spool import Spooled, spool_texts
-from pipelines.procutil import worker_pool
+from pipelines.procutil import map_ahead, worker_pool
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -73,21 +72,14 @@ def analysed_files(
 def _pipelined(items: Iterable[tuple[str, Any, int]], work: Callable, arg: Any, pool: Executor | None) -> Iterator:
     """(batch, ``work([payload of each item], arg)``) for batches of (sha, payload, size) items, in order; in
     ``pool`` when given, a few batches ahead, else here."""
-    if pool is None:
+
+    def jobs() -> Iterator[tuple[list, tuple]]:
         for batch in _batches(items):
-            yield batch, work([payload for _, payload, _ in batch], arg)
-        return
-    in_flight: collections.deque = collections.deque()
-    workers = _workers()
-    for batch in _batches(items):
-        in_flight.append((batch, pool.submit(work, [payload for _, payload, _ in batch], arg)))
-        _failpoint("pool-running")
-        while len(in_flight) > 2 * workers:
-            batch, future = in_flight.popleft()
-            yield batch, future.result()
-    while in_flight:
-        batch, future = in_flight.popleft()
-        yield batch, future.result()
+            yield batch, ([payload for _, payload, _ in batch], arg)
+            if pool is not None:
+                _failpoint("pool-running")
+
+    return map_ahead(work, jobs(), pool, 2 * _workers())
 
 
 def _workers() -> int:

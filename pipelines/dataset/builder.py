@@ -185,8 +185,9 @@ def _sync(
     removed = sorted(set(indexed) - {p.spec.name for p in plans})
     sources = {p.spec.name: p.source for p in plans}
     work = _Work(out_dir, store, config, sources, progress, full=full)
-    with contextlib.closing(work.spool):  # its files go when the shards are written, or on an error
-        new_rows = work.compute_rows(plans)
+    # On the way out: the pool's workers exit, then the spool files go (when the shards are written, or on an error).
+    with contextlib.closing(work.spool), contextlib.ExitStack() as pool_stack:
+        new_rows = work.compute_rows(plans, pool_stack)
         _failpoint("analysed")
 
         store.begin()
@@ -251,13 +252,15 @@ class _Work:
         self.before: dict[Key, FileRow | None] = {}
         self.texts: dict[str, Text] = {}  # sha -> record text (or where a worker spooled it) of the blobs analysed
         self.spool = Spool(out_dir)  # closed by the caller
+        self.pool: Executor | None = None  # the analysis workers, when there are (see compute_rows)
         self.text_bytes = 0
         self.blobs: dict[str, BlobAnalysis] = {}
         self.dirty: dict[Key, str] = {}
 
     # -- rows -------------------------------------------------------------------------------------------
-    def compute_rows(self, plans: list[RepoPlan]) -> list[FileRow]:
-        """New rows for every target path; analyses blobs not seen before (cached as it goes)."""
+    def compute_rows(self, plans: list[RepoPlan], pool_stack: contextlib.ExitStack) -> list[FileRow]:
+        """New rows for every target path; analyses blobs not seen before (cached as it goes), on every core when
+        there are many: then the pool (see :mod:`analysis`) is kept for the shards until ``pool_stack`` closes."""
         rows: list[FileRow] = []
         to_read: dict[str, dict[str, _Wanted]] = {}  # repo -> sha -> (sha, a path of it, size)
         for plan in plans:
@@ -274,13 +277,14 @@ class _Work:
         if total:
             shared_prefilter()  # loaded (or compiled) once, before the workers fork, so that they inherit it
             native.library()  # and so is the compiled library
-        with contextlib.ExitStack() as stack:  # on the way out: the history walks stop, then the pool
-            pool = stack.enter_context(analysis_pool()) if total >= _PARALLEL_FROM else None
+        if total >= _PARALLEL_FROM:
+            self.pool = pool_stack.enter_context(analysis_pool())
+        with contextlib.ExitStack() as stack:
             for plan in plans:  # threads only now: the pool forked while this process had none
                 stack.callback(plan.close_history)
                 plan.start_history()
             if total:
-                self._analyse(missing, pool)
+                self._analyse(missing, self.pool)
             for plan in plans:
                 plan.finish_history()
         commits = {plan.spec.name: plan.commits for plan in plans}
@@ -530,19 +534,19 @@ class _Work:
         for old in self.before.values():
             if old is not None:
                 writer.old_names.update(name for name in (old.shard, old.chunk) if name)
-        writer.write_shards(self.dirty, self._texts_for)
+        writer.write_shards(self.dirty, self._texts_for, self.spool, self.pool)
         self.spool.close()  # before the outputs are synced: deleted now, its pages are never written to the disk
         writer.write_index(self.before)
         writer.forget_unused()
 
-    def _texts_for(self, rows: list[FileRow]) -> dict[str, bytes | memoryview]:
-        """The record text of each row's blob (see ``output.record_text``): remembered from its analysis (or read
-        where a worker spooled it), else read again and its secrets redacted as its cached analysis says."""
-        texts: dict[str, bytes | memoryview] = {}
+    def _texts_for(self, rows: list[FileRow]) -> dict[str, Text]:
+        """The record text of each row's blob (see ``output.record_text``): remembered from its analysis (or where
+        a worker spooled it), else read again and its secrets redacted as its cached analysis says."""
+        texts: dict[str, Text] = {}
         for row in rows:
             text = self.texts.pop(row.sha, None)  # each written once
             if text is not None:
-                texts[row.sha] = self.spool.text(text) if isinstance(text, Spooled) else text
+                texts[row.sha] = text
         by_repo: dict[str, list[_Wanted]] = {}
         for row in rows:
             if row.sha not in texts:

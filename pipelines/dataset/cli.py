@@ -6,19 +6,19 @@ import argparse
 import json
 import os
 from pathlib import Path
-
-# The dataset commands do no linear algebra (their numpy work is element-wise), and OpenBLAS starts a thread per
-# core when numpy loads, which spin ~0.1 s of CPU while a build starts: this process starts none. Set before the
-# imports below load numpy; other commands, and the agent, keep their threads.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from pipelines.cli_util import standalone_main
-from pipelines.dataset.builder import SyncResult, build, update
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.folder import STATS, read_manifest
 from pipelines.dataset.languages import FILENAMES, LANGUAGES
+from pipelines.dataset.treeahead import trees_read_ahead
 from pipelines.errors import DatasetError, InputError
 from pipelines.progress import MODES, Progress
+
+if TYPE_CHECKING:
+    from pipelines.dataset.builder import SyncResult
 
 
 def parse_repo(text: str) -> RepoSpec:
@@ -107,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
         for text in args.repos:
             spec = parse_repo(text)
             specs.append(RepoSpec(spec.name, spec.path, spec.ref, tuple(args.include), tuple(args.exclude)))
-        result = build(args.out, specs, config, force=args.force, progress=progress)
+        with trees_read_ahead((spec.path, spec.ref) for spec in specs):  # git reads while the builder loads
+            build = _builder().build
+            result = build(args.out, specs, config, force=args.force, progress=progress)
     else:
         refs = {}
         for item in args.ref:
@@ -115,9 +117,20 @@ def run(args: argparse.Namespace) -> int:
             if not sep or not name or not ref:
                 raise InputError(f"--ref {item!r} must look like NAME=REF.")
             refs[name] = ref
-        result = update(args.out, refs, progress=progress)
+        result = _builder().update(args.out, refs, progress=progress)
     _print_result(args.out, result, as_json=args.json)
     return 0
+
+
+def _builder() -> ModuleType:
+    """The builder, loaded when a command needs it (numpy and the rest: ~0.1 s), once what can run meanwhile has
+    started (see :mod:`treeahead`). The dataset commands do no linear algebra (their numpy work is element-wise), and
+    OpenBLAS starts a thread per core when numpy loads, which spin ~0.1 s of CPU while a build starts: this process
+    starts none (other commands, and the agent, keep theirs)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from pipelines.dataset import builder  # here, not above: see the docstring
+
+    return builder
 
 
 def _repos_from_json(path: Path) -> list[RepoSpec]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pipelines.dataset.packorder import in_pack_order
+from pipelines.dataset.treeahead import LS_TREE, tree_read_ahead
 from pipelines.errors import RepoError
 
 MODE_SYMLINK = "120000"
@@ -140,8 +141,11 @@ class GitSource:
 
     # -- trees and diffs ----------------------------------------------------------------------------
     def tree(self, commit: str) -> dict[str, TreeEntry]:
-        """Every path at ``commit`` (recursively), with mode, sha and size."""
-        out = self._run(["ls-tree", "-r", "-l", "-z", "--full-tree", commit])
+        """Every path at ``commit`` (recursively), with mode, sha and size (as ``treeahead.trees_read_ahead`` read
+        it, when it did)."""
+        out = tree_read_ahead(self.git_dir, commit)
+        if out is None:
+            out = self._run([*LS_TREE, commit])
         entries: dict[str, TreeEntry] = {}
         for record in out.split(b"\0"):
             if not record:

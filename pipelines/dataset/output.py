@@ -20,20 +20,26 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from pipelines.dataset.config import DatasetConfig
 from pipelines.dataset.folder import FORMAT, MANIFEST, SPLITS, STATS
 from pipelines.dataset.rows import INDEX_SELECTION, FileRow, Key, Selection, SelectionKeys, shard_selection
+from pipelines.dataset.spool import Spooled, SpoolReader
 from pipelines.dataset.state import StateStore
 from pipelines.fsutil import TMP_PREFIX, dump_json, fsync_dir, start_writeback, sync_files, write_bytes_atomic
+from pipelines.procutil import map_ahead
 from pipelines.progress import Progress
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 KEPT = "kept"
 FOLDERS = (*SPLITS, "index")
 _BULK_RANGES = 1000  # keys to place before the writer reads a selection's keys at once
+_SHARDS_AHEAD = 4  # shards handed to the pool before the first is taken back
 _WRITE_BUFFER = 1 << 20  # records are written and hashed a MiB at a time (a call per record costs ~10% of a build)
 
 
@@ -102,8 +108,16 @@ class OutputWriter:
         self.written: dict[str, int] = {folder: 0 for folder in FOLDERS}
         self.unsynced: list[Path] = []
 
-    def write_shards(self, dirty: dict[Key, str], texts_for: Callable[[list[FileRow]], dict[str, bytes]]) -> None:
-        """``dirty`` maps each key whose record appeared, vanished or changed to its split."""
+    def write_shards(
+        self,
+        dirty: dict[Key, str],
+        texts_for: Callable[[list[FileRow]], dict[str, bytes | Spooled]],
+        spool: SpoolReader,
+        pool: Executor | None = None,
+    ) -> None:
+        """``dirty`` maps each key whose record appeared, vanished or changed to its split. ``texts_for`` gives the
+        record texts of rows, or where they are in ``spool``; the shards are written in ``pool`` when given (a few
+        at once, each by a worker), else here."""
         by_split: dict[str, set[Key]] = {}
         for key, split in dirty.items():
             by_split.setdefault(split, set()).add(key)
@@ -116,6 +130,25 @@ class OutputWriter:
         if not ranges:
             return
         self.progress.start("writing shards", len(ranges), unit="shards")
+        jobs = self._shard_jobs(ranges, dirty, texts_for, None if pool is not None else spool)
+        for (split, rows), written in map_ahead(_write_pieces, jobs, pool, _SHARDS_AHEAD):
+            name, size = self._written(written)
+            moves = [(row.key, name, i) for i, row in enumerate(rows) if (row.shard, row.line) != (name, i)]
+            self.old_names.update(row.shard for row in rows if row.shard and row.shard != name)
+            self.store.set_locations(moves)
+            self.relocated.update(key for key, _, _ in moves)
+            self.store.put_output("shard", name, split, rows[0].key, len(rows), size)
+            self.progress.advance(1, size)
+        self.progress.finish()
+
+    def _shard_jobs(
+        self,
+        ranges: list[tuple[Selection, Key]],
+        dirty: dict[Key, str],
+        texts_for: Callable[[list[FileRow]], dict[str, bytes | Spooled]],
+        spool: SpoolReader | None,
+    ) -> Iterator[tuple[tuple[str, list[FileRow]], tuple]]:
+        """((split, rows), arguments of :func:`_write_pieces`) of each range's shard, made as they are asked for."""
         old_lines: dict[str, list[bytes]] = {}
         for sel, start in ranges:
             rows = self.store.range_rows(sel, start)
@@ -130,14 +163,8 @@ class OutputWriter:
                 (line,) if line is not None else record_parts(row, texts.pop(row.sha))
                 for row, line in zip(rows, lines, strict=True)
             )
-            name, size = self._write(sel.params[0], itertools.chain.from_iterable(parts), ".jsonl")
-            moves = [(row.key, name, i) for i, row in enumerate(rows) if (row.shard, row.line) != (name, i)]
-            self.old_names.update(row.shard for row in rows if row.shard and row.shard != name)
-            self.store.set_locations(moves)
-            self.relocated.update(key for key, _, _ in moves)
-            self.store.put_output("shard", name, sel.params[0], rows[0].key, len(rows), size)
-            self.progress.advance(1, size)
-        self.progress.finish()
+            split = sel.params[0]
+            yield (split, rows), (self.out_dir / split, list(itertools.chain.from_iterable(parts)), spool)
 
     def _old_line(self, row: FileRow, cache: dict[str, list[bytes]]) -> bytes | None:
         if row.shard is None or row.line is None:
@@ -177,34 +204,59 @@ class OutputWriter:
     def _write(self, folder: str, chunks: Iterable[bytes], suffix: str) -> tuple[str, int]:
         """Write ``chunks`` to ``folder/<hash of the content><suffix>`` (streamed, never held whole); return the
         name and the size. Files are made durable together by :meth:`forget_unused`."""
-        (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.out_dir / folder)
-        try:
-            digest, size = hashlib.sha256(), 0
-            with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as handle:
-                for batch in _batched(chunks, _WRITE_BUFFER):  # a MiB at a time: one write and one hash update
-                    handle.write(batch)
-                    digest.update(batch)
-                    size += len(batch)
-                handle.flush()
-                start_writeback(handle.fileno())
-            name = f"{folder}/{digest.hexdigest()[:24]}{suffix}"
-            if (self.out_dir / name).exists():
-                os.unlink(temporary)
-            else:
-                os.replace(temporary, self.out_dir / name)
-                self.unsynced.append(self.out_dir / name)
-                self.written[folder] += 1
-            return name, size
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+        return self._written(_write_named(self.out_dir / folder, chunks, suffix))
+
+    def _written(self, written: tuple[str, int, bool]) -> tuple[str, int]:
+        """(name, size) of a file :func:`_write_named` wrote (its name made relative to the dataset folder)."""
+        path, size, created = written
+        name = os.path.relpath(path, self.out_dir)
+        if created:
+            self.unsynced.append(self.out_dir / name)
+            self.written[os.path.dirname(name)] += 1
+        return name, size
 
 
-def _batched(chunks: Iterable[bytes], least: int) -> Iterator[bytes]:
+def _write_named(folder: Path, chunks: Iterable[bytes | memoryview], suffix: str) -> tuple[str, int, bool]:
+    """Write ``chunks`` to ``folder/<hash of the content><suffix>``, through a temporary file (a MiB at a time: one
+    write and one hash update); (its path, the size, whether it is new: a file of that name, so of that content, may
+    be there already)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+    try:
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as handle:
+            for batch in _batched(chunks, _WRITE_BUFFER):
+                handle.write(batch)
+                digest.update(batch)
+                size += len(batch)
+            handle.flush()
+            start_writeback(handle.fileno())
+        path = os.path.join(folder, f"{digest.hexdigest()[:24]}{suffix}")
+        if os.path.exists(path):
+            os.unlink(temporary)
+            return path, size, False
+        os.replace(temporary, path)
+        return path, size, True
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _write_pieces(folder: Path, pieces: list[bytes | Spooled], spool: SpoolReader | None) -> tuple[str, int, bool]:
+    """:func:`_write_named` of a shard's ``pieces``, a spooled text read from ``spool`` (when None, as in a worker
+    of the pool, from the spool files of ``folder``'s dataset, mapped for this shard only)."""
+    reader = spool if spool is not None else SpoolReader(folder.parent, whole=False)
+    try:
+        return _write_named(folder, (reader.text(p) if isinstance(p, Spooled) else p for p in pieces), ".jsonl")
+    finally:
+        if spool is None:
+            reader.close()
+
+
+def _batched(chunks: Iterable[bytes | memoryview], least: int) -> Iterator[bytes]:
     """``chunks`` joined into pieces of at least ``least`` bytes (but the last)."""
-    pending: list[bytes] = []
+    pending: list[bytes | memoryview] = []
     size = 0
     for chunk in chunks:
         pending.append(chunk)

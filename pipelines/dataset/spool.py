@@ -71,12 +71,13 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
             views[0] = views[0][done:]
 
 
-class Spool:
-    """The spool files of one build: their names' prefix for the workers, and their texts for the builder."""
+class SpoolReader:
+    """The texts of a build's spool files in the dataset folder ``folder``, read in place (each file mapped once:
+    with ``whole``, all its pages at once, for a reader of every text; else page by page as they are read)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, whole: bool = True) -> None:
         self.folder = folder
-        self.prefix = os.fspath(folder / f"{TMP_PREFIX}spool-{os.getpid()}-{os.urandom(4).hex()}")
+        self._flags = mmap.MAP_SHARED | (_POPULATE if whole else 0)
         self._maps: dict[str, mmap.mmap] = {}
 
     def text(self, place: Spooled) -> bytes | memoryview:
@@ -87,22 +88,36 @@ class Spool:
             with open(self.folder / place.name, "rb") as handle:
                 try:
                     mapped = self._maps[place.name] = mmap.mmap(
-                        handle.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ
+                        handle.fileno(), 0, flags=self._flags, prot=mmap.PROT_READ
                     )
                 except OSError:
                     return os.pread(handle.fileno(), place.size, place.offset)
         return memoryview(mapped)[place.offset : place.offset + place.size]
 
     def close(self) -> None:
-        """Unmap and delete every spool file of this build (a text still referenced keeps its map until freed)."""
+        """Unmap the files (a text still referenced keeps its map until freed)."""
         for mapped in self._maps.values():
             with contextlib.suppress(BufferError):
                 mapped.close()
         self._maps.clear()
+
+
+class Spool(SpoolReader):
+    """The spool files of one build: their names' prefix for the workers, and their texts for the builder."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.prefix = os.fspath(folder / f"{TMP_PREFIX}spool-{os.getpid()}-{os.urandom(4).hex()}")
+
+    def close(self) -> None:
+        """Unmap and delete every spool file of this build, emptied first: a worker still alive keeps its file open,
+        and the disk would get the pages of a file still open (e.g. at the ``syncfs`` of the outputs)."""
+        super().close()
         if (written := _written.pop((self.prefix, os.getpid()), None)) is not None:  # this process wrote some too
             os.close(written[0])
         folder, stem = os.path.split(self.prefix)
         for name in os.listdir(folder) if os.path.isdir(folder) else ():
             if name.startswith(stem + "-"):
                 with contextlib.suppress(FileNotFoundError):
+                    os.truncate(os.path.join(folder, name), 0)
                     os.unlink(os.path.join(folder, name))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.dataset import builder
+from pipelines.dataset import builder, output
 from pipelines.dataset.builder import build
 from pipelines.dataset.config import DatasetConfig, RepoSpec
 from pipelines.dataset.filters import GENERATED_MARKERS, analyze, long_lines
@@ -278,7 +278,16 @@ def test_parallel_analysis_gives_the_same_dataset(repo: Repo, tmp_path: Path, mo
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     build(serial, [RepoSpec("project", str(repo.path))], DatasetConfig())
     monkeypatch.setattr(builder, "_PARALLEL_FROM", 1)
+    pools: list[bool] = []
+    real = output.map_ahead
+
+    def recorded(fn, jobs, pool, ahead):  # type: ignore[no-untyped-def]
+        pools.append(pool is not None)
+        return real(fn, jobs, pool, ahead)
+
+    monkeypatch.setattr(output, "map_ahead", recorded)
     build(parallel, [RepoSpec("project", str(repo.path))], DatasetConfig())
+    assert pools == [True]  # the shards too were written by the pool's workers
     assert read_dataset(serial) == read_dataset(parallel)
 
 

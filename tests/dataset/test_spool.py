@@ -63,3 +63,18 @@ def test_texts_are_read_where_files_cannot_be_mapped(tmp_path: Path, monkeypatch
     assert [bytes(store.text(place)) for place in places if place is not None] == [b'"one"', b'"two"']
     store.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_still_open_in_a_worker_is_emptied_when_the_build_is_done_with_it(tmp_path: Path) -> None:
+    """A worker of the pool lives on while the outputs are made durable: the pages of its spool file, deleted but
+    still open there, must not be written to the disk then."""
+    store = Spool(tmp_path)
+    place = spool_texts(store.prefix, [b"x" * 100_000])[0]
+    assert place is not None
+    held = os.open(tmp_path / place.name, os.O_RDONLY)  # as the worker's own descriptor
+    try:
+        store.close()
+        assert list(tmp_path.iterdir()) == []
+        assert os.fstat(held).st_size == 0
+    finally:
+        os.close(held)
