@@ -6,6 +6,7 @@ byte-for-byte the same files.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import gc
@@ -38,7 +39,7 @@ from pipelines.dataset.output import (
 )
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
 from pipelines.dataset.prefilter import shared_prefilter
-from pipelines.dataset.rows import FileRow, Key, is_boundary, is_index_boundary, split_of
+from pipelines.dataset.rows import FileRow, Key, placement
 from pipelines.dataset.spool import Spool, Spooled
 from pipelines.dataset.state import StateStore
 from pipelines.errors import DatasetError
@@ -51,6 +52,8 @@ STATE = "state.sqlite"
 CANDIDATE = "candidate"
 _TEXT_MEMORY_BUDGET = 256 * 1024 * 1024
 _CACHE_FLUSH_ROWS = 2000  # analyses stored per transaction (or every 2 s): a killed build loses no more
+_ROWS_A_STEP = 128  # rows made each _RESULTS_A_STEP analyses that come in (see _Work._made_rows): all made before
+_RESULTS_A_STEP = 64  # the last analyses come in, on the way
 _PARALLEL_FROM = 400  # blobs to analyse before a process pool pays for its start-up
 _Wanted = tuple[str, str, int]  # a blob to read: (sha, a path of it, its size)
 _DUPLICATE, _NEAR_DUPLICATE = Reason.DUPLICATE.value, Reason.NEAR_DUPLICATE.value  # (an enum's .value costs ~1 us)
@@ -261,14 +264,12 @@ class _Work:
     def compute_rows(self, plans: list[RepoPlan], pool_stack: contextlib.ExitStack) -> list[FileRow]:
         """New rows for every target path; analyses blobs not seen before (cached as it goes), on every core when
         there are many: then the pool (see :mod:`analysis`) is kept for the shards until ``pool_stack`` closes."""
-        rows: list[FileRow] = []
+        listed = [(plan, sorted(plan.targets.items())) for plan in plans if plan.mode is not PlanMode.UNCHANGED]
+        fates = [[self._path_fate(plan, path, entry) for path, entry in items] for plan, items in listed]
         to_read: dict[str, dict[str, _Wanted]] = {}  # repo -> sha -> (sha, a path of it, size)
-        for plan in plans:
-            if plan.mode is PlanMode.UNCHANGED:
-                continue
-            for path, entry in sorted(plan.targets.items()):
-                rows.append(self._target_row(plan, path, entry))
-                if rows[-1].filter_reason is None:
+        for (plan, items), decided in zip(listed, fates, strict=True):
+            for (path, entry), (reason, _) in zip(items, decided, strict=True):
+                if reason is None:
                     to_read.setdefault(plan.spec.name, {}).setdefault(entry.sha, (entry.sha, path, entry.size))
         self.blobs.update(self.store.cached_blobs(self.akey, {sha for shas in to_read.values() for sha in shas}))
         # In path order: a working copy's files are read a folder at a time (see gitsource.file_blobs).
@@ -279,12 +280,15 @@ class _Work:
             native.library()  # and so is the compiled library
         if total >= _PARALLEL_FROM:
             self.pool = pool_stack.enter_context(analysis_pool())
+        rows: list[FileRow] = []
+        made = self._made_rows(listed, fates, rows)
         with contextlib.ExitStack() as stack:
             for plan in plans:  # threads only now: the pool forked while this process had none
                 stack.callback(plan.close_history)
                 plan.start_history()
             if total:
-                self._analyse(missing, self.pool)
+                self._analyse(missing, self.pool, made)
+            collections.deque(made, maxlen=0)  # the rows not made yet
             for plan in plans:
                 plan.finish_history()
         commits = {plan.spec.name: plan.commits for plan in plans}
@@ -296,12 +300,33 @@ class _Work:
                 row.status = blob.reason or CANDIDATE
         return rows
 
-    def _target_row(self, plan: RepoPlan, path: str, entry: TreeEntry) -> FileRow:
-        """The row of a target path, its fate decided by path and size so far (commit filled in later)."""
-        key = (plan.spec.name, path)
+    def _path_fate(self, plan: RepoPlan, path: str, entry: TreeEntry) -> tuple[str | None, str | None]:
+        """(why a target path is dropped, by its path and size alone, or None; its language)."""
         reason, lang = path_reason(path, entry.mode, plan.spec, self.config)
         if reason is None and entry.size > self.config.max_file_bytes:
             reason = Reason.TOO_LARGE.value
+        return reason, lang
+
+    def _made_rows(
+        self, listed: list[tuple[RepoPlan, list[tuple[str, TreeEntry]]]], fates: list[list], rows: list[FileRow]
+    ) -> Iterator[None]:
+        """Make the row of each listed path (of its fate by path) into ``rows``, in order, a step of _ROWS_A_STEP
+        at a time: :meth:`_analyse` takes a step as results come in, so that the workers analyse meanwhile."""
+        for (plan, items), decided in zip(listed, fates, strict=True):
+            for start in range(0, len(items), _ROWS_A_STEP):
+                stop = start + _ROWS_A_STEP
+                rows.extend(
+                    self._target_row(plan, path, entry, fate)
+                    for (path, entry), fate in zip(items[start:stop], decided[start:stop], strict=True)
+                )
+                yield
+
+    def _target_row(
+        self, plan: RepoPlan, path: str, entry: TreeEntry, fate: tuple[str | None, str | None]
+    ) -> FileRow:
+        """The row of a target path, its fate decided by path and size so far (commit filled in later)."""
+        reason, lang = fate
+        split, boundary, iboundary = placement((plan.spec.name, path), self.config)
         return FileRow(
             repo=plan.spec.name,
             path=path,
@@ -310,20 +335,23 @@ class _Work:
             size=entry.size,
             commit_sha="",
             lang=lang,
-            split=split_of(key, self.config),
-            boundary=is_boundary(key, self.config),
-            iboundary=is_index_boundary(key),
+            split=split,
+            boundary=boundary,
+            iboundary=iboundary,
             filter_reason=reason,
             status=reason or CANDIDATE,
         )
 
-    def _analyse(self, missing: dict[str, list[_Wanted]], pool: Executor | None) -> None:
+    def _analyse(self, missing: dict[str, list[_Wanted]], pool: Executor | None, alongside: Iterator[None]) -> None:
+        """Analyse the ``missing`` blobs; a step of ``alongside`` each _RESULTS_A_STEP results."""
         self.progress.start("analysing", sum(len(v) for v in missing.values()))
         pending: list[tuple[str, BlobAnalysis]] = []
         last_flush = time.monotonic()
         analysed = self._analysed(missing, pool)
         with contextlib.closing(analysed):  # closed at once on an error or a signal
-            for sha, size, result, text in analysed:
+            for done, (sha, size, result, text) in enumerate(analysed):
+                if done % _RESULTS_A_STEP == 0:
+                    next(alongside, None)
                 self.blobs[sha] = result
                 pending.append((sha, result))
                 if text is not None:
@@ -536,7 +564,7 @@ class _Work:
                 writer.old_names.update(name for name in (old.shard, old.chunk) if name)
         writer.write_shards(self.dirty, self._texts_for, self.spool, self.pool)
         self.spool.close()  # before the outputs are synced: deleted now, its pages are never written to the disk
-        writer.write_index(self.before)
+        writer.write_index(self.before, self.pool)
         writer.forget_unused()
 
     def _texts_for(self, rows: list[FileRow]) -> dict[str, Text]:

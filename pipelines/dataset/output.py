@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
+import operator
 import os
 import tempfile
 import time
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 KEPT = "kept"
 FOLDERS = (*SPLITS, "index")
 _BULK_RANGES = 1000  # keys to place before the writer reads a selection's keys at once
-_SHARDS_AHEAD = 4  # shards handed to the pool before the first is taken back
+_FILES_AHEAD = 4  # files (shards, index chunks) handed to the pool before the first is taken back
 _WRITE_BUFFER = 1 << 20  # records are written and hashed a MiB at a time (a call per record costs ~10% of a build)
 
 
@@ -48,11 +48,20 @@ def record_parts(row: FileRow, text: bytes) -> tuple[bytes, bytes, bytes]:
     (given as :func:`record_text` made it) plus files2jsonl's ``url`` and provenance (UTF-8, compact, keys in this
     order; byte for byte what ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` gives). ``commit`` is
     there only when the dataset records file commits."""
-    rest: dict[str, Any] = {"url": row.path, "repo": row.repo, "path": row.path}
-    if row.commit_sha:
-        rest["commit"] = row.commit_sha
-    rest["lang"] = row.lang
-    rest["sha"] = row.sha
+    return _record_parts(text, *_RECORD_FIELDS(row))
+
+
+_RECORD_FIELDS = operator.attrgetter("path", "repo", "commit_sha", "lang", "sha")  # what a record says of its file
+
+
+def _record_parts(
+    text: bytes | memoryview, path: str, repo: str, commit_sha: str, lang: str | None, sha: str
+) -> tuple[bytes, bytes | memoryview, bytes]:
+    rest: dict[str, Any] = {"url": path, "repo": repo, "path": path}
+    if commit_sha:
+        rest["commit"] = commit_sha
+    rest["lang"] = lang
+    rest["sha"] = sha
     return b'{"text":', text, b"," + orjson.dumps(rest, option=orjson.OPT_APPEND_NEWLINE)[1:]
 
 
@@ -131,7 +140,7 @@ class OutputWriter:
             return
         self.progress.start("writing shards", len(ranges), unit="shards")
         jobs = self._shard_jobs(ranges, dirty, texts_for, None if pool is not None else spool)
-        for (split, rows), written in map_ahead(_write_pieces, jobs, pool, _SHARDS_AHEAD):
+        for (split, rows), written in map_ahead(_write_pieces, jobs, pool, _FILES_AHEAD):
             name, size = self._written(written)
             moves = [(row.key, name, i) for i, row in enumerate(rows) if (row.shard, row.line) != (name, i)]
             self.old_names.update(row.shard for row in rows if row.shard and row.shard != name)
@@ -159,12 +168,14 @@ class OutputWriter:
                 self._old_line(row, old_lines) if row.key not in dirty else None for row in rows
             ]
             texts = texts_for([row for row, line in zip(rows, lines, strict=True) if line is None])
-            parts = (
-                (line,) if line is not None else record_parts(row, texts.pop(row.sha))
+            # A record to render is (its text, or where it is spooled, and what it says of its file): rendered where
+            # the shard is written (by a worker of the pool, when there is one).
+            records: list[bytes | tuple] = [
+                line if line is not None else (texts.pop(row.sha), *_RECORD_FIELDS(row))
                 for row, line in zip(rows, lines, strict=True)
-            )
+            ]
             split = sel.params[0]
-            yield (split, rows), (self.out_dir / split, list(itertools.chain.from_iterable(parts)), spool)
+            yield (split, rows), (self.out_dir / split, records, spool)
 
     def _old_line(self, row: FileRow, cache: dict[str, list[bytes]]) -> bytes | None:
         if row.shard is None or row.line is None:
@@ -177,20 +188,27 @@ class OutputWriter:
         lines = cache[row.shard]
         return lines[row.line] if row.line < len(lines) else None
 
-    def write_index(self, keys: Iterable[Key]) -> None:
+    def write_index(self, keys: Iterable[Key], pool: Executor | None = None) -> None:
+        """Rewrite the index chunks holding ``keys`` (and the files whose records moved); the files are written in
+        ``pool`` when given (a few at once, each by a worker), else here."""
         ranges = _affected_ranges(self.store, {INDEX_SELECTION: set(keys) | self.relocated})
-        for _, start in ranges:
-            rows = self.store.range_rows(INDEX_SELECTION, start)
-            if not rows:
-                continue
-            files: dict[str, dict[str, Any]] = {}
-            for row in rows:
-                files.setdefault(row.repo, {})[row.path] = index_entry(row)
-            content = orjson.dumps(files, option=orjson.OPT_SORT_KEYS)  # as json.dumps(sort_keys=True), compact
-            name, _ = self._write("index", [content, b"\n"], ".json")
+
+        def jobs() -> Iterator[tuple[list[FileRow], tuple]]:
+            for _, start in ranges:
+                rows = self.store.range_rows(INDEX_SELECTION, start)
+                if not rows:
+                    continue
+                files: dict[str, dict[str, Any]] = {}
+                for row in rows:
+                    files.setdefault(row.repo, {})[row.path] = index_entry(row)
+                content = orjson.dumps(files, option=orjson.OPT_SORT_KEYS)  # as json.dumps(sort_keys=True), compact
+                yield rows, (self.out_dir / "index", [content, b"\n"], ".json")
+
+        for rows, written in map_ahead(_write_named, jobs(), pool, _FILES_AHEAD):
+            name, size = self._written(written)
             self.old_names.update(row.chunk for row in rows if row.chunk and row.chunk != name)
             self.store.set_chunks([row.key for row in rows if row.chunk != name], name)
-            self.store.put_output("index", name, "index", rows[0].key, len(rows), len(content) + 1)
+            self.store.put_output("index", name, "index", rows[0].key, len(rows), size)
 
     def forget_unused(self) -> None:
         """Drop the outputs no longer used, and make every file written durable (before the state commits)."""
@@ -200,11 +218,6 @@ class OutputWriter:
         self.unsynced = []
         for folder in FOLDERS:
             fsync_dir(self.out_dir / folder)
-
-    def _write(self, folder: str, chunks: Iterable[bytes], suffix: str) -> tuple[str, int]:
-        """Write ``chunks`` to ``folder/<hash of the content><suffix>`` (streamed, never held whole); return the
-        name and the size. Files are made durable together by :meth:`forget_unused`."""
-        return self._written(_write_named(self.out_dir / folder, chunks, suffix))
 
     def _written(self, written: tuple[str, int, bool]) -> tuple[str, int]:
         """(name, size) of a file :func:`_write_named` wrote (its name made relative to the dataset folder)."""
@@ -243,12 +256,23 @@ def _write_named(folder: Path, chunks: Iterable[bytes | memoryview], suffix: str
         raise
 
 
-def _write_pieces(folder: Path, pieces: list[bytes | Spooled], spool: SpoolReader | None) -> tuple[str, int, bool]:
-    """:func:`_write_named` of a shard's ``pieces``, a spooled text read from ``spool`` (when None, as in a worker
+def _write_pieces(folder: Path, records: list[bytes | tuple], spool: SpoolReader | None) -> tuple[str, int, bool]:
+    """:func:`_write_named` of a shard: each record a line as it is, or rendered from (its text, or where it is
+    spooled, and the fields :func:`record_parts` takes); a spooled text read from ``spool`` (when None, as in a worker
     of the pool, from the spool files of ``folder``'s dataset, mapped for this shard only)."""
     reader = spool if spool is not None else SpoolReader(folder.parent, whole=False)
+    text = reader.text
+
+    def parts() -> Iterator[bytes | memoryview]:
+        for record in records:
+            if isinstance(record, bytes):
+                yield record
+            else:
+                first, *fields = record
+                yield from _record_parts(text(first) if isinstance(first, Spooled) else first, *fields)
+
     try:
-        return _write_named(folder, (reader.text(p) if isinstance(p, Spooled) else p for p in pieces), ".jsonl")
+        return _write_named(folder, parts(), ".jsonl")
     finally:
         if spool is None:
             reader.close()

@@ -107,23 +107,17 @@ class SelectionKeys:
 @functools.lru_cache(maxsize=1 << 17)
 def key_hash(key: Key) -> int:
     """A stable 64-bit hash of a file's key (its split, its shard and index boundaries, its index chunk); kept for
-    the last 131,072 keys asked (a build asks it ~7 times a file)."""
+    the last 131,072 keys asked (a build asks it several times a file)."""
     digest = hashlib.blake2b(f"{key[0]}\0{key[1]}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 
-def split_of(key: Key, config: DatasetConfig) -> str:
-    return "validation" if key_hash(key) % 10_000 < round(config.val_fraction * 10_000) else "train"
-
-
-def is_boundary(key: Key, config: DatasetConfig) -> int:
-    """Whether a kept file starts a shard of its split."""
-    return int((key_hash(key) >> 24) % config.shard_records == 0)
-
-
-def is_index_boundary(key: Key) -> int:
-    """Whether a file starts an index chunk."""
-    return int((key_hash(key) >> 44) % INDEX_CHUNK_FILES == 0)
+def placement(key: Key, config: DatasetConfig) -> tuple[str, int, int]:
+    """A file's split, whether a kept file starts a shard of its split, and whether a file starts an index chunk
+    (three parts of its key's hash)."""
+    hashed = key_hash(key)
+    split = "validation" if hashed % 10_000 < round(config.val_fraction * 10_000) else "train"
+    return split, int((hashed >> 24) % config.shard_records == 0), int((hashed >> 44) % INDEX_CHUNK_FILES == 0)
 
 
 def lsh_chunk(key: Key) -> int:

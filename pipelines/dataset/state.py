@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS blobs(
 _FILE_COLUMNS = ", ".join(f.name for f in fields(FileRow))
 _row_values = operator.attrgetter(*(f.name for f in fields(FileRow)))
 _PUT = f"INSERT OR REPLACE INTO files({_FILE_COLUMNS}) VALUES ({', '.join('?' * len(fields(FileRow)))})"
+_PAGE_BYTES = 16384
 _CHUNK = 500  # keys per IN (...) query
 _BULK_SHAS = 2000  # contents whose files are looked up by reading every file's content id once
 
@@ -88,6 +89,9 @@ class StateStore:
         self.unwritten: dict[Key, None] = {}
         self._selections: dict[Selection, SelectionKeys] = {}
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Of a new file only (an existing one keeps its own): a build writes ~17 MB of state for spring-framework, in
+        # a quarter of the pages (and of their writes and copies into the file) 4 KiB ones took (-0.05 s of a build).
+        self.db.execute(f"PRAGMA page_size={_PAGE_BYTES}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self._open_schema()
@@ -239,8 +243,13 @@ class StateStore:
 
     def set_locations(self, moves: list[tuple[Key, str | None, int | None]]) -> None:
         """Record where records now are: (key, shard, line) each."""
+        rows, unwritten = self.rows, self.unwritten
         for key, shard, line in moves:
-            self._place(key, shard=shard, line=line)
+            row = rows.get(key)
+            if row is not None and key in unwritten:  # as _place does, without its keywords (a build places every file)
+                row.shard, row.line = shard, line
+            else:
+                self._place(key, shard=shard, line=line)
 
     def _place(self, key: Key, **place: object) -> None:
         """Change a row's place columns; of a cached row in the cache only, until :meth:`_write_places`. No query
@@ -383,8 +392,13 @@ class StateStore:
         return self._selections[sel]
 
     def set_chunks(self, keys: list[Key], chunk: str) -> None:
+        rows, unwritten = self.rows, self.unwritten
         for key in keys:
-            self._place(key, chunk=chunk)
+            row = rows.get(key)
+            if row is not None and key in unwritten:  # as in set_locations
+                row.chunk = chunk
+            else:
+                self._place(key, chunk=chunk)
 
     # -- output files (shards and index chunks) ---------------------------------------------------------
     def put_output(self, kind: str, name: str, split: str, first: Key, items: int, nbytes: int) -> None:
