@@ -321,9 +321,7 @@ class _Work:
                 )
                 yield
 
-    def _target_row(
-        self, plan: RepoPlan, path: str, entry: TreeEntry, fate: tuple[str | None, str | None]
-    ) -> FileRow:
+    def _target_row(self, plan: RepoPlan, path: str, entry: TreeEntry, fate: tuple[str | None, str | None]) -> FileRow:
         """The row of a target path, its fate decided by path and size so far (commit filled in later)."""
         reason, lang = fate
         split, boundary, iboundary = placement((plan.spec.name, path), self.config)

@@ -287,7 +287,7 @@ def test_parallel_analysis_gives_the_same_dataset(repo: Repo, tmp_path: Path, mo
 
     monkeypatch.setattr(output, "map_ahead", recorded)
     build(parallel, [RepoSpec("project", str(repo.path))], DatasetConfig())
-    assert pools == [True]  # the shards too were written by the pool's workers
+    assert pools == [True, True]  # the shards and the index chunks too were written by the pool's workers
     assert read_dataset(serial) == read_dataset(parallel)
 
 
