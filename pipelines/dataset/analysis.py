@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.dataset import native
 from pipelines.dataset.config import DatasetConfig
 from pipelines.dataset.filters import BlobAnalysis, analyze_texts
 from pipelines.dataset.gitsource import file_blobs
 from pipelines.dataset.output import _failpoint, record_text
 from pipelines.dataset.prefilter import shared_prefilter
+from pipelines.dataset.secrets import compile_patterns
 from pipelines.dataset.spool import Spooled, spool_texts
 from pipelines.procutil import map_ahead, worker_pool
 
@@ -27,6 +29,17 @@ if TYPE_CHECKING:
 
 WORKER_NICE = 5  # the history walk (one git process) is the longest chain: analysis workers yield to it
 Blob = tuple[str, bytes | None]
+
+
+def prepare() -> None:
+    """Load, work out or compile now what analysing needs: the prefilter and its stand-ins, the secret patterns and
+    the compiled loops. Done before the pool forks, its workers inherit them instead of each making its own (~25 ms
+    each)."""
+    prefilter = shared_prefilter()  # loaded from the user's cache (or compiled)
+    if prefilter is not None:
+        prefilter.prepare()
+    compile_patterns()
+    native.library()
 
 
 @contextlib.contextmanager

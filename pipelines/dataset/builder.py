@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.dataset import dedup, native
+from pipelines.dataset import dedup
 from pipelines.dataset.analysis import Analysed, Text, analysed_blobs, analysed_files, analysis_pool
+from pipelines.dataset.analysis import prepare as prepare_analysis
 from pipelines.dataset.config import DatasetConfig, RepoSpec, validate_repos
 from pipelines.dataset.filters import KEPT, BlobAnalysis, Reason, path_reason, redact_spans
 from pipelines.dataset.folder import is_dataset
@@ -38,10 +39,10 @@ from pipelines.dataset.output import (
     recover,
 )
 from pipelines.dataset.plan import PlanMode, RepoPlan, plan_repo
-from pipelines.dataset.prefilter import shared_prefilter
 from pipelines.dataset.rows import FileRow, Key, placement
 from pipelines.dataset.spool import Spool, Spooled
 from pipelines.dataset.state import StateStore
+from pipelines.dataset.treeahead import reading_ahead
 from pipelines.errors import DatasetError
 from pipelines.progress import Progress
 
@@ -179,6 +180,8 @@ def _sync(
     if full and store.get_meta("config") not in (None, json.dumps(config.to_json(), sort_keys=True)):
         progress.event("settings changed: every file is looked at again")
     indexed = store.repos()
+    if full and reading_ahead():  # git is still reading a whole tree (a big one): meanwhile, get analysing ready
+        prepare_analysis()
     plans = []
     for spec in specs:
         source = GitSource(spec.path)
@@ -275,10 +278,8 @@ class _Work:
         # In path order: a working copy's files are read a folder at a time (see gitsource.file_blobs).
         missing = {name: [w for w in ws.values() if w[0] not in self.blobs] for name, ws in to_read.items()}
         total = sum(len(v) for v in missing.values())
-        if total:
-            shared_prefilter()  # loaded (or compiled) once, before the workers fork, so that they inherit it
-            native.library()  # and so is the compiled library
         if total >= _PARALLEL_FROM:
+            prepare_analysis()  # before the workers fork, so that they inherit it (done already while git read)
             self.pool = pool_stack.enter_context(analysis_pool())
         rows: list[FileRow] = []
         made = self._made_rows(listed, fates, rows)

@@ -72,16 +72,25 @@ class Prefilter:
         self.database.scan(data, match_event_handler=_collect, context=found)
         return frozenset(found)
 
+    def prepare(self) -> None:
+        """Work out the stand-ins now (~20 ms), e.g. before worker processes fork, each of which would otherwise."""
+        self._other_files = max(self._other_files, self._standins_from)
+        self._standins_of_many()
+
     def _standin_of(self, data: bytes, text: str | None) -> bytes | None:
         self._other_files += 1
+        self._standins_of_many()
+        if self._standins is None:
+            return None
+        return self._standins.ascii_of(data.decode() if text is None else text)
+
+    def _standins_of_many(self) -> None:
+        """Work out the stand-ins once ``standins_from`` files needed them."""
         if self._standins is None and self._other_files >= self._standins_from:
             try:
                 self._standins = Standins(SCANNED)
             except UnsupportedPattern:  # a newer detect-secrets with a construct the stand-ins cannot reason about
                 self._standins_from = sys.maxsize
-        if self._standins is None:
-            return None
-        return self._standins.ascii_of(data.decode() if text is None else text)
 
 
 _shared: list[Prefilter] = []

@@ -44,6 +44,7 @@ class LazyPattern:
         self.pattern = pattern
         self.declared_flags = flags  # as written; ``flags`` adds inline ones, such as (?i)
         self._compiled: re.Pattern[str] | None = None
+        _LAZY.append(self)
 
     @property
     def compiled(self) -> re.Pattern[str]:
@@ -54,6 +55,16 @@ class LazyPattern:
     def __getattr__(self, name: str) -> Any:  # search, finditer, flags, groups...: the compiled pattern's
         value = self.__dict__[name] = getattr(self.compiled, name)  # kept: found at once from now on
         return value
+
+
+_LAZY: list[LazyPattern] = []  # every one made
+
+
+def compile_patterns() -> None:
+    """Compile every pattern now (~10 ms), e.g. before worker processes fork, each of which would compile those it
+    meets."""
+    for pattern in _LAZY:
+        pattern.compiled  # noqa: B018
 
 
 @dataclass(frozen=True)

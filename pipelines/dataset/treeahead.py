@@ -57,6 +57,11 @@ def _start(path: str, ref: str | None) -> None:
     _ahead[(git_dir, commit)] = (proc, out)
 
 
+def reading_ahead() -> bool:
+    """Whether git is still reading a tree ahead (time the command may put to use)."""
+    return any(proc.poll() is None for proc, _ in _ahead.values())
+
+
 def tree_read_ahead(git_dir: Path, commit: str) -> bytes | None:
     """What the read started for ``commit`` of the repo at ``git_dir`` wrote; None where none was, or it failed."""
     started = _ahead.pop((git_dir, commit), None)
