@@ -4,7 +4,9 @@ answers it for a state written row by row, and writes each file once, whole, at 
 from __future__ import annotations
 
 import random
+import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 from pipelines.dataset.rows import INDEX_SELECTION, FileRow, shard_selection
@@ -92,3 +94,23 @@ def test_a_held_state_answers_as_sqlite_does(tmp_path: Path) -> None:
     for store in (held, written):
         store.rollback()
         store.close()
+
+
+def test_after_a_build_s_commit_the_state_is_whole_in_its_file_and_no_thread_is_left(tmp_path: Path) -> None:
+    """A build's commit copies its log into the database file in a thread of its own; closing waits for it."""
+    before = threading.active_count()
+    store = StateStore(tmp_path / "state.sqlite")
+    store.begin()
+    made = rows(3, 2000)
+    fill(store, made, 4)
+    expected = {row.key: store.get(row.key) for row in made}
+    store.commit()
+    store.close()
+    assert threading.active_count() == before
+    assert not (tmp_path / "state.sqlite-wal").exists()
+    alone = tmp_path / "alone.sqlite"  # the database file without its log holds every file
+    shutil.copyfile(tmp_path / "state.sqlite", alone)
+    db = sqlite3.connect(alone)
+    assert {(r[0], r[1]): FileRow(*r) for r in db.execute("SELECT * FROM files")} == expected
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert db.execute("PRAGMA page_size").fetchone() == (16384,)  # a new state's pages
