@@ -55,15 +55,14 @@ Analysed = tuple[str, int, BlobAnalysis, Text | None]  # (sha, size, analysis, r
 
 def analysed_blobs(
     blobs: Iterable[Blob], config: DatasetConfig, pool: Executor | None, spool: str | None = None
-) -> Iterator[Analysed]:
-    """(sha, size, analysis, record text) for each (sha, content), in order; in ``pool`` when given, else here. The
-    record text (``output.record_text`` of the text with its secrets redacted) comes only for a blob kept: where it
-    is in a spool file when ``spool`` (a spool's prefix, see :mod:`spool`) is given. Secrets are scanned behind the
-    one-pass prefilter (its compiled database comes from the user's cache)."""
+) -> Iterator[list[Analysed]]:
+    """(sha, size, analysis, record text) for each (sha, content), in order, a batch at a time; in ``pool`` when
+    given, else here. The record text (``output.record_text`` of the text with its secrets redacted) comes only for a
+    blob kept: where it is in a spool file when ``spool`` (a spool's prefix, see :mod:`spool`) is given. Secrets are
+    scanned behind the one-pass prefilter (its compiled database comes from the user's cache)."""
     items = ((sha, data, len(data or b"")) for sha, data in blobs)
     for batch, results in _pipelined(items, _analyse_batch, (config, spool), pool):
-        for (sha, _, size), (result, text) in zip(batch, results, strict=True):
-            yield sha, size, result, text
+        yield [(sha, size, result, text) for (sha, _, size), (result, text) in zip(batch, results, strict=True)]
 
 
 def analysed_files(
@@ -72,14 +71,13 @@ def analysed_files(
     config: DatasetConfig,
     pool: Executor | None,
     spool: str | None = None,
-) -> Iterator[Analysed | tuple[str, int, None, None]]:
+) -> Iterator[list[Analysed | tuple[str, int, None, None]]]:
     """:func:`analysed_blobs` for each (sha, path, size) whose file under ``root`` holds exactly that blob, read
     where it is analysed (in ``pool`` when given: this process gets back only the record texts, or where they are);
     (sha, size, None, None) for the others, to be read from git."""
     items = ((sha, (sha, path, size), size) for sha, path, size in wanted)
     for batch, results in _pipelined(items, _analyse_files, (root, config, spool), pool):
-        for (sha, _, size), (result, text) in zip(batch, results, strict=True):
-            yield sha, size, result, text
+        yield [(sha, size, result, text) for (sha, _, size), (result, text) in zip(batch, results, strict=True)]
 
 
 def _pipelined(items: Iterable[tuple[str, Any, int]], work: Callable, arg: Any, pool: Executor | None) -> Iterator:

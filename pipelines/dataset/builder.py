@@ -346,39 +346,39 @@ class _Work:
         self.progress.start("analysing", sum(len(v) for v in missing.values()))
         pending: list[tuple[str, BlobAnalysis]] = []
         last_flush = time.monotonic()
+        done = 0
         analysed = self._analysed(missing, pool)
         with contextlib.closing(analysed):  # closed at once on an error or a signal
-            for done, (sha, size, result, text) in enumerate(analysed):
-                if done % _RESULTS_A_STEP == 0:
+            for batch in analysed:
+                for _ in range((done + len(batch)) // _RESULTS_A_STEP - done // _RESULTS_A_STEP):
                     next(alongside, None)
-                self.blobs[sha] = result
-                pending.append((sha, result))
-                if text is not None:
-                    self._remember_text(sha, text)
-                self.progress.advance(1, size)
+                done += len(batch)
+                for sha, _, result, text in batch:
+                    self.blobs[sha] = result
+                    if text is not None:
+                        self._remember_text(sha, text)
+                pending += [(sha, result) for sha, _, result, _ in batch]
+                self.progress.advance(len(batch), sum(size for _, size, _, _ in batch))
                 if len(pending) >= _CACHE_FLUSH_ROWS or time.monotonic() - last_flush > 2:
                     self.store.cache_blobs(self.akey, pending)
                     pending, last_flush = [], time.monotonic()
         self.store.cache_blobs(self.akey, pending)
         self.progress.finish()
 
-    def _analysed(self, missing: dict[str, list[_Wanted]], pool: Executor | None) -> Iterator[Analysed]:
-        """(sha, size, analysis, record text of a kept blob) for each blob, in ``pool`` (on every core) when given:
-        first those whose file in the working copy holds them, then the others read from git. The pool's workers
-        spool the record texts (see :mod:`spool`)."""
+    def _analysed(self, missing: dict[str, list[_Wanted]], pool: Executor | None) -> Iterator[list[Analysed]]:
+        """Batches of (sha, size, analysis, record text of a kept blob) of the blobs, in ``pool`` (on every core) when
+        given: first those whose file in the working copy holds them, then the others read from git. The pool's
+        workers spool the record texts (see :mod:`spool`)."""
         spool = None if pool is None else self.spool.prefix
         for name, wanted in missing.items():
             source = self.sources[name]
+            unread = [sha for sha, _, _ in wanted]
             if source.worktree is not None:
-                unread: list[_Wanted] = []
-                found_files = analysed_files(source.worktree, wanted, self.config, pool, spool)
-                for item, found in zip(wanted, found_files, strict=True):
-                    if found[2] is None:
-                        unread.append(item)
-                    else:
-                        yield found  # type: ignore[misc]
-                wanted = unread
-            blobs = source.read_blobs(source.in_pack_order([sha for sha, _, _ in wanted]))
+                unread = []
+                for batch in analysed_files(source.worktree, wanted, self.config, pool, spool):
+                    unread += [found[0] for found in batch if found[2] is None]
+                    yield [found for found in batch if found[2] is not None]  # type: ignore[misc]
+            blobs = source.read_blobs(source.in_pack_order(unread))
             yield from analysed_blobs(blobs, self.config, pool, spool)
 
     def _remember_text(self, sha: str, text: Text) -> None:

@@ -321,8 +321,7 @@ def file_blob(path: str | Path, sha: str, size: int, folder: int | None = None) 
         os.close(fd)
     if len(data) != size:
         return None
-    header = b"blob %d\0" % size
-    digest = hashlib.new("sha1" if len(sha) == 40 else "sha256", header, usedforsecurity=False)
+    digest = (hashlib.sha1 if len(sha) == 40 else hashlib.sha256)(b"blob %d\0" % size, usedforsecurity=False)
     digest.update(data)
     return data if digest.hexdigest() == sha else None
 

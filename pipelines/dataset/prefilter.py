@@ -64,7 +64,8 @@ class Prefilter:
         None (run them all) for a file that needs stand-ins before they are worked out (a one-file update does
         not pay for them), or with a character that has none.
         """
-        if not data.isascii() or any(byte in data for byte in _UNLIKE_BYTES):
+        a, b, c, d = _UNLIKE_BYTES  # (not a generator: one is made per file)
+        if not data.isascii() or a in data or b in data or c in data or d in data:
             data = self._standin_of(data, text)  # type: ignore[assignment]
             if data is None:
                 return None
