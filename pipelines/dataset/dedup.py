@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable, Iterable
 
 import numpy as np
 
-from pipelines.dataset.native import minhash_bins, pair_matches
+from pipelines.dataset.native import band_buckets, minhash_bins, pair_matches
 from pipelines.fsutil import user_cache_dir, write_cache
 
 NUM_PERM = 128
@@ -220,8 +220,12 @@ def pair_similarities(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 
 def band_buckets_many(sigs: np.ndarray) -> np.ndarray:
-    """int64[n, BANDS]: the bucket of each band of each signature (a 64-bit hash of the band's rows); worked out
-    for a few thousand signatures at a time (the 64-bit temporaries of 60,000 at once took 250 MB)."""
+    """int64[n, BANDS]: the bucket of each band of each signature (a 64-bit hash of the band's rows), by the
+    compiled loop, else with numpy a few thousand signatures at a time (the 64-bit temporaries of 60,000 at once
+    took 250 MB)."""
+    compiled = band_buckets(sigs, _BAND_WEIGHTS)
+    if compiled is not None:
+        return compiled
     out = np.empty((len(sigs), BANDS), dtype=np.int64)
     for start in range(0, len(sigs), _BUCKET_BATCH):
         rows = sigs[start : start + _BUCKET_BATCH].astype(np.uint64).reshape(-1, BANDS, ROWS)
@@ -236,7 +240,7 @@ def candidate_pairs(buckets: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     n = len(buckets)
     found = [np.zeros(0, dtype=np.int64)]  # pair (i, j) as i * n + j
     for band in range(buckets.shape[1]):
-        order = np.argsort(buckets[:, band], kind="stable")
+        order = np.argsort(buckets[:, band])  # any order within a run of equal buckets gives the same pairs
         column = buckets[order, band]
         starts = np.flatnonzero(np.concatenate([[True], column[1:] != column[:-1]]))
         lengths = np.diff(np.concatenate([starts, [len(column)]]))

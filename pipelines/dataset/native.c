@@ -9,7 +9,8 @@
  * - its top 7 bits pick one of 128 bins, which keeps the smallest low 32 bits.
  * A text with fewer than min_words words has every bin left empty.
  *
- * line_stats: see below; pair_matches: how many of two signatures' values are equal, for many pairs. */
+ * line_stats: see below; pair_matches: how many of two signatures' values are equal, for many pairs; band_buckets:
+ * the LSH buckets of signatures (dedup.band_buckets_many). */
 #include <stdint.h>
 #include <string.h>
 
@@ -113,5 +114,19 @@ void pair_matches(const uint32_t *sigs, const int64_t *pairs, int64_t m, int64_t
         int64_t count = 0;
         for (int i = 0; i < BINS; i++) count += a[i] == b[i];
         same[k] = count;
+    }
+}
+
+/* band_buckets: for each of n signatures (rows of BINS values) and each of its bands of `rows` values, the xor of
+ * mix64(value * weights[r]) over the band's values r, as dedup.band_buckets_many works them out with numpy. */
+void band_buckets(const uint32_t *sigs, int64_t n, const uint64_t *weights, int64_t rows, int64_t *out) {
+    const int64_t bands = BINS / rows;
+    for (int64_t t = 0; t < n; t++) {
+        const uint32_t *sig = sigs + t * BINS;
+        for (int64_t b = 0; b < bands; b++) {
+            uint64_t x = 0;
+            for (int64_t r = 0; r < rows; r++) x ^= mix64((uint64_t)sig[b * rows + r] * weights[r]);
+            out[t * bands + b] = (int64_t)x;
+        }
     }
 }

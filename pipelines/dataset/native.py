@@ -83,6 +83,21 @@ def pair_matches(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray | None:
     return same
 
 
+def band_buckets(sigs: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+    """int64[n, 128 // len(weights)]: each band's bucket of each signature (rows of ``sigs``, uint32[n, 128]), as
+    ``dedup.band_buckets_many`` works them out. None without the compiled library."""
+    compiled = library()
+    if compiled is None:
+        return None
+    sigs = np.ascontiguousarray(sigs, dtype=np.uint32)
+    weights = np.ascontiguousarray(weights, dtype=np.uint64).reshape(-1)
+    if sigs.ndim != 2 or sigs.shape[1] != _BINS or not len(weights) or _BINS % len(weights):
+        raise ValueError(f"band_buckets: signatures {sigs.shape} and {len(weights)} rows a band do not fit")
+    out = np.empty((len(sigs), _BINS // len(weights)), dtype=np.int64)
+    compiled.band_buckets(sigs, len(sigs), weights, len(weights), out)
+    return out
+
+
 def _texts(datas: list[bytes]) -> tuple[ctypes.Array, np.ndarray]:
     """Where each text's bytes are (not copied: the array holds the bytes objects), and their int64 sizes."""
     return (ctypes.c_char_p * len(datas))(*datas), np.array([len(data) for data in datas], dtype=np.int64)
@@ -112,6 +127,10 @@ def _load() -> ctypes.CDLL | None:
             _array(np.uint8),
         ]  # fmt: skip
         compiled.pair_matches.argtypes = [_array(np.uint32), _array(np.int64), ctypes.c_int64, _array(np.int64)]
+        compiled.band_buckets.restype = None
+        compiled.band_buckets.argtypes = [
+            _array(np.uint32), ctypes.c_int64, _array(np.uint64), ctypes.c_int64, _array(np.int64),
+        ]  # fmt: skip
         return compiled
     return None
 

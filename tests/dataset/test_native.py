@@ -127,3 +127,21 @@ def test_without_a_compiler_the_numpy_twins_run(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(native, "_library", native._unset)
     assert native.library() is None  # turned off: not compiled either
     assert not list((tmp_path / "repopilot").glob("native-*"))
+
+
+@needs_compiler
+def test_band_buckets_are_the_numpy_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    sigs = rng.integers(0, 2**32, size=(9000, dedup.NUM_PERM), dtype=np.uint32)  # more than one numpy batch
+    sigs[1] = sigs[0]
+    sigs[2, : dedup.ROWS] = sigs[0, : dedup.ROWS]  # one band in common
+    compiled = dedup.band_buckets_many(sigs)
+    monkeypatch.setattr(native, "_library", None)
+    twin = dedup.band_buckets_many(sigs)
+    assert compiled.dtype == twin.dtype == np.int64 and np.array_equal(compiled, twin)
+    assert compiled.shape == (9000, dedup.BANDS) and (compiled[0] == compiled[1]).all()
+    assert (compiled[0] == compiled[2]).tolist() == [True] + [False] * (dedup.BANDS - 1)
+    assert len(dedup.band_buckets_many(sigs[:0])) == 0
+    monkeypatch.undo()  # the compiled loop refuses what it would misread
+    with pytest.raises(ValueError):
+        native.band_buckets(sigs[:, :64], dedup._BAND_WEIGHTS)
