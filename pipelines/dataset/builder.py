@@ -563,6 +563,7 @@ class _Work:
                 writer.old_names.update(name for name in (old.shard, old.chunk) if name)
         writer.write_shards(self.dirty, self._texts_for, self.spool, self.pool)
         self.spool.close()  # before the outputs are synced: deleted now, its pages are never written to the disk
+        writer.sync_aside()  # the shards, while the index is written
         writer.write_index(self.before, self.pool)
         writer.forget_unused()
 

@@ -16,6 +16,7 @@ import json
 import operator
 import os
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -116,6 +117,7 @@ class OutputWriter:
         self.old_names: set[str] = set()
         self.written: dict[str, int] = {folder: 0 for folder in FOLDERS}
         self.unsynced: list[Path] = []
+        self._syncing: list[tuple[threading.Thread, list[BaseException]]] = []  # see sync_aside
 
     def write_shards(
         self,
@@ -210,10 +212,31 @@ class OutputWriter:
             self.store.set_chunks([row.key for row in rows if row.chunk != name], name)
             self.store.put_output("index", name, "index", rows[0].key, len(rows), size)
 
+    def sync_aside(self) -> None:
+        """Start making the files written so far durable, in a thread of its own (the kernel waits for the disk
+        without the GIL), while the builder goes on (e.g. with the index); :meth:`forget_unused` waits for it."""
+        paths, self.unsynced = self.unsynced, []
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                sync_files(self.out_dir, paths)
+            except BaseException as exc:  # raised again where it is waited for
+                failed.append(exc)
+
+        thread = threading.Thread(target=run, name="sync-outputs", daemon=True)
+        thread.start()
+        self._syncing.append((thread, failed))
+
     def forget_unused(self) -> None:
         """Drop the outputs no longer used, and make every file written durable (before the state commits)."""
         for name in sorted(self.old_names):
             self.store.drop_output_if_unused(name)
+        for thread, failed in self._syncing:
+            thread.join()
+            if failed:
+                raise failed[0]
+        self._syncing = []
         sync_files(self.out_dir, self.unsynced)
         self.unsynced = []
         for folder in FOLDERS:

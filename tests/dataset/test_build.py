@@ -354,3 +354,28 @@ def test_every_generated_marker_drops_a_file_in_any_case(marker: bytes) -> None:
         assert analyze(b"// " + written + b"\n" + body, config).reason == "generated", written
     assert analyze(b"// " + marker[:-1] + b"\n" + body, config).reason is None
     assert analyze(body * 10 + b"// " + marker + b"\n", config).reason is None  # past the first 2 KiB
+
+
+def test_a_disk_error_making_the_shards_durable_fails_the_build_and_commits_nothing(
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shards are made durable in a thread of their own while the index is written: its error still stops the
+    build before the state commits, and the next build finishes the dataset."""
+    repo.commit({f"m/f{i}.py": python_file(f"f{i}", seed=i) for i in range(12)})
+    out = tmp_path / "ds"
+    real = output.sync_files
+    calls: list[int] = []
+
+    def failing(folder: Path, paths: list[Path]) -> None:
+        calls.append(len(paths))
+        if len(calls) == 1:  # the shards', made aside
+            raise OSError(28, "No space left on device")
+        real(folder, paths)
+
+    monkeypatch.setattr(output, "sync_files", failing)
+    with pytest.raises(OSError, match="No space left"):
+        build(out, [RepoSpec("project", str(repo.path))], DatasetConfig())
+    assert not (out / "manifest.json").exists()
+    build(out, [RepoSpec("project", str(repo.path))], DatasetConfig())  # the next one finishes it
+    assert calls[0] >= 1 and len(calls) == 3
+    assert len(records(out)) == 12
