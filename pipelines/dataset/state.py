@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from pipelines.dataset.dedup import BANDS
-from pipelines.dataset.filters import BlobAnalysis
-from pipelines.dataset.rows import FileRow, Key, Selection, SelectionKeys, lsh_chunk
+from pipelines.dataset.filters import KEPT, BlobAnalysis
+from pipelines.dataset.rows import INDEX_SELECTION, FileRow, Key, Selection, SelectionKeys, lsh_chunk, shard_selection
 from pipelines.errors import DatasetError
 
 SCHEMA_VERSION = 4
@@ -411,10 +411,31 @@ class StateStore:
     def _held(self, sel: Selection) -> SelectionKeys:
         """The keys of a selection of a held state, from the cache (kept until a file or a fate changes)."""
         if sel not in self._selections:
-            keys = sorted(key for key, row in self.rows.items() if row is not None and sel.holds(row))
-            starts = [key for key in keys if getattr(self.rows[key], sel.boundary) == 1]
-            self._selections[sel] = SelectionKeys(keys, starts)
+            self._select_held()
+            self._selections.setdefault(sel, SelectionKeys([], []))  # a split with no kept file
         return self._selections[sel]
+
+    def _select_held(self) -> None:
+        """The keys of every selection (all files, the kept files of each split) of a held state, in one pass over
+        its cached rows in key order (a build asks for all of them, one after the other)."""
+        every: list[Key] = []
+        starts: list[Key] = []
+        kept: dict[str, SelectionKeys] = {}
+        rows = self.rows
+        for key in sorted(rows):
+            row = rows[key]
+            if row is None:
+                continue
+            every.append(key)
+            if row.iboundary == 1:
+                starts.append(key)
+            if row.status == KEPT:
+                split = kept.get(row.split) or kept.setdefault(row.split, SelectionKeys([], []))
+                split.keys.append(key)
+                if row.boundary == 1:
+                    split.starts.append(key)
+        self._selections[INDEX_SELECTION] = SelectionKeys(every, starts)
+        self._selections.update((shard_selection(split), keys) for split, keys in kept.items())
 
     def set_chunks(self, keys: list[Key], chunk: str) -> None:
         rows, unwritten = self.rows, self.unwritten
