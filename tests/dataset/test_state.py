@@ -113,4 +113,3 @@ def test_after_a_build_s_commit_the_state_is_whole_in_its_file_and_no_thread_is_
     db = sqlite3.connect(alone)
     assert {(r[0], r[1]): FileRow(*r) for r in db.execute("SELECT * FROM files")} == expected
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert db.execute("PRAGMA page_size").fetchone() == (16384,)  # a new state's pages
